@@ -1,0 +1,258 @@
+"""Read ``results.jsonl`` and group repeats of each method.
+
+Why a separate loader: the reporter must only depend on the results file (never on torch or the
+runner), and every malformed input must fail with one line naming ``file:line`` so the user can
+fix or delete that record instead of getting a stack trace from deep inside a table builder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CV_THRESHOLD = 0.05  # coefficient of variation above which repeats are flagged as noisy
+
+
+class ReportError(Exception):
+    """A results file that cannot be reported on (missing, malformed, inconsistent config)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One line of results.jsonl: one (method, repeat)."""
+
+    line: int
+    method: str
+    status: str
+    repeat: int
+    raw: dict[str, Any]
+
+    @property
+    def error(self) -> str | None:
+        return self.raw.get("error")
+
+    def get(self, *keys: str) -> Any:
+        """Nested lookup that tolerates missing sections (``run.get("time", "setup_s")``)."""
+        cur: Any = self.raw
+        for k in keys:
+            if not isinstance(cur, dict):
+                return None
+            cur = cur.get(k)
+        return cur
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample spread of one quantity over the ok repeats of a method."""
+
+    mean: float | None
+    std: float | None  # sample std (ddof=1); None with fewer than two values
+    n: int
+
+    @property
+    def cv(self) -> float | None:
+        if self.mean is None or self.std is None or self.mean == 0:
+            return None
+        return self.std / abs(self.mean)
+
+    @property
+    def noisy(self) -> bool:
+        return self.cv is not None and self.cv > CV_THRESHOLD
+
+    @staticmethod
+    def of(values: list[float | None]) -> "Stat":
+        vals = [float(v) for v in values if v is not None]
+        if not vals:
+            return Stat(None, None, 0)
+        std = statistics.stdev(vals) if len(vals) > 1 else None
+        return Stat(statistics.fmean(vals), std, len(vals))
+
+
+@dataclass
+class MethodSummary:
+    """Everything the tables need about one method, aggregated over its repeats."""
+
+    method: str
+    description: str
+    status: str  # ok when at least one repeat finished ok, else the last repeat's status
+    n_ok: int
+    n_runs: int
+    failures: list[Run]  # repeats that ended oom/failed (listed in the report)
+    params_trainable: int | None = None
+    params_total: int | None = None
+    time_epoch_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    peak_mb: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    energy_epoch_j: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    samples_per_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    setup_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    eval_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    cache_build_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    memory_source: str | None = None
+    samples_csv: str | None = None  # relative to the results dir; from the first ok repeat with one
+    metrics: dict[str, dict[str, Stat]] = field(default_factory=dict)  # split -> key -> Stat
+    best_epochs: list[int] = field(default_factory=list)
+    popularity: dict[str, dict[str, float]] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def last_error(self) -> str | None:
+        for run in reversed(self.failures):
+            if run.error:
+                return str(run.error)
+        return None
+
+
+@dataclass
+class Results:
+    """The parsed results file: runs in file order and per-method summaries in first-seen order."""
+
+    path: Path
+    runs: list[Run]
+    methods: list[MethodSummary]
+
+    def method(self, name: str) -> MethodSummary | None:
+        return next((m for m in self.methods if m.method == name), None)
+
+
+def _fail(path: Path, line: int, msg: str) -> ReportError:
+    return ReportError(f"{path}:{line}: {msg}")
+
+
+def _number(path: Path, run_line: int, value: Any, what: str) -> float | None:
+    """A JSON number or null; anything else is a malformed record."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(path, run_line, f"'{what}' must be a number or null, got {value!r}")
+    if not math.isfinite(value):
+        raise _fail(path, run_line, f"'{what}' must be finite, got {value!r}")
+    return float(value)
+
+
+def read_runs(path: Path) -> list[Run]:
+    """Parse every non-blank line; the first bad one raises ReportError naming ``file:line``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ReportError(f"{path}: results file not found (run the benchmark first)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: cannot read results file: {exc}") from None
+    runs: list[Run] = []
+    lines = text.splitlines()
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            hint = ""
+            if lineno == len(lines) and not text.endswith("\n"):
+                hint = "; the last line is incomplete: is a run still writing?"
+            raise _fail(path, lineno, f"malformed JSON ({exc.msg} at column {exc.colno}){hint}") from None
+        if not isinstance(obj, dict):
+            raise _fail(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+        method, status = obj.get("method"), obj.get("status")
+        if not isinstance(method, str) or not method:
+            raise _fail(path, lineno, "missing or non-string 'method'")
+        if not isinstance(status, str) or not status:
+            raise _fail(path, lineno, "missing or non-string 'status'")
+        repeat = obj.get("repeat", 0)
+        if isinstance(repeat, bool) or not isinstance(repeat, int):
+            raise _fail(path, lineno, f"'repeat' must be an integer, got {repeat!r}")
+        for section in ("params", "time", "memory", "energy", "metrics", "data", "backbone", "env", "config"):
+            if obj.get(section) is not None and not isinstance(obj[section], dict):
+                raise _fail(path, lineno, f"'{section}' must be an object")
+        runs.append(Run(lineno, method, status, repeat, obj))
+    if not runs:
+        raise ReportError(f"{path}: results file is empty (no finished runs)")
+    return runs
+
+
+def _latest_per_repeat(runs: list[Run]) -> list[Run]:
+    """A re-run (method, repeat) supersedes the earlier line: the file is append-only."""
+    latest: dict[tuple[str, int], Run] = {}
+    for run in runs:
+        latest[(run.method, run.repeat)] = run
+    return sorted(latest.values(), key=lambda r: r.line)
+
+
+def _epoch_time(path: Path, run: Run) -> float | None:
+    med = _number(path, run.line, run.get("time", "epoch_s_median"), "time.epoch_s_median")
+    if med is not None:
+        return med
+    epochs = run.get("time", "epoch_s")
+    if isinstance(epochs, list) and epochs:
+        vals = [_number(path, run.line, v, "time.epoch_s[]") for v in epochs]
+        vals = [v for v in vals if v is not None]
+        return statistics.median(vals) if vals else None
+    return None
+
+
+def _metrics(path: Path, ok: list[Run]) -> dict[str, dict[str, Stat]]:
+    out: dict[str, dict[str, Stat]] = {}
+    for split in ("valid", "test"):
+        keys: list[str] = []
+        for run in ok:
+            d = run.get("metrics", split)
+            if isinstance(d, dict):
+                keys += [k for k in d if k not in keys]
+        if keys:
+            out[split] = {
+                k: Stat.of([_number(path, r.line, (r.get("metrics", split) or {}).get(k), f"metrics.{split}.{k}")
+                            for r in ok])
+                for k in keys
+            }
+    return out
+
+
+def summarise(path: Path, method: str, runs: list[Run]) -> MethodSummary:
+    """Aggregate the repeats of one method: mean/std over ok repeats, failures kept for the report."""
+    ok = [r for r in runs if r.status == "ok"]
+    bad = [r for r in runs if r.status != "ok"]
+    desc = next((str(r.raw["description"]) for r in runs if r.raw.get("description")), "")
+    s = MethodSummary(
+        method=method, description=desc, status="ok" if ok else runs[-1].status,
+        n_ok=len(ok), n_runs=len(runs), failures=bad,
+    )
+    if not ok:
+        return s
+    first = ok[0]
+    trainable = _number(path, first.line, first.get("params", "trainable"), "params.trainable")
+    total = _number(path, first.line, first.get("params", "total"), "params.total")
+    s.params_trainable = None if trainable is None else int(trainable)
+    s.params_total = None if total is None else int(total)
+    num = lambda r, *k: _number(path, r.line, r.get(*k), ".".join(k))  # noqa: E731
+    s.time_epoch_s = Stat.of([_epoch_time(path, r) for r in ok])
+    s.peak_mb = Stat.of([num(r, "memory", "peak_mb") for r in ok])
+    s.energy_epoch_j = Stat.of([num(r, "energy", "epoch_j") for r in ok])
+    s.samples_per_s = Stat.of([num(r, "time", "samples_per_s") for r in ok])
+    s.setup_s = Stat.of([num(r, "time", "setup_s") for r in ok])
+    s.eval_s = Stat.of([num(r, "time", "eval_s") for r in ok])
+    s.cache_build_s = Stat.of([num(r, "time", "cache_build_s") for r in ok])
+    s.memory_source = first.get("memory", "source")
+    s.samples_csv = next((r.get("memory", "samples_csv") for r in ok if r.get("memory", "samples_csv")), None)
+    s.metrics = _metrics(path, ok)
+    s.best_epochs = [int(b) for r in ok if isinstance(b := r.get("metrics", "best_epoch"), (int, float))]
+    pop = next((r.get("metrics", "popularity") for r in ok if isinstance(r.get("metrics", "popularity"), dict)), None)
+    s.popularity = pop
+    return s
+
+
+def load_results(path: Path | str) -> Results:
+    """Read and group a results file; raises ReportError on anything malformed."""
+    path = Path(path)
+    runs = read_runs(path)
+    current = _latest_per_repeat(runs)
+    order: list[str] = []
+    for r in current:
+        if r.method not in order:
+            order.append(r.method)
+    methods = [summarise(path, m, [r for r in current if r.method == m]) for m in order]
+    return Results(path=path, runs=current, methods=methods)

@@ -1,0 +1,214 @@
+"""report.md: a setup header that says what the numbers can and cannot claim, then tables and plots.
+
+Why the long header: efficiency numbers are only meaningful with the device, versions and memory
+source next to them, and quality numbers from random-init backbones or synthetic images must not
+be mistaken for model-quality claims.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from .load import CV_THRESHOLD, Results, Run
+from .plots import Plot
+from .tables import NOISY, efficiency_table, ok_methods, popularity, quality_table, relative_table
+from .tpme import TpmeResult
+
+MEMORY_SOURCES = {
+    "cpu-rss": "`cpu-rss` = peak resident set size (RSS) of the whole process: model, optimizer, data, "
+               "Python and the torch runtime, not only tensors",
+    "cuda": "`cuda` = CUDA caching-allocator reserved peak plus the CUDA context: what the process holds "
+            "on the GPU, larger than the tensors actually allocated",
+}
+IMAGES = {
+    "synthetic": "**synthetic images** (generated placeholders, not real item images)",
+    "real": "real item images",
+    "none": "no images (text only)",
+}
+
+
+def _uniq(runs: list[Run], *keys: str) -> list[Any]:
+    out: list[Any] = []
+    for r in runs:
+        v = r.get(*keys)
+        if v not in (None, "") and v not in out:
+            out.append(v)
+    return out
+
+
+def _join(vals: list[Any], unknown: str = "unknown") -> str:
+    return " / ".join(str(v) for v in vals) if vals else unknown
+
+
+def _int(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def header(results: Results, tp: TpmeResult) -> list[str]:
+    runs = results.runs
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamps = sorted(str(s) for s in _uniq(runs, "timestamp"))
+    ran = f"{stamps[0]} … {stamps[-1]}" if len(stamps) > 1 else (stamps[0] if stamps else "unknown")
+
+    devices = []
+    for r in runs:
+        d = " ".join(str(x) for x in (r.get("env", "device"), f"({r.get('env', 'device_name')})"
+                                      if r.get("env", "device_name") else None) if x)
+        if d and d not in devices:
+            devices.append(d)
+    versions = ", ".join(f"{name} {_join(_uniq(runs, 'env', name))}"
+                         for name in ("python", "torch", "transformers", "peft"))
+
+    datasets = []
+    for r in runs:
+        d = r.get("data") or {}
+        if not d:
+            continue
+        parts = [f"{_int(d[k])} {k}" for k in ("users", "items", "interactions") if d.get(k) is not None]
+        text = f"`{d.get('name', 'unknown')}`" + (f" ({', '.join(parts)})" if parts else "")
+        if text not in datasets:
+            datasets.append(text)
+
+    backbones, inits = [], _uniq(runs, "backbone", "init")
+    for r in runs:
+        b = r.get("backbone") or {}
+        if not b:
+            continue
+        text = (f"preset `{b.get('preset', '?')}`, text `{b.get('text') or '?'}`, vision `{b.get('vision') or '?'}`, "
+                f"{'**random-init**' if b.get('init') == 'random' else str(b.get('init') or 'init unknown')}")
+        if text not in backbones:
+            backbones.append(text)
+    images = [IMAGES.get(str(v), f"images: {v}") for v in _uniq(runs, "data", "images")]
+    sources = sorted({m.memory_source for m in results.methods if m.memory_source})
+    src_text = "; ".join(MEMORY_SOURCES.get(s, f"`{s}`") for s in sources) or "unknown"
+    reps = sorted({m.n_ok for m in ok_methods(results)})
+    rep_text = (f"{reps[0]} per method" if len(reps) == 1 else f"{reps[0]}–{reps[-1]} per method") if reps else "none ok"
+    if reps and reps[-1] > 1:
+        rep_text += (" (tables show the mean ± sample standard deviation over repeats; "
+                     f"{NOISY} marks a coefficient of variation above {CV_THRESHOLD:.0%})")
+
+    lines = [
+        "# iisan-bench report",
+        "",
+        f"- **Generated:** {now} from `{results.path.name}` (runs finished {ran})",
+        f"- **Device:** {_join(devices)}",
+        f"- **Versions:** {versions}",
+        f"- **Git sha:** {_join(_uniq(runs, 'env', 'git_sha'))}",
+        f"- **Dataset:** {_join(datasets)}",
+        f"- **Images:** {_join(images)}",
+        f"- **Backbone:** {_join(backbones)}",
+        f"- **Memory source:** {src_text}",
+        f"- **Repeats:** {rep_text}",
+    ]
+    if len(sources) > 1:
+        lines.append("- **Warning:** methods were measured with different memory sources; "
+                     "their peak memory (and TPME) are not directly comparable.")
+    if len(devices) > 1:
+        lines.append("- **Warning:** runs come from more than one device; times are not directly comparable.")
+    lines.append("")
+    if "random" in inits:
+        lines += ["> **Random-init backbones.** Efficiency numbers (time, memory, parameters, TPME) do not "
+                  "depend on the weights, but quality numbers (HR, NDCG, MRR) do: here they only show the "
+                  "pipeline learns, not how the methods compare with pretrained encoders.", ""]
+    if "synthetic" in _uniq(runs, "data", "images"):
+        lines += ["> **Synthetic images.** Item images are generated placeholders, so the vision path costs "
+                  "what real images would cost but carries no real visual signal.", ""]
+    return lines
+
+
+def _efficiency(results: Results, tp: TpmeResult) -> list[str]:
+    c = tp.config
+    lines = ["## Efficiency", "", efficiency_table(results, tp).markdown(), ""]
+    lines.append(
+        f"TPME (lower is better) = {c.alpha_time:g}·time + {c.alpha_params:g}·params + {c.alpha_memory:g}·memory, "
+        "each term min-max normalised over the methods that ran ok (a term equal for all methods counts 0). "
+        "Time is the median training time per epoch (evaluation excluded), averaged over repeats."
+    )
+    if tp.relative:
+        lines.append(
+            f"Relative cost = {c.alpha_time:g}·time/time({c.reference}) + {c.alpha_params:g}·params/params({c.reference}) "
+            f"+ {c.alpha_memory:g}·memory/memory({c.reference}), as a percentage: {c.reference} itself is 100%."
+        )
+    else:
+        lines.append(f"Relative cost omitted: {tp.reference_note}.")
+    no_tpme = {k: v for k, v in tp.excluded.items() if (m := results.method(k)) is not None and m.ok}
+    if no_tpme:
+        lines.append("No TPME for " + ", ".join(f"`{k}` ({v})" for k, v in no_tpme.items()) + ".")
+    failed = [m for m in results.methods if not m.ok]
+    if failed:
+        lines.append("Not shown (see [Failed runs](#failed-runs)): "
+                     + ", ".join(f"`{m.method}` ({m.status})" for m in failed) + ".")
+    lines.append("")
+    rel = relative_table(results, tp)
+    if rel is not None:
+        lines += [f"### Relative to `{c.reference}`", "", rel.markdown(), ""]
+    return lines
+
+
+def _quality(results: Results) -> list[str]:
+    lines = ["## Quality", ""]
+    any_table = False
+    for split, name in (("valid", "Validation"), ("test", "Test")):
+        t = quality_table(results, split)
+        if t is None:
+            continue
+        any_table = True
+        lines += [f"### {name}", "", t.markdown(), ""]
+    if not any_table:
+        return lines + ["No quality metrics in the results.", ""]
+    reps = max((m.n_ok for m in ok_methods(results)), default=1)
+    note = "Metrics are full-ranking over all items; best per column in bold"
+    if reps > 1:
+        note += "; mean over repeats (standard deviations are in summary.csv)"
+    if popularity(results):
+        note += "; the popularity row ranks items by training frequency, the floor a model must beat"
+    return lines + [note + ".", ""]
+
+
+def _failures(results: Results) -> list[str]:
+    bad = [(m.method, r) for m in results.methods for r in m.failures]
+    if not bad:
+        return []
+    lines = ["## Failed runs", "", "Excluded from TPME and from the tables above.", ""]
+    for method, r in bad:
+        err = " ".join(str(r.error or "no error recorded").split())
+        lines.append(f"- `{method}` repeat {r.repeat}: **{r.status}** — {err}")
+    partial = [m for m in results.methods if m.ok and m.failures]
+    if partial:
+        lines += ["", "Methods with some failed repeats are summarised over their ok repeats only: "
+                  + ", ".join(f"`{m.method}` ({m.n_ok} of {m.n_runs})" for m in partial) + "."]
+    return lines + [""]
+
+
+def _plots(plots: list[Plot]) -> list[str]:
+    lines = ["## Plots", ""]
+    for p in plots:
+        lines += [f"### {p.title}", ""]
+        if p.path is not None:
+            lines += [f"![{p.title}](plots/{p.path.name})", ""]
+        else:
+            lines += [f"Plot skipped: {p.skipped}.", ""]
+        if p.notes:
+            lines += [" ".join(p.notes), ""]
+    return lines
+
+
+def _methods(results: Results) -> list[str]:
+    described = [m for m in results.methods if m.description]
+    if not described:
+        return []
+    return ["## Methods", ""] + [f"- `{m.method}`: {m.description}" for m in described] + [""]
+
+
+def render(results: Results, tp: TpmeResult, plots: list[Plot]) -> str:
+    lines = header(results, tp)
+    if ok_methods(results):
+        lines += _efficiency(results, tp) + _quality(results)
+    else:
+        lines += ["**No method finished ok**; only failures are listed.", ""]
+    lines += _failures(results) + _plots(plots) + _methods(results)
+    source = tp.config.source.replace(str(results.path), results.path.name)
+    lines.append(f"*TPME alphas from `{source}`; raw numbers in `summary.csv`.*")
+    return "\n".join(lines).rstrip() + "\n"
+

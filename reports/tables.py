@@ -1,0 +1,348 @@
+"""Tables: human-formatted cells for report.md and raw rows for summary.csv.
+
+Why both from one module: the CSV must contain every number the markdown tables show (unformatted),
+so the two are built side by side from the same summaries and cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .atomic import atomic_write_text
+from .load import CV_THRESHOLD, MethodSummary, Results, Stat
+from .tpme import TpmeResult
+
+NOISY = "⚠"  # marks a time/memory whose coefficient of variation over repeats exceeds 5%
+DASH = "—"
+_METRIC_ORDER = {"hr": 0, "recall": 1, "ndcg": 2, "mrr": 3}
+_METRIC_LABEL = {"hr": "HR", "ndcg": "NDCG", "mrr": "MRR", "recall": "Recall"}
+
+
+# ---------------------------------------------------------------- number formatting
+
+
+def _sig(x: float, digits: int = 3) -> str:
+    """``digits`` significant digits without exponent notation (4.11, 19.5, 195)."""
+    if x == 0 or not math.isfinite(x):
+        return "0" if x == 0 else str(x)
+    mag = math.floor(math.log10(abs(x)))
+    if abs(float(f"{x:.{max(0, digits - 1 - mag)}f}")) >= 10 ** (mag + 1):
+        mag += 1  # 0.9996 rounds to 1.00, not 1.000
+    return f"{x:.{max(0, digits - 1 - mag)}f}"
+
+
+Units = list[tuple[float, float, str]]  # (from value, scale, suffix), largest first
+
+
+def _scaled(x: float, units: Units) -> tuple[float, str]:
+    """Pick the largest unit the value reaches (once rounded to 3 significant digits)."""
+    for start, scale, suffix in units:
+        if abs(x) >= start * 0.9995:
+            return scale, suffix
+    return units[-1][1], units[-1][2]
+
+
+_PARAM_UNITS: Units = [(1e9, 1e9, "B"), (1e6, 1e6, "M"), (1e3, 1e3, "K"), (1.0, 1.0, "")]
+_MB_UNITS: Units = [(1024.0**2, 1024.0**2, " TB"), (1024.0, 1024.0, " GB"), (1.0, 1.0, " MB")]
+# seconds up to 1000 s read fine; minutes up to 100 min; hours beyond
+_TIME_UNITS: Units = [(6000.0, 3600.0, " h"), (1000.0, 60.0, " min"), (1.0, 1.0, " s"), (1e-3, 1e-3, " ms")]
+_ENERGY_UNITS: Units = [(1e6, 1e6, " MJ"), (1e3, 1e3, " kJ"), (1.0, 1.0, " J")]
+
+
+def fmt_params(n: float | None) -> str:
+    """4110000 -> 4.11M, 195000 -> 195K, 512 -> 512."""
+    if n is None:
+        return DASH
+    if abs(n) < 1000:
+        return f"{int(round(n))}"
+    scale, suffix = _scaled(n, _PARAM_UNITS)
+    return _sig(n / scale) + suffix
+
+
+def _fmt_unit(mean: float | None, std: float | None, units: Units) -> str:
+    """``mean`` in a readable unit, with ``± std`` in the same unit and precision when known."""
+    if mean is None:
+        return DASH
+    scale, suffix = _scaled(mean, units)
+    m = _sig(mean / scale)
+    if std is None:
+        return m + suffix
+    decimals = len(m.split(".")[1]) if "." in m else 0
+    s = f"{std / scale:.{decimals}f}"
+    if float(s) == 0 and std > 0:
+        s = _sig(std / scale, 1)
+    return f"{m} ± {s}{suffix}"
+
+
+def fmt_mb(mb: float | None, std: float | None = None) -> str:
+    """812 -> 812 MB, 1843 -> 1.80 GB (binary: 1 GB = 1024 MB, as peak_mb is reported)."""
+    return _fmt_unit(mb, std, _MB_UNITS)
+
+
+def fmt_seconds(s: float | None, std: float | None = None) -> str:
+    """0.0123 -> 12.3 ms, 1.15 -> 1.15 s, 4000 -> 66.7 min."""
+    return _fmt_unit(s, std, _TIME_UNITS)
+
+
+def fmt_energy(j: float | None, std: float | None = None) -> str:
+    return _fmt_unit(j, std, _ENERGY_UNITS)
+
+
+def fmt_pct(x: float | None) -> str:
+    """22% for large shares, 2.1% / 0.052% for small ones so tiny parameter shares are not 0%."""
+    if x is None:
+        return DASH
+    if x == 0:
+        return "0%"
+    if abs(x) >= 10:
+        return f"{x:.0f}%"
+    if abs(x) >= 1:
+        return f"{x:.1f}%"
+    return _sig(x, 2) + "%"
+
+
+def fmt_stat(stat: Stat, fmt) -> str:
+    """A Stat with its spread, flagged when the coefficient of variation is above 5%."""
+    text = fmt(stat.mean, stat.std)
+    if stat.noisy:
+        text += f" {NOISY} CV {100 * stat.cv:.0f}%"  # type: ignore[operator]
+    return text
+
+
+def fmt_metric(x: float | None) -> str:
+    return DASH if x is None else f"{x:.4f}"
+
+
+# ---------------------------------------------------------------- metric keys
+
+
+def metric_sort_key(key: str) -> tuple[int, int, str]:
+    """hr@5, ndcg@5, mrr@5, hr@10, ... : grouped by K, then the usual HR/NDCG/MRR order."""
+    m = re.fullmatch(r"([A-Za-z_]+)@(\d+)", key)
+    if not m:
+        return (10**9, 99, key)
+    return (int(m.group(2)), _METRIC_ORDER.get(m.group(1).lower(), 50), key)
+
+
+def metric_label(key: str) -> str:
+    m = re.fullmatch(r"([A-Za-z_]+)@(\d+)", key)
+    if not m:
+        return key
+    return f"{_METRIC_LABEL.get(m.group(1).lower(), m.group(1))}@{m.group(2)}"
+
+
+def metric_keys(results: Results, split: str) -> list[str]:
+    keys: set[str] = set()
+    for m in results.methods:
+        keys |= set(m.metrics.get(split, {}))
+    pop = popularity(results)
+    if pop:
+        keys |= set(pop.get(split) or {})
+    return sorted(keys, key=metric_sort_key)
+
+
+def popularity(results: Results) -> dict[str, dict[str, float]] | None:
+    """The popularity floor (identical data for every method, so the first one found is used)."""
+    return next((m.popularity for m in results.methods if m.popularity), None)
+
+
+def headline_metric(results: Results) -> str | None:
+    """The test metric the Pareto plot uses: ndcg@10, else NDCG at the first K, else any."""
+    keys = [k for k in metric_keys(results, "test") if any(k in m.metrics.get("test", {}) for m in results.methods)]
+    if "ndcg@10" in keys:
+        return "ndcg@10"
+    ndcg = [k for k in keys if k.lower().startswith("ndcg@")]
+    return (ndcg or keys or [None])[0]
+
+
+# ---------------------------------------------------------------- markdown tables
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+    right: set[int] = field(default_factory=set)  # right-aligned (numeric) columns
+
+    def markdown(self) -> str:
+        def esc(c: str) -> str:
+            return c.replace("|", "\\|")
+
+        lines = ["| " + " | ".join(esc(h) for h in self.headers) + " |"]
+        lines.append("|" + "|".join("---:" if i in self.right else ":---" for i in range(len(self.headers))) + "|")
+        lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+def ok_methods(results: Results) -> list[MethodSummary]:
+    return [m for m in results.methods if m.ok]
+
+
+def _params_cell(m: MethodSummary) -> str:
+    text = fmt_params(m.params_trainable)
+    if m.params_trainable is not None and m.params_total:
+        text += f" ({fmt_pct(100.0 * m.params_trainable / m.params_total)})"
+    return text
+
+
+def efficiency_table(results: Results, tp: TpmeResult) -> Table:
+    """Cost of each ok method; columns for energy, repeats and relative cost only when they exist."""
+    oks = ok_methods(results)
+    show_energy = any(m.energy_epoch_j.mean is not None for m in oks)
+    show_repeats = any(m.n_ok > 1 for m in oks)
+    ref = tp.config.reference
+    show_rel = bool(tp.relative)
+    headers = ["Method", "Trainable params (% of total)", "Time / epoch", "Peak memory"]
+    if show_energy:
+        headers.append("Energy / epoch")
+    headers.append("TPME ↓")
+    if show_rel:
+        headers.append(f"Relative cost ↓ (% of {ref})")
+    if show_repeats:
+        headers.append("Repeats")
+    best = min((r.tpme for r in tp.rows.values()), default=None)
+    rows = []
+    for m in oks:
+        row = [f"`{m.method}`", _params_cell(m), fmt_stat(m.time_epoch_s, fmt_seconds), fmt_stat(m.peak_mb, fmt_mb)]
+        if show_energy:
+            row.append(fmt_stat(m.energy_epoch_j, fmt_energy))
+        t = tp.rows.get(m.method)
+        cell = DASH if t is None else f"{t.tpme:.3f}"
+        if t is not None and len(tp.rows) > 1 and t.tpme == best:
+            cell = f"**{cell}**"
+        row.append(cell)
+        if show_rel:
+            rel = tp.relative.get(m.method)
+            row.append(fmt_pct(rel.cost_pct if rel else None))
+        if show_repeats:
+            row.append(str(m.n_ok) if m.n_ok == m.n_runs else f"{m.n_ok} of {m.n_runs}")
+        rows.append(row)
+    return Table(headers, rows, right=set(range(1, len(headers))))
+
+
+def relative_table(results: Results, tp: TpmeResult) -> Table | None:
+    """Each cost as a share of the reference method; None when the reference did not run ok."""
+    if not tp.relative:
+        return None
+    ref = tp.config.reference
+    headers = ["Method", f"Time / epoch (% of {ref})", f"Trainable params (% of {ref})",
+               f"Peak memory (% of {ref})", f"Relative cost (% of {ref})"]
+    rows = []
+    for m in ok_methods(results):
+        rel = tp.relative.get(m.method)
+        if rel is None:
+            continue
+        rows.append([f"`{m.method}`", fmt_pct(rel.time_pct), fmt_pct(rel.params_pct),
+                     fmt_pct(rel.memory_pct), fmt_pct(rel.cost_pct)])
+    return Table(headers, rows, right={1, 2, 3, 4})
+
+
+def best_epochs(m: MethodSummary) -> str:
+    """"3" when every repeat peaked at the same epoch, else one per repeat ("2, 3")."""
+    if not m.best_epochs:
+        return DASH
+    if len(set(m.best_epochs)) == 1:
+        return str(m.best_epochs[0])
+    return ", ".join(str(b) for b in m.best_epochs)
+
+
+def quality_table(results: Results, split: str) -> Table | None:
+    """HR/NDCG/MRR at every K for one split, best per column in bold, popularity floor last."""
+    keys = metric_keys(results, split)
+    if not keys:
+        return None
+    oks = [m for m in ok_methods(results) if m.metrics.get(split)]
+    headers = ["Method", "Best epoch"] + [metric_label(k) for k in keys]
+    best = {k: max((m.metrics[split][k].mean for m in oks
+                    if k in m.metrics[split] and m.metrics[split][k].mean is not None), default=None)
+            for k in keys}
+    rows = []
+    for m in oks:
+        row = [f"`{m.method}`", best_epochs(m)]
+        for k in keys:
+            st = m.metrics[split].get(k)
+            v = st.mean if st else None
+            cell = fmt_metric(v)
+            if v is not None and len(oks) > 1 and v == best[k]:
+                cell = f"**{cell}**"
+            row.append(cell)
+        rows.append(row)
+    pop = (popularity(results) or {}).get(split)
+    if pop:
+        rows.append(["*popularity (floor)*", DASH] + [fmt_metric(pop.get(k)) for k in keys])
+    return Table(headers, rows, right=set(range(1, len(headers))))
+
+
+# ---------------------------------------------------------------- summary.csv
+
+
+def _num(x: float | None) -> float | str:
+    return "" if x is None else x
+
+
+def summary_rows(results: Results, tp: TpmeResult) -> tuple[list[str], list[dict[str, object]]]:
+    """One raw row per method (any status) plus a popularity-floor row; enough to recompute TPME."""
+    splits = {s: metric_keys(results, s) for s in ("valid", "test")}
+    cfg = tp.config
+    rows: list[dict[str, object]] = []
+    for m in results.methods:
+        t = tp.rows.get(m.method)
+        rel = tp.relative.get(m.method)
+        pct_total = (100.0 * m.params_trainable / m.params_total
+                     if m.params_trainable is not None and m.params_total else None)
+        row: dict[str, object] = {
+            "method": m.method, "status": m.status,
+            "error": m.last_error or "", "repeats": m.n_ok, "runs": m.n_runs,
+            "params_trainable": _num(m.params_trainable), "params_total": _num(m.params_total),
+            "params_trainable_pct_of_total": _num(pct_total),
+            "time_epoch_s_mean": _num(m.time_epoch_s.mean), "time_epoch_s_std": _num(m.time_epoch_s.std),
+            "time_epoch_s_cv": _num(m.time_epoch_s.cv), "time_cv_flag": int(m.time_epoch_s.noisy),
+            "peak_mb_mean": _num(m.peak_mb.mean), "peak_mb_std": _num(m.peak_mb.std),
+            "peak_mb_cv": _num(m.peak_mb.cv), "memory_cv_flag": int(m.peak_mb.noisy),
+            "memory_source": m.memory_source or "",
+            "energy_epoch_j_mean": _num(m.energy_epoch_j.mean), "energy_epoch_j_std": _num(m.energy_epoch_j.std),
+            "samples_per_s_mean": _num(m.samples_per_s.mean), "setup_s_mean": _num(m.setup_s.mean),
+            "eval_s_mean": _num(m.eval_s.mean), "cache_build_s_mean": _num(m.cache_build_s.mean),
+            "alpha_time": cfg.alpha_time, "alpha_params": cfg.alpha_params, "alpha_memory": cfg.alpha_memory,
+            "norm_time": _num(t.norm_time if t else None), "norm_params": _num(t.norm_params if t else None),
+            "norm_memory": _num(t.norm_memory if t else None), "tpme": _num(t.tpme if t else None),
+            "reference": cfg.reference,
+            "rel_time_pct": _num(rel.time_pct if rel else None),
+            "rel_params_pct": _num(rel.params_pct if rel else None),
+            "rel_memory_pct": _num(rel.memory_pct if rel else None),
+            "rel_cost_pct": _num(rel.cost_pct if rel else None),
+            "best_epochs": ";".join(str(b) for b in m.best_epochs),
+            "cv_threshold": CV_THRESHOLD,
+        }
+        for split, keys in splits.items():
+            for k in keys:
+                st = m.metrics.get(split, {}).get(k)
+                row[f"{split}_{k}"] = _num(st.mean if st else None)
+                row[f"{split}_{k}_std"] = _num(st.std if st else None)
+        row["description"] = m.description
+        rows.append(row)
+    pop = popularity(results)
+    if pop:
+        prow: dict[str, object] = {"method": "popularity", "status": "floor"}
+        for split, keys in splits.items():
+            for k in keys:
+                prow[f"{split}_{k}"] = _num((pop.get(split) or {}).get(k))
+        rows.append(prow)
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    return fields, rows
+
+
+def write_summary_csv(path: Path, results: Results, tp: TpmeResult) -> Path:
+    fields, rows = summary_rows(results, tp)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())

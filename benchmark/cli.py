@@ -1,0 +1,109 @@
+"""The ``iisan-bench`` command. Flags override the config file; user errors print one line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from .errors import BenchError
+
+
+def _overrides(**flags: Any) -> dict[str, Any]:
+    """Map CLI flags onto config keys (only flags the user gave)."""
+    table = {"methods": ("run", "methods"), "epochs": ("run", "epochs"), "device": ("run", "device"),
+             "seed": ("run", "seed"), "out": ("run", "out"), "repeats": ("run", "repeats"),
+             "dataset": ("data", "dataset"), "images": ("data", "images"), "backbone": ("backbone", "preset"),
+             "init": ("backbone", "init"), "precision": ("train", "precision")}
+    out: dict[str, Any] = {}
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        section, key = table[flag]
+        if flag == "methods":
+            value = [v for v in value.split(",") if v.strip()]
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Benchmark what parameter-efficient fine-tuning really costs (IISAN, SIGIR 2024)."""
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: embedded bench.toml).")
+@click.option("--methods", help="'all', a comma list, or wildcards such as 'iisan*'.")
+@click.option("--dataset", help="'synthetic' or a folder in IISAN's TSV format.")
+@click.option("--backbone", help="Backbone preset: tiny, minilm or base.")
+@click.option("--init", type=click.Choice(["pretrained", "random"]), help="Backbone weights.")
+@click.option("--epochs", type=int)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--seed", type=int)
+@click.option("--images", type=click.Choice(["real", "synthetic", "none"]))
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]))
+@click.option("--repeats", type=int, help="Runs per method.")
+@click.option("--out", help="Output folder for results.jsonl and the report.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def run(config_path: str | None, no_progress: bool, **flags: Any) -> None:
+    """Train and evaluate the selected methods; write OUT/results.jsonl and the report."""
+    from .config import load_config
+    from .runner import run_benchmark
+
+    cfg = load_config(config_path, _overrides(**flags))
+    results = run_benchmark(cfg, progress=not no_progress, echo=click.echo)
+    click.echo(f"results: {results}")
+    try:
+        from reports import build_report
+    except ImportError:
+        return
+    click.echo(f"report: {build_report(results.parent)}")
+
+
+@cli.command("list")
+@click.argument("pattern", default="*")
+def list_cmd(pattern: str) -> None:
+    """List methods (wildcards allowed) with a one-line description."""
+    import fnmatch
+
+    from methods.registry import available, describe
+
+    names = [n for n in available() if fnmatch.fnmatchcase(n, pattern)]
+    if not names:
+        raise BenchError(f"no method matches '{pattern}' (available: {', '.join(available())})")
+    width = max(len(n) for n in names)
+    for n in names:
+        click.echo(f"{n:<{width}}  {describe(n)}")
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path(file_okay=False))
+def report(out_dir: str) -> None:
+    """(Re)build OUT_DIR/report.md, summary.csv and plots from OUT_DIR/results.jsonl."""
+    from reports import build_report
+
+    click.echo(f"report: {build_report(out_dir)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="iisan-bench", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except BenchError as exc:
+        click.echo(f"iisan-bench: error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:
+        if type(exc).__name__ == "ReportError":
+            click.echo(f"iisan-bench: error: {exc}", err=True)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

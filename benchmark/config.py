@@ -1,0 +1,233 @@
+"""Benchmark configuration: dataclasses, TOML loading, strict validation, CLI overrides.
+
+Why strict: a typo in a key silently falling back to a default would produce a benchmark that
+measures something other than what the user asked for. Unknown keys and wrong types are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import BenchError, nearest
+
+
+@dataclass
+class RunConfig:
+    methods: list[str] = field(default_factory=lambda: ["all"])
+    epochs: int = 4
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out: str = "runs/default"
+    repeats: int = 1
+    isolate: bool = True
+
+
+@dataclass
+class SyntheticConfig:
+    users: int = 1000
+    items: int = 300
+    clusters: int = 8
+    min_len: int = 6
+    max_len: int = 14
+    noise: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    max_seq_len: int = 10
+    min_seq_len: int = 5
+    text_tokens: int = 30
+    image_size: int = 32
+    images: Literal["real", "synthetic", "none"] = "synthetic"
+    trust_pickle: bool = False
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class BackboneConfig:
+    preset: Literal["tiny", "minilm", "base"] = "tiny"
+    text_model: str = ""
+    vision_model: str = ""
+    init: Literal["pretrained", "random"] = "random"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    lr_backbone: float = 1e-4
+    lr_peft: float = 1e-3
+    lr_head: float = 1e-3
+    weight_decay: float = 0.0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    patience: int = 3
+    max_steps_per_epoch: int = 0
+    item_dim: int = 64
+    num_blocks: int = 2
+    num_heads: int = 2
+    dropout: float = 0.1
+    num_workers: int = 0
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [10])
+    eval_batch_size: int = 256
+    item_batch_size: int = 256
+
+
+@dataclass
+class TPMEConfig:
+    alpha_time: float = 0.45
+    alpha_params: float = 0.10
+    alpha_memory: float = 0.45
+    reference: str = "fft"
+
+
+@dataclass
+class BenchConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tpme: TPMEConfig = field(default_factory=TPMEConfig)
+    source: str = "<defaults>"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    def hash_for(self, method: str) -> str:
+        """Stable hash of everything that determines one method's run (resume key)."""
+        d = self.to_dict()
+        d["run"] = {k: v for k, v in d["run"].items() if k not in ("methods", "out", "repeats")}
+        d["methods"] = {method: d["methods"].get(method, {})}
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = get_origin(tp)
+    if tp is Any:
+        return True
+    if origin is Literal:
+        return value in get_args(tp)
+    if origin is Union:
+        return any(_type_ok(value, a) for a in get_args(tp))
+    if origin is list:
+        (inner,) = get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _describe(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def build_dataclass(cls: type, data: dict[str, Any], where: str, prefix: str) -> Any:
+    """Build ``cls`` from ``data``, rejecting unknown keys and wrong types with one line."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise BenchError(f"{where}: unknown key '{full}'{nearest(key, names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise BenchError(f"{where}: '{full}' must be a table")
+            kwargs[key] = build_dataclass(tp, value, where, full)
+            continue
+        if not _type_ok(value, tp):
+            raise BenchError(
+                f"{where}: '{full}' must be {_describe(tp)}, got {type(value).__name__} {value!r}"
+            )
+        kwargs[key] = float(value) if tp is float else value
+    return cls(**kwargs)
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def default_config_path() -> Path:
+    """The embedded default, ``bench.toml``: beside the package in a checkout, else installed data."""
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "bench.toml", Path(sys.prefix) / "share" / "iisan-bench" / "bench.toml"):
+        if cand.is_file():
+            return cand
+    raise BenchError("embedded default bench.toml not found; pass --config FILE")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise BenchError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BenchConfig:
+    """Read a TOML config (default: the embedded bench.toml), apply overrides, validate."""
+    p = Path(path) if path else default_config_path()
+    raw = read_toml(p)
+    if overrides:
+        raw = merge(raw, overrides)
+    cfg = build_dataclass(BenchConfig, raw, str(p), "")
+    cfg.source = str(p)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: BenchConfig) -> None:
+    """Cross-field checks the type system cannot express."""
+    where = cfg.source
+    positive = {
+        "run.epochs": cfg.run.epochs, "run.repeats": cfg.run.repeats,
+        "data.max_seq_len": cfg.data.max_seq_len, "data.text_tokens": cfg.data.text_tokens,
+        "data.image_size": cfg.data.image_size, "train.batch_size": cfg.train.batch_size,
+        "train.item_dim": cfg.train.item_dim, "eval.eval_batch_size": cfg.eval.eval_batch_size,
+        "eval.item_batch_size": cfg.eval.item_batch_size,
+    }
+    for key, val in positive.items():
+        if val <= 0:
+            raise BenchError(f"{where}: '{key}' must be > 0, got {val}")
+    if cfg.data.min_seq_len < 3:
+        raise BenchError(f"{where}: 'data.min_seq_len' must be >= 3 (train, valid and test items), got {cfg.data.min_seq_len}")
+    if not cfg.eval.ks or any(k <= 0 for k in cfg.eval.ks):
+        raise BenchError(f"{where}: 'eval.ks' must be a non-empty list of positive integers")
+    total = cfg.tpme.alpha_time + cfg.tpme.alpha_params + cfg.tpme.alpha_memory
+    if abs(total - 1.0) > 1e-6:
+        raise BenchError(f"{where}: [tpme] alphas must sum to 1, got {total:g}")
+    for name, table in cfg.methods.items():
+        if not isinstance(table, dict):
+            raise BenchError(f"{where}: 'methods.{name}' must be a table")

@@ -1,0 +1,323 @@
+"""Datasets: the seeded synthetic generator and IISAN's TSV format, preprocessed like the paper.
+
+Items are indexed 1..n; index 0 is padding. Every user sequence is oldest-first. Splits are
+leave-one-out: the last item is the test target, the second-to-last the validation target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import DataConfig
+from .errors import BenchError
+
+
+@dataclass
+class SeqDataset:
+    """A preprocessed dataset: what every method and the trainer read."""
+
+    name: str
+    item_keys: list[str]  # original item ids; item index i+1 <-> item_keys[i]
+    titles: list[str]
+    sequences: list[list[int]]  # per user, item indices, oldest first
+    images: torch.Tensor | None = None  # uint8 [n_items+1, 3, S, S]; row 0 is padding
+    image_mode: str = "none"  # real | synthetic | none
+    tokens: torch.Tensor | None = None  # long [n_items+1, T]
+    attention_mask: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_keys)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def n_interactions(self) -> int:
+        return sum(len(s) for s in self.sequences)
+
+    def summary(self) -> dict:
+        return {"name": self.name, "users": self.n_users, "items": self.n_items,
+                "interactions": self.n_interactions, "images": self.image_mode}
+
+    def popularity(self) -> torch.Tensor:
+        """Item counts over the training part (all but the last two items of each user)."""
+        counts = torch.zeros(self.n_items + 1, dtype=torch.float64)
+        for seq in self.sequences:
+            for i in seq[:-2]:
+                counts[i] += 1
+        return counts
+
+
+@dataclass
+class Split:
+    """Tensors for training and leave-one-out evaluation."""
+
+    train: torch.Tensor  # long [U, L+1]: last L+1 training items, left-padded with 0
+    valid_input: torch.Tensor  # long [U, L]
+    valid_target: torch.Tensor  # long [U]
+    valid_history: torch.Tensor  # long [U, H]: items to mask (target excluded at scoring time)
+    test_input: torch.Tensor
+    test_target: torch.Tensor
+    test_history: torch.Tensor
+    log_pop: torch.Tensor  # float [n_items+1]: log of smoothed training popularity
+
+
+def _left_pad(rows: list[list[int]], width: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), width, dtype=torch.long)
+    for r, row in enumerate(rows):
+        row = row[-width:]
+        if row:
+            out[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+def make_split(ds: SeqDataset, max_seq_len: int) -> Split:
+    seqs = ds.sequences
+    hist_w = max(len(s) for s in seqs)
+    counts = ds.popularity()
+    pop = (counts + 1.0) / (counts + 1.0).sum()
+    return Split(
+        train=_left_pad([s[:-2] for s in seqs], max_seq_len + 1),
+        valid_input=_left_pad([s[:-2] for s in seqs], max_seq_len),
+        valid_target=torch.tensor([s[-2] for s in seqs], dtype=torch.long),
+        valid_history=_left_pad([s[:-2] for s in seqs], hist_w),
+        test_input=_left_pad([s[:-1] for s in seqs], max_seq_len),
+        test_target=torch.tensor([s[-1] for s in seqs], dtype=torch.long),
+        test_history=_left_pad([s[:-1] for s in seqs], hist_w),
+        log_pop=pop.log().float(),
+    )
+
+
+# --------------------------------------------------------------------------- synthetic
+
+_WORDS = (
+    "microscope lens slide optical glass beaker flask pipette burette funnel "
+    "resistor capacitor diode transistor circuit solder wire cable switch relay "
+    "bolt screw nut washer rivet bracket hinge spring clamp valve "
+    "glove mask goggles apron helmet boot shield respirator earplug vest "
+    "sensor probe meter gauge thermometer scale timer counter monitor alarm "
+    "tape adhesive sealant epoxy glue lubricant grease oil cleaner solvent "
+    "pump motor fan blower compressor filter hose nozzle fitting coupling "
+    "drill blade saw grinder sander chisel hammer wrench plier cutter"
+).split()
+_GENERIC = "pack set kit pro heavy duty mini large small premium standard industrial".split()
+
+
+def synthetic_dataset(cfg: DataConfig, seed: int) -> SeqDataset:
+    """Users stay in a latent topic; titles and images reveal an item's topic.
+
+    The next item usually shares the topic of the previous ones (with probability 1 - noise the
+    topic is kept), so a model that reads item content can predict it while popularity ranking
+    cannot: content models must win by a clear margin.
+    """
+    s = cfg.synthetic
+    if s.users < 2 or s.items < 2 or s.clusters < 1 or s.min_len < 3 or s.max_len < s.min_len:
+        raise BenchError("data.synthetic: need users >= 2, items >= 2, clusters >= 1, 3 <= min_len <= max_len")
+    rng = np.random.default_rng(seed)
+    cluster_of = rng.integers(0, s.clusters, size=s.items)
+    members = [np.flatnonzero(cluster_of == c) for c in range(s.clusters)]
+    for c in range(s.clusters):  # every cluster needs at least one item
+        if len(members[c]) == 0:
+            cluster_of[c % s.items] = c
+    members = [np.flatnonzero(cluster_of == c) for c in range(s.clusters)]
+    zipf = [1.0 / np.arange(1, len(m) + 1) ** 0.8 for m in members]
+    zipf = [z / z.sum() for z in zipf]
+    topic = [rng.choice(_WORDS, size=6, replace=False) for _ in range(s.clusters)]
+    titles = []
+    for i in range(s.items):
+        words = list(rng.choice(topic[cluster_of[i]], size=3, replace=False))
+        words.insert(int(rng.integers(0, 4)), str(rng.choice(_GENERIC)))
+        titles.append(" ".join(words) + f" model {i}")
+    sequences = []
+    for _ in range(s.users):
+        length = int(rng.integers(s.min_len, s.max_len + 1))
+        c = int(rng.integers(0, s.clusters))
+        seq: list[int] = []
+        while len(seq) < length:
+            item = int(rng.choice(members[c], p=zipf[c])) + 1
+            if item not in seq:
+                seq.append(item)
+            if rng.random() < s.noise:
+                c = int(rng.integers(0, s.clusters))
+        sequences.append(seq)
+    ds = SeqDataset("synthetic", [str(i + 1) for i in range(s.items)], titles, sequences)
+    ds.sequences = [q[-(cfg.max_seq_len + 3):] for q in ds.sequences if len(q) >= cfg.min_seq_len]
+    if not ds.sequences:
+        raise BenchError("data.synthetic: every user was filtered out by data.min_seq_len")
+    if cfg.images != "none":
+        ds.images = _cluster_images(cluster_of, cfg.image_size, seed)
+        ds.image_mode = "synthetic"
+    return ds
+
+
+def _cluster_images(cluster_of: np.ndarray, size: int, seed: int) -> torch.Tensor:
+    """Per-cluster colour and stripe pattern plus per-item noise, uint8 [n+1, 3, S, S]."""
+    n_clusters = int(cluster_of.max()) + 1
+    g = torch.Generator().manual_seed(seed)
+    colour = torch.rand(n_clusters, 3, 1, 1, generator=g)
+    angle = torch.rand(n_clusters, generator=g) * math.pi
+    freq = 2 + torch.rand(n_clusters, generator=g) * 6
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    c = torch.as_tensor(cluster_of)
+    wave = torch.sin(2 * math.pi * freq[c, None, None]
+                     * (xx * torch.cos(angle[c, None, None]) + yy * torch.sin(angle[c, None, None])))
+    img = 0.5 + 0.35 * wave[:, None] * colour[c] + 0.1 * torch.randn(len(c), 3, size, size, generator=g)
+    out = torch.zeros(len(c) + 1, 3, size, size, dtype=torch.uint8)
+    out[1:] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    return out
+
+
+def keyed_images(keys: list[str], size: int) -> torch.Tensor:
+    """Deterministic per-item images for datasets without images, seeded by each item's id.
+
+    Low-resolution noise upsampled: cheap for 20k items, identical across runs and machines.
+    """
+    out = torch.zeros(len(keys) + 1, 3, size, size, dtype=torch.uint8)
+    chunk = 2048
+    for start in range(0, len(keys), chunk):
+        part = keys[start:start + chunk]
+        low = torch.empty(len(part), 3, 8, 8)
+        for j, key in enumerate(part):
+            seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & (2**63 - 1)
+            low[j] = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(seed))
+        up = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+        out[1 + start:1 + start + len(part)] = (up * 255).round().to(torch.uint8)
+    return out
+
+
+# --------------------------------------------------------------------------- IISAN TSV
+
+
+def _find_one(folder: Path, pattern: str, what: str) -> Path:
+    found = sorted(p for p in folder.glob(pattern) if p.is_file())
+    if not found:
+        raise BenchError(f"{folder}: no {what} file matching '{pattern}'")
+    if len(found) > 1:
+        raise BenchError(f"{folder}: several {what} files match '{pattern}': {', '.join(p.name for p in found)}")
+    return found[0]
+
+
+def _read_lines(path: Path) -> list[str]:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise BenchError(f"{path}:{line}: undecodable bytes (not UTF-8)") from None
+    return text.splitlines()
+
+
+def read_items(path: Path) -> tuple[list[str], list[str]]:
+    keys: list[str] = []
+    titles: list[str] = []
+    seen: dict[str, int] = {}
+    for n, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) != 2:
+            raise BenchError(f"{path}:{n}: expected 2 tab-separated columns (item_id, title), got {len(cols)}")
+        key, title = cols[0].strip(), cols[1].strip()
+        if not key:
+            raise BenchError(f"{path}:{n}: empty item id")
+        if not title:
+            raise BenchError(f"{path}:{n}: empty title for item '{key}'")
+        if key in seen:
+            raise BenchError(f"{path}:{n}: duplicate item id '{key}' (first on line {seen[key]})")
+        seen[key] = n
+        keys.append(key)
+        titles.append(title)
+    if not keys:
+        raise BenchError(f"{path}: no items")
+    return keys, titles
+
+
+def read_users(path: Path) -> list[tuple[int, list[str]]]:
+    users = []
+    for n, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) != 2:
+            raise BenchError(f"{path}:{n}: expected 2 tab-separated columns (user_id, item ids), got {len(cols)}")
+        items = cols[1].split()
+        users.append((n, items))
+    if not users:
+        raise BenchError(f"{path}: no users")
+    return users
+
+
+def tsv_dataset(folder: str | Path, cfg: DataConfig) -> SeqDataset:
+    """Load an IISAN-format folder and preprocess it exactly like the paper's code.
+
+    Keep each user's last max_seq_len+3 items, drop users with fewer than min_seq_len, and build
+    the item set from what is kept (in the items file's order).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BenchError(f"{folder}: dataset folder not found (use 'synthetic' or a folder with *_items.tsv and a users TSV)")
+    items_path = _find_one(folder, "*_items.tsv", "items")
+    users_path = _find_one(folder, "*users*.tsv", "users")
+    keys, titles = read_items(items_path)
+    index = {k: i for i, k in enumerate(keys)}
+    kept_users: list[list[str]] = []
+    unknown: list[str] = []
+    for _line, items in read_users(users_path):
+        missing = [i for i in items if i not in index]
+        unknown.extend(missing)
+        if len(items) < cfg.min_seq_len:
+            continue
+        kept_users.append(items[-(cfg.max_seq_len + 3):])
+    if unknown:
+        uniq = list(dict.fromkeys(unknown))
+        raise BenchError(f"{users_path}: {len(uniq)} item ids not in {items_path.name}, e.g. {', '.join(uniq[:5])}")
+    if not kept_users:
+        raise BenchError(f"{users_path}: every user has fewer than data.min_seq_len={cfg.min_seq_len} items")
+    used = {i for seq in kept_users for i in seq}
+    order = [k for k in keys if k in used]
+    new_index = {k: i + 1 for i, k in enumerate(order)}
+    ds = SeqDataset(
+        name=folder.name,
+        item_keys=order,
+        titles=[titles[index[k]] for k in order],
+        sequences=[[new_index[i] for i in seq] for seq in kept_users],
+    )
+    if cfg.images == "synthetic":
+        ds.images = keyed_images(order, cfg.image_size)
+        ds.image_mode = "synthetic"
+    elif cfg.images == "real":
+        from .images import load_real_images  # lazy: PIL only when needed
+
+        ds.images = load_real_images(folder, order, cfg)
+        ds.image_mode = "real"
+    return ds
+
+
+def load_dataset(cfg: DataConfig, seed: int) -> SeqDataset:
+    if cfg.dataset == "synthetic":
+        if cfg.images == "real":
+            raise BenchError("data.images = 'real' needs a dataset folder with images; the synthetic dataset has synthetic images")
+        return synthetic_dataset(cfg, seed)
+    return tsv_dataset(cfg.dataset, cfg)
+
+
+def tokenize(ds: SeqDataset, tokenizer, max_tokens: int) -> None:
+    """Tokenise every title once per dataset (row 0 = padding item, all [PAD])."""
+    enc = tokenizer(ds.titles, max_length=max_tokens, padding="max_length", truncation=True,
+                    return_tensors="pt")
+    pad_id = tokenizer.pad_token_id or 0
+    ids = torch.full((ds.n_items + 1, max_tokens), pad_id, dtype=torch.long)
+    mask = torch.zeros((ds.n_items + 1, max_tokens), dtype=torch.long)
+    ids[1:] = enc["input_ids"]
+    mask[1:] = enc["attention_mask"]
+    mask[0, 0] = 1  # padding item still needs one visible token for attention to be defined
+    ds.tokens, ds.attention_mask = ids, mask

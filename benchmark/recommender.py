@@ -1,0 +1,113 @@
+"""SASRec user encoder over item embeddings, the debiased in-batch softmax loss, and scoring.
+
+The item tower (a method's item encoder) maps item indices to embeddings; this module knows
+nothing about how those embeddings are produced.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NEG = -1e4  # masked logit (finite, so fp16/bf16 softmax never sees -inf rows)
+
+
+class SASRec(nn.Module):
+    """Causal Transformer over a left-padded sequence of item embeddings (Kang & McAuley 2018)."""
+
+    def __init__(self, dim: int = 64, max_len: int = 10, blocks: int = 2, heads: int = 2, dropout: float = 0.1):
+        super().__init__()
+        self.pos = nn.Embedding(max_len, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim * 4, dropout, activation="gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
+        self.heads = heads
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def forward(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """emb [B, L, d], mask [B, L] (1 = real item) -> hidden states [B, L, d]."""
+        B, L, _ = emb.shape
+        x = self.drop(self.norm(emb * mask.unsqueeze(-1) + self.pos.weight[:L]))
+        causal = torch.ones(L, L, dtype=torch.bool, device=emb.device).tril()
+        eye = torch.eye(L, dtype=torch.bool, device=emb.device)
+        # keys: earlier real items; every query (padding too) sees itself, so no row is fully masked
+        # (PyTorch's inference fast path turns fully masked rows into NaN)
+        allowed = (causal.unsqueeze(0) & mask.bool().unsqueeze(1)) | eye  # [B, L(query), L(key)]
+        attn = torch.zeros(B, L, L, dtype=x.dtype, device=emb.device).masked_fill(~allowed, NEG)
+        attn = attn.repeat_interleave(self.heads, dim=0)
+        return self.encoder(x, mask=attn)
+
+
+def inbatch_logits_mask(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masks for the in-batch softmax of a batch of item sequences ``ids`` [B, L+1].
+
+    Columns are every position of every sequence (B*(L+1)), as in the paper's code. Row (b, t)
+    predicts ids[b, t+1]. A column is masked for row (b, t) if it is padding, or if its item occurs
+    anywhere in user b's sequence, except the target's own column.
+    Returns (mask [B, L, C] bool: True = masked, target column [B, L], valid rows [B, L] bool).
+    """
+    B, L1 = ids.shape
+    L = L1 - 1
+    cols = ids.reshape(-1)  # [C]
+    C = cols.numel()
+    in_seq = (ids.unsqueeze(2) == cols.view(1, 1, C)).any(dim=1)  # [B, C]
+    mask = (in_seq | (cols == 0).unsqueeze(0)).unsqueeze(1).expand(B, L, C).clone()
+    target_col = torch.arange(B, device=ids.device).unsqueeze(1) * L1 + torch.arange(1, L1, device=ids.device)
+    mask.scatter_(2, target_col.unsqueeze(-1), False)
+    valid = (ids[:, :-1] != 0) & (ids[:, 1:] != 0)
+    return mask, target_col, valid
+
+
+def inbatch_loss(user: torch.Tensor, item_emb: torch.Tensor, ids: torch.Tensor, log_pop: torch.Tensor) -> torch.Tensor:
+    """Debiased in-batch softmax: logits = u·v - log(pop), masked as in ``inbatch_logits_mask``.
+
+    user [B, L, d] (states at positions 0..L-1), item_emb [B*(L+1), d], ids [B, L+1], log_pop [n+1].
+    """
+    mask, target_col, valid = inbatch_logits_mask(ids)
+    logits = torch.einsum("bld,cd->blc", user, item_emb).float() - log_pop[ids.reshape(-1)].view(1, 1, -1)
+    logits = logits.masked_fill(mask, NEG)
+    return F.cross_entropy(logits[valid], target_col[valid])
+
+
+class SeqRecommender(nn.Module):
+    """Item tower + SASRec; the trainer calls ``loss`` and ``item_table``/``score``."""
+
+    def __init__(self, item_tower: nn.Module, dim: int, max_len: int, blocks: int, heads: int, dropout: float):
+        super().__init__()
+        self.item_tower = item_tower
+        self.user_encoder = SASRec(dim, max_len, blocks, heads, dropout)
+
+    def encode_items(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings for arbitrary item ids, running the tower once per distinct item."""
+        uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+        return self.item_tower(uniq)[inverse]
+
+    def loss(self, ids: torch.Tensor, log_pop: torch.Tensor) -> torch.Tensor:
+        emb = self.encode_items(ids)  # [B*(L+1), d]
+        B, L1 = ids.shape
+        seq_emb = emb.view(B, L1, -1)[:, :-1]
+        user = self.user_encoder(seq_emb, (ids[:, :-1] != 0).to(seq_emb.dtype))
+        return inbatch_loss(user, emb, ids, log_pop)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by group name; the tower declares its own groups."""
+        groups = {k: list(v) for k, v in self.item_tower.param_groups().items()}
+        groups.setdefault("head", []).extend(p for p in self.user_encoder.parameters() if p.requires_grad)
+        return groups
+
+    @torch.no_grad()
+    def item_table(self, n_items: int, batch: int) -> torch.Tensor:
+        """All item embeddings [n+1, d] computed in chunks (row 0 = padding item)."""
+        dev = next(self.user_encoder.parameters()).device
+        parts = [self.item_tower(torch.arange(s, min(s + batch, n_items + 1), device=dev))
+                 for s in range(0, n_items + 1, batch)]
+        return torch.cat(parts).float()
+
+    @torch.no_grad()
+    def score(self, table: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Scores of every item for each user's next item: [B, n+1]."""
+        mask = (inputs != 0).to(table.dtype)
+        hidden = self.user_encoder(table[inputs], mask)
+        return hidden[:, -1].float() @ table.T

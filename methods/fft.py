@@ -1,0 +1,17 @@
+"""Full fine-tuning: every backbone weight and every head trains."""
+
+from __future__ import annotations
+
+from .base import BuildContext, EncoderTower, ItemTower, Method
+from .registry import register_method
+
+
+@register_method("fft")
+class FullFineTuning(Method):
+    description = "Full fine-tuning: both encoders and all heads train (the reference)."
+
+    def build(self, ctx: BuildContext) -> ItemTower:
+        for module in (ctx.backbones.text, ctx.backbones.vision):
+            if module is not None:
+                module.requires_grad_(True)
+        return EncoderTower(ctx.backbones, ctx.data, ctx.cfg.train.item_dim, lambda _name: "backbone")

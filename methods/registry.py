@@ -1,0 +1,98 @@
+"""Method registry: ``@register_method("name")`` on a class, lazy imports, wildcard selection.
+
+Built-in methods are imported only when asked for, so ``iisan-bench list`` and config validation
+stay fast and a broken optional dependency breaks only the method that needs it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from benchmark.errors import BenchError, nearest
+
+if TYPE_CHECKING:
+    from .base import Method
+
+# name -> module that registers it (imported lazily)
+BUILTIN: dict[str, str] = {
+    "fft": "methods.fft",
+}
+_REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make ``cls`` available as ``name``."""
+
+    def deco(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"method '{name}' is already registered by {_REGISTRY[name].__module__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available() -> list[str]:
+    """Every method name, in the order the benchmark runs them."""
+    return list(dict.fromkeys([*BUILTIN, *_REGISTRY]))
+
+
+def get_method(name: str) -> type["Method"]:
+    if name not in _REGISTRY:
+        if name not in BUILTIN:
+            raise BenchError(f"unknown method '{name}'{nearest(name, available())}")
+        importlib.import_module(BUILTIN[name])
+    return _REGISTRY[name]
+
+
+def select(patterns: list[str] | str, extra: list[str] | None = None) -> list[str]:
+    """Expand 'all', comma lists and shell wildcards ('iisan*') to method names, in run order.
+
+    ``extra`` are names that configuration adds (e.g. peft tuners declared under [methods.NAME]).
+    """
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    names = available() + [e for e in (extra or []) if e not in available()]
+    chosen: list[str] = []
+    for pat in (p.strip() for item in patterns for p in item.split(",")):
+        if not pat:
+            continue
+        if pat == "all":
+            matched = names
+        else:
+            matched = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not matched:
+            raise BenchError(f"unknown method '{pat}'{nearest(pat, names)}")
+        chosen.extend(m for m in matched if m not in chosen)
+    if not chosen:
+        raise BenchError(f"no method selected (available: {', '.join(names)})")
+    return chosen
+
+
+def describe(name: str) -> str:
+    return get_method(name).description
+
+
+def options_for(name: str, cfg: Any) -> Any:
+    """Validated options dataclass for one method from its [methods.NAME] table."""
+    from benchmark.config import build_dataclass
+
+    return build_dataclass(get_method_for(name, cfg).Options, cfg.methods.get(name) or {}, cfg.source,
+                           f"methods.{name}")
+
+
+def configured_extra(cfg: Any) -> list[str]:
+    """Method names that configuration declares: a [methods.NAME] table with a ``peft_type`` key
+    registers NAME as a generic peft tuner (no new code)."""
+    return [name for name, table in cfg.methods.items()
+            if name not in available() and isinstance(table, dict) and "peft_type" in table]
+
+
+def get_method_for(name: str, cfg: Any) -> type["Method"]:
+    """The class behind ``name``: a registered method, or the generic peft tuner for a configured one."""
+    if name in configured_extra(cfg):
+        return get_method("peft")
+    return get_method(name)

@@ -16,15 +16,18 @@ def target_ranks(scores: torch.Tensor, target: torch.Tensor, history: torch.Tens
 
     History items are masked; the target keeps its own score even when it is also in the history.
     """
+    # competitors: every real item except the history and the target itself
+    scores = scores.float()
+    competitor = torch.ones_like(scores, dtype=torch.bool)
+    competitor[:, 0] = False
+    rows = torch.arange(scores.size(0), device=scores.device).unsqueeze(1).expand_as(history)
+    competitor[rows, history] = False
+    competitor.scatter_(1, target.unsqueeze(1), False)
     # a NaN never flatters: a NaN target scores -inf, a NaN competitor +inf
-    raw_target = scores.float().gather(1, target.unsqueeze(1)).nan_to_num(nan=float("-inf"))
-    masked = scores.float().nan_to_num(nan=float("inf"))
-    masked[:, 0] = float("-inf")
-    rows = torch.arange(masked.size(0), device=masked.device).unsqueeze(1).expand_as(history)
-    masked[rows, history] = float("-inf")
-    masked.scatter_(1, target.unsqueeze(1), float("nan"))
-    higher = (masked > raw_target).sum(1)
-    equal = (masked == raw_target).sum(1)
+    t = scores.gather(1, target.unsqueeze(1)).nan_to_num(nan=float("-inf"))
+    s = scores.nan_to_num(nan=float("inf"))
+    higher = ((s > t) & competitor).sum(1)
+    equal = ((s == t) & competitor).sum(1)
     return 1 + higher + equal
 
 

@@ -1,0 +1,71 @@
+"""End to end: a method trains, evaluates and writes a complete, reproducible result record."""
+
+import json
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.config import load_config
+from benchmark.runner import run_benchmark
+
+SMALL = {"data": {"synthetic": {"users": 240, "items": 120}}, "run": {"epochs": 1, "isolate": False},
+         "train": {"max_steps_per_epoch": 3}}
+
+
+def small_cfg(tmp_path, name="out", **extra):
+    over = {**SMALL, "run": {**SMALL["run"], "out": str(tmp_path / name), "methods": ["fft"]}}
+    over.update(extra)
+    return load_config(None, over)
+
+
+def test_record_is_complete_and_seeded_runs_repeat(tmp_path):
+    recs = []
+    for name in ("a", "b"):
+        path = run_benchmark(small_cfg(tmp_path, name), progress=False, echo=lambda *_: None)
+        lines = path.read_text().splitlines()
+        assert len(lines) == 1
+        recs.append(json.loads(lines[0]))
+    rec = recs[0]
+    assert rec["status"] == "ok" and rec["method"] == "fft"
+    for key in ("params", "time", "memory", "metrics", "data", "backbone", "env", "config", "seed"):
+        assert rec[key] is not None, key
+    assert rec["params"]["trainable"] == rec["params"]["total"] > 0  # fft trains everything
+    assert len(rec["time"]["epoch_s"]) == 1 and rec["time"]["samples_per_s"] > 0
+    assert rec["memory"]["source"] == "cpu-rss" and rec["memory"]["peak_mb"] > 0
+    assert set(rec["metrics"]["test"]) == {"hr@10", "ndcg@10", "mrr@10"}
+    assert rec["data"] == {"name": "synthetic", "users": 240, "items": 120,
+                           "interactions": rec["data"]["interactions"], "images": "synthetic"}
+    assert rec["backbone"]["init"] == "random" and rec["env"]["torch"]
+    assert rec["config"]["resolved"]["train"]["batch_size"] == 64
+    # same seed, same metrics (CPU)
+    assert recs[0]["metrics"]["test"] == recs[1]["metrics"]["test"]
+    assert recs[0]["metrics"]["valid"] == recs[1]["metrics"]["valid"]
+
+
+def test_fft_beats_popularity_on_the_embedded_default(tmp_path):
+    cfg = load_config(None, {"run": {"methods": ["fft"], "out": str(tmp_path), "isolate": False}})
+    rec = json.loads(run_benchmark(cfg, progress=False, echo=lambda *_: None).read_text())
+    test, pop = rec["metrics"]["test"], rec["metrics"]["popularity"]["test"]
+    assert rec["status"] == "ok"
+    assert test["hr@10"] > 1.5 * pop["hr@10"] and test["ndcg@10"] > 1.5 * pop["ndcg@10"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--methods", "ftt"], "unknown method 'ftt' (did you mean 'fft'?)"),
+    (["--backbone", "huge"], "backbone.preset' must be one of 'tiny', 'minilm', 'base'"),
+    (["--dataset", "/nonexistent/folder"], "/nonexistent/folder: dataset folder not found"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, needle):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--out", str(out), *args])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_list_names_methods_with_descriptions(capsys):
+    main(["list"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("fft ") and "fine-tuning" in line.lower() for line in lines)

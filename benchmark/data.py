@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,9 +45,22 @@ class SeqDataset:
     def n_interactions(self) -> int:
         return sum(len(s) for s in self.sequences)
 
+    image_source: dict = field(default_factory=dict)  # real images: source, cache hit/built, cache path
+
     def summary(self) -> dict:
-        return {"name": self.name, "users": self.n_users, "items": self.n_items,
-                "interactions": self.n_interactions, "images": self.image_mode}
+        """What every result record states about the data (``record["data"]``).
+
+        ``images`` says real | synthetic | none, so synthetic placeholders are flagged everywhere;
+        ``timings`` holds the one-off data costs (load_s, images_s, tokenize_s: tokenizer load plus
+        tokenising every title), which are not part of any method's epoch time.
+        """
+        out = {"name": self.name, "users": self.n_users, "items": self.n_items,
+               "interactions": self.n_interactions, "images": self.image_mode}
+        if self.image_source:
+            out["image_source"] = dict(self.image_source)
+        if self.timings:
+            out["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        return out
 
     def popularity(self) -> torch.Tensor:
         """Item counts over the training part (all but the last two items of each user)."""
@@ -207,13 +221,25 @@ def _find_one(folder: Path, pattern: str, what: str) -> Path:
 
 
 def _read_lines(path: Path) -> list[str]:
-    raw = path.read_bytes()
+    """UTF-8 lines (a leading BOM and CRLF endings tolerated), numbered like an editor numbers them.
+
+    Split on "\n" only: str.splitlines() would also split on characters such as U+2028 or \x85
+    that can occur inside a title, shifting every line number after it.
+    """
     try:
-        text = raw.decode("utf-8")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BenchError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise BenchError(f"{path}:{line}: undecodable bytes (not UTF-8)") from None
-    return text.splitlines()
+        start = exc.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        line = raw[:start].count(b"\n") + 1
+        raise BenchError(f"{path}:{line}: undecodable bytes (not UTF-8): {raw[start:start + 4]!r}") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
 def read_items(path: Path) -> tuple[list[str], list[str]]:
@@ -270,18 +296,24 @@ def tsv_dataset(folder: str | Path, cfg: DataConfig) -> SeqDataset:
     keys, titles = read_items(items_path)
     index = {k: i for i, k in enumerate(keys)}
     kept_users: list[list[str]] = []
-    unknown: list[str] = []
-    for _line, items in read_users(users_path):
-        missing = [i for i in items if i not in index]
-        unknown.extend(missing)
+    unknown: dict[str, int] = {}  # unknown item id -> first line naming it
+    users = read_users(users_path)
+    for line, items in users:
+        for i in items:
+            if i not in index and i not in unknown:
+                unknown[i] = line
         if len(items) < cfg.min_seq_len:
             continue
         kept_users.append(items[-(cfg.max_seq_len + 3):])
     if unknown:
-        uniq = list(dict.fromkeys(unknown))
-        raise BenchError(f"{users_path}: {len(uniq)} item ids not in {items_path.name}, e.g. {', '.join(uniq[:5])}")
+        ids = list(unknown)
+        first = min(unknown.values())
+        shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+        raise BenchError(f"{users_path}:{first}: {len(ids)} item ids not in {items_path.name}, e.g. {shown}")
     if not kept_users:
-        raise BenchError(f"{users_path}: every user has fewer than data.min_seq_len={cfg.min_seq_len} items")
+        longest = max(len(items) for _line, items in users)
+        raise BenchError(f"{users_path}: every user was filtered out: all {len(users)} have fewer than "
+                         f"data.min_seq_len={cfg.min_seq_len} items (longest: {longest})")
     used = {i for seq in kept_users for i in seq}
     order = [k for k in keys if k in used]
     new_index = {k: i + 1 for i, k in enumerate(order)}
@@ -292,13 +324,19 @@ def tsv_dataset(folder: str | Path, cfg: DataConfig) -> SeqDataset:
         sequences=[[new_index[i] for i in seq] for seq in kept_users],
     )
     if cfg.images == "synthetic":
+        t0 = time.perf_counter()
         ds.images = keyed_images(order, cfg.image_size)
         ds.image_mode = "synthetic"
+        ds.timings["images_s"] = time.perf_counter() - t0
     elif cfg.images == "real":
-        from .images import load_real_images  # lazy: PIL only when needed
+        from . import images  # lazy: PIL only when needed
 
-        ds.images = load_real_images(folder, order, cfg)
+        t0 = time.perf_counter()
+        ds.images = images.load_real_images(folder, order, cfg)
         ds.image_mode = "real"
+        ds.image_source = dict(images.last_load)
+        ds.image_source.pop("images_s", None)
+        ds.timings["images_s"] = time.perf_counter() - t0
     return ds
 
 

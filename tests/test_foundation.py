@@ -33,6 +33,8 @@ def test_record_is_complete_and_seeded_runs_repeat(tmp_path):
     assert len(rec["time"]["epoch_s"]) == 1 and rec["time"]["samples_per_s"] > 0
     assert rec["memory"]["source"] == "cpu-rss" and rec["memory"]["peak_mb"] > 0
     assert set(rec["metrics"]["test"]) == {"hr@10", "ndcg@10", "mrr@10"}
+    timings = rec["data"].pop("timings")  # one-off data costs (data.summary)
+    assert timings["tokenize_s"] > 0 and timings["load_s"] > 0
     assert rec["data"] == {"name": "synthetic", "users": 240, "items": 120,
                            "interactions": rec["data"]["interactions"], "images": "synthetic"}
     assert rec["backbone"]["init"] == "random" and rec["env"]["torch"]

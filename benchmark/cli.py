@@ -14,6 +14,7 @@ def _overrides(**flags: Any) -> dict[str, Any]:
     """Map CLI flags onto config keys (only flags the user gave)."""
     table = {"methods": ("run", "methods"), "epochs": ("run", "epochs"), "device": ("run", "device"),
              "seed": ("run", "seed"), "out": ("run", "out"), "repeats": ("run", "repeats"),
+             "isolate": ("run", "isolate"),
              "dataset": ("data", "dataset"), "images": ("data", "images"), "backbone": ("backbone", "preset"),
              "init": ("backbone", "init"), "precision": ("train", "precision"),
              "trust_pickle": ("data", "trust_pickle")}
@@ -47,15 +48,18 @@ def cli() -> None:
               help="Allow reading the paper's LMDB image store (pickled Python objects: trusted sources only).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]))
 @click.option("--repeats", type=int, help="Runs per method.")
+@click.option("--isolate/--no-isolate", default=None,
+              help="Each (method, repeat) in a fresh child process (default) or all in this process.")
+@click.option("--force", is_flag=True, help="Rerun runs already in OUT/results.jsonl (default: skip them).")
 @click.option("--out", help="Output folder for results.jsonl and the report.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def run(config_path: str | None, no_progress: bool, **flags: Any) -> None:
+def run(config_path: str | None, no_progress: bool, force: bool, **flags: Any) -> None:
     """Train and evaluate the selected methods; write OUT/results.jsonl and the report."""
     from .config import load_config
     from .runner import run_benchmark
 
     cfg = load_config(config_path, _overrides(**flags))
-    results = run_benchmark(cfg, progress=not no_progress, echo=click.echo)
+    results = run_benchmark(cfg, progress=not no_progress, echo=click.echo, force=force)
     click.echo(f"results: {results}")
     try:
         from reports import build_report

@@ -1,76 +1,338 @@
-"""Memory measurement, decoupled from training: it only sees the process and the device.
+"""Memory and energy measurement, decoupled from training: it only sees processes and devices.
 
-A ``MemoryProfiler`` is handed to the trainer as a callback: it resets peaks once the model is
-built and before the first step (Adam's state is born at the first step: it counts), samples the
-process's resident memory in a thread, and reads the allocator's peaks at the end.
+Two halves:
+
+* ``MemoryProfiler`` runs where training runs (the isolated child, or the benchmark process with
+  ``[run] isolate = false``). It is a trainer callback: it resets the allocator's peaks once the
+  model is built and before the first step (Adam's state is born at the first step: it counts),
+  reads the GPU energy counter at each epoch's edges, marks phases (setup/train/eval) for the
+  memory timeline, and at the end reads the allocator's peaks and the OS's own peak RSS.
+* ``ProcessSampler`` watches one process from outside (or its own process, in-process mode):
+  RSS through psutil and, on a GPU, NVML per-process and device memory, every ~10 ms.
+
+The CUDA context (what the driver holds for the process, outside the caching allocator) is
+measured once per process right after CUDA starts (``cuda_start``); the headline GPU number is the
+allocator's reserved peak plus that context.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import os
+import resource
+import statistics
+import sys
 import threading
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 import psutil
 import torch
 
+from .nvml import Nvml, torch_uuid
+
 MB = 1024 * 1024
+SAMPLE_INTERVAL_S = 0.01
+CSV_MAX_ROWS = 4000  # longer timelines are decimated keeping each bucket's maximum
 
 
-class RssSampler:
-    """Samples this process's RSS every ``interval`` seconds in a daemon thread."""
+def ru_maxrss_mb() -> float:
+    """The OS's own peak RSS of this process (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MB if sys.platform == "darwin" else peak / 1024
 
-    def __init__(self, interval: float = 0.01):
-        self.interval = interval
-        self.samples: list[tuple[float, float]] = []
+
+def warn(message: str) -> None:
+    print(f"iisan-bench: warning: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- CUDA start
+
+
+@dataclass
+class CudaStart:
+    """What was learnt when CUDA started in this process."""
+
+    uuid: str | None
+    nvml: Nvml | None
+    handle: Any
+    context_mb: float | None
+    context_source: str | None  # nvml-process | nvml-device-delta | None
+    warnings: list[str] = field(default_factory=list)
+
+
+_CUDA_STARTS: dict[str, CudaStart] = {}
+
+
+def cuda_start(device: torch.device, nvml: Nvml | None = None) -> CudaStart:
+    """Start CUDA on ``device`` and measure the context overhead (once per process and device).
+
+    Other processes on the GPU are listed *before* this process creates its context, so the
+    process itself is never mistaken for a neighbour. Context = NVML's used memory of this process
+    after ``torch.cuda.init()`` and a tiny allocation, minus what the caching allocator reserved;
+    where NVML has no per-process data (containers hide pids) the device's used memory before and
+    after stands in. CUDA's lazy module loading can grow the context later; the NVML per-process
+    peak (sampled from outside) covers that.
+    """
+    key = str(device)
+    if key in _CUDA_STARTS:
+        return _CUDA_STARTS[key]
+    nvml = nvml if nvml is not None else Nvml.open()
+    before: dict[str, tuple[list | None, float | None]] = {}
+    if nvml is not None:
+        for u, h in nvml.handles():
+            before[u] = (nvml.processes(h), nvml.device_used_mb(h))
+    torch.cuda.init()
+    uuid = torch_uuid(device)
+    handle = nvml.handle_for_uuid(uuid) if nvml is not None else None
+    probe = torch.empty(1, device=device)
+    torch.cuda.synchronize(device)
+    reserved = torch.cuda.memory_reserved(device) / MB
+    warnings: list[str] = []
+    context = source = None
+    if nvml is None:
+        warnings.append("NVML unavailable (nvidia-ml-py missing or no driver access): no context, "
+                        "NVML or energy numbers")
+    elif handle is None:
+        warnings.append(f"no NVML device has the UUID of {device} ({uuid}): no context, NVML or energy numbers")
+    else:
+        procs, used_before = before.get(uuid, (None, None))
+        others = [(p, mb) for p, mb in procs or [] if p != os.getpid()]
+        if others:
+            desc = ", ".join(f"pid {p}" + (f" {mb:.0f} MB" if mb is not None else "") for p, mb in others[:5])
+            warnings.append(f"{len(others)} other process(es) already use this GPU ({desc}): "
+                            "memory and time may be disturbed")
+        elif used_before is not None and used_before > 1024:
+            warnings.append(f"the GPU already had {used_before:.0f} MB in use before this run "
+                            "(processes NVML cannot list, e.g. in other containers)")
+        mine = nvml.process_used_mb(handle, os.getpid())
+        if mine is not None:
+            context, source = mine - reserved, "nvml-process"
+        else:
+            after = nvml.device_used_mb(handle)
+            if after is not None and used_before is not None:
+                context, source = after - used_before - reserved, "nvml-device-delta"
+        if context is not None and context < 0:
+            warnings.append(f"context measurement came out negative ({context:.0f} MB, {source}); dropped")
+            context = source = None
+    del probe
+    for w in warnings:
+        warn(w)
+    start = CudaStart(uuid, nvml, handle, context, source, warnings)
+    _CUDA_STARTS[key] = start
+    return start
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class Sample:
+    t: float  # time.time()
+    rss_mb: float | None
+    process_mb: float | None = None  # NVML: this process's GPU memory
+    device_mb: float | None = None  # NVML: the whole device's used memory
+
+
+class ProcessSampler:
+    """Samples one process every ``interval`` seconds in a daemon thread: RSS (psutil) and, once a
+    GPU handle is known, NVML per-process and device memory.
+
+    ``handle_source`` is polled until it returns a handle: an isolated child announces its GPU
+    (by UUID) only once CUDA is up, and there is nothing to see on the GPU before that.
+    ``cpu_s`` is the sampler thread's own CPU time (its overhead).
+    """
+
+    def __init__(self, pid: int, interval: float = SAMPLE_INTERVAL_S, nvml: Nvml | None = None,
+                 handle: Any = None, handle_source: Callable[[], Any] | None = None):
+        self.pid, self.interval, self.nvml = pid, interval, nvml
+        self.handle, self.handle_source = handle, handle_source
+        self.samples: list[Sample] = []
+        self.cpu_s = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._proc = psutil.Process()
+        try:
+            self._proc: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self._proc = None
 
-    def start(self) -> None:
-        self._t0 = time.perf_counter()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+    def start(self) -> "ProcessSampler":
+        self._thread = threading.Thread(target=self._loop, name=f"sampler-{self.pid}", daemon=True)
         self._thread.start()
+        return self
+
+    def sample(self) -> Sample:
+        rss = None
+        if self._proc is not None:
+            try:
+                rss = self._proc.memory_info().rss / MB or None  # a zombie reads 0
+            except psutil.Error:
+                rss = None
+        if self.handle is None and self.handle_source is not None and self.nvml is not None:
+            self.handle = self.handle_source()
+        s = Sample(time.time(), rss)
+        if self.handle is not None and self.nvml is not None:
+            s.process_mb = self.nvml.process_used_mb(self.handle, self.pid)
+            s.device_mb = self.nvml.device_used_mb(self.handle)
+        self.samples.append(s)
+        return s
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.perf_counter() - self._t0, self._proc.memory_info().rss / MB))
-            self._stop.wait(self.interval)
+        while True:
+            c0 = time.thread_time()
+            self.sample()
+            self.cpu_s += time.thread_time() - c0
+            if self._stop.wait(self.interval):
+                break
 
-    def stop(self) -> float:
+    def stop(self) -> None:
         self._stop.set()
-        if self._thread:
+        if self._thread is not None:
             self._thread.join()
-        self.samples.append((time.perf_counter() - self._t0, self._proc.memory_info().rss / MB))
-        return max(mb for _, mb in self.samples)
+            self._thread = None
+            self.sample()  # one last look
+
+    def peak(self, what: str) -> float | None:
+        vals = [getattr(s, what) for s in self.samples if getattr(s, what) is not None]
+        return max(vals) if vals else None
+
+
+def timeline_column(samples: list[Sample], gpu: bool) -> str:
+    """Which series the timeline's ``mb`` column shows: one source for the whole run."""
+    if gpu:
+        for col in ("process_mb", "device_mb"):
+            if any(getattr(s, col) is not None for s in samples):
+                return col
+    return "rss_mb"
+
+
+COLUMN_SOURCE = {"process_mb": "nvml-process", "device_mb": "nvml-device", "rss_mb": "rss"}
+
+
+def _decimate(samples: list[Sample], col: str, max_rows: int) -> list[Sample]:
+    """At most ``max_rows`` samples, keeping the maximum of each consecutive bucket (peaks survive)."""
+    if len(samples) <= max_rows:
+        return samples
+    out = []
+    step = len(samples) / max_rows
+    for b in range(max_rows):
+        bucket = samples[int(b * step):int((b + 1) * step)] or samples[int(b * step):int(b * step) + 1]
+        out.append(max(bucket, key=lambda s: (getattr(s, col) is not None, getattr(s, col) or 0.0)))
+    return out
+
+
+def write_timeline_csv(path: Path, samples: list[Sample], t0: float, marks: list[tuple[float, str]],
+                       gpu: bool, max_rows: int = CSV_MAX_ROWS) -> str:
+    """Write ``t_s,mb,phase,rss_mb,nvml_process_mb,nvml_device_mb``; return the ``mb`` source.
+
+    ``t_s`` counts from ``t0``; ``phase`` is the last mark at or before the sample (``startup``
+    before the first mark).
+    """
+    from .results import atomic_write
+
+    col = timeline_column(samples, gpu)
+    marks = sorted(marks)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["t_s", "mb", "phase", "rss_mb", "nvml_process_mb", "nvml_device_mb"])
+    fmt = lambda v: "" if v is None else f"{v:.1f}"  # noqa: E731
+    i, phase = 0, "startup"
+    for s in _decimate(samples, col, max_rows):
+        while i < len(marks) and marks[i][0] <= s.t:
+            phase = marks[i][1]
+            i += 1
+        mb = getattr(s, col)
+        if mb is None:
+            continue
+        w.writerow([f"{s.t - t0:.3f}", fmt(mb), phase, fmt(s.rss_mb), fmt(s.process_mb), fmt(s.device_mb)])
+    atomic_write(path, buf.getvalue())
+    return COLUMN_SOURCE[col]
+
+
+# --------------------------------------------------------------------------- the trainer callback
+
+
+def gpu_memory(reserved_mb: float, allocated_mb: float, context_mb: float | None) -> dict[str, Any]:
+    """Headline GPU memory: the allocator's reserved peak plus the CUDA context."""
+    return {"peak_mb": reserved_mb + (context_mb or 0.0), "source": "cuda" if context_mb is not None else "cuda-reserved",
+            "allocated_peak_mb": allocated_mb, "reserved_peak_mb": reserved_mb, "context_mb": context_mb}
 
 
 class MemoryProfiler:
-    """Trainer callback that measures peak memory from the first training step on."""
+    """Trainer callback measuring peak memory from the first training step on, and energy per epoch.
 
-    def __init__(self, device: torch.device):
+    ``sample=True`` also samples this process from a thread (in-process runs); an isolated child
+    passes ``sample=False`` because its parent samples it from outside.
+    """
+
+    def __init__(self, device: torch.device, sample: bool = True, interval: float = SAMPLE_INTERVAL_S):
         self.device = device
-        self.rss = RssSampler()
+        self.t0 = time.time()
+        self.marks: list[tuple[float, str]] = [(self.t0, "setup")]
+        self.cuda = cuda_start(device) if device.type == "cuda" else None
+        self.sampler: ProcessSampler | None = None
+        if sample:
+            nvml, handle = (self.cuda.nvml, self.cuda.handle) if self.cuda else (None, None)
+            self.sampler = ProcessSampler(os.getpid(), interval, nvml=nvml, handle=handle).start()
+        self.epoch_j: list[float | None] = []
+        self._energy0: int | None = None
+        self._result: dict[str, Any] | None = None
+
+    def mark(self, phase: str) -> None:
+        self.marks.append((time.time(), phase))
+
+    def _energy(self) -> int | None:
+        if self.cuda is None or self.cuda.nvml is None or self.cuda.handle is None:
+            return None
+        return self.cuda.nvml.energy_mj(self.cuda.handle)
 
     def on_train_start(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.rss.start()
 
     def on_epoch_start(self, epoch: int) -> None:
-        pass
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # earlier work must not count in this epoch's energy
+        self._energy0 = self._energy()
+        self.mark("train")
 
     def on_epoch_end(self, epoch: int) -> None:
-        pass
+        # the trainer synchronised the device before calling this
+        end = self._energy()
+        self.epoch_j.append((end - self._energy0) / 1000 if end is not None and self._energy0 is not None else None)
+        self.mark("eval")
 
-    def result(self) -> dict:
-        rss_peak = self.rss.stop()
+    def energy(self) -> dict[str, Any]:
+        """``epoch_j``: median joules per epoch; ``per_epoch_j``: every epoch (null when unknown)."""
+        per = self.epoch_j if self.epoch_j and all(j is not None for j in self.epoch_j) else None
+        return {"epoch_j": statistics.median(per) if per else None, "per_epoch_j": per}
+
+    def result(self) -> dict[str, Any]:
+        """The memory section of the record (idempotent: the sampler stops at the first call)."""
+        if self._result is not None:
+            return self._result
+        self.mark("done")
+        if self.sampler is not None:
+            self.sampler.stop()
+        ru = ru_maxrss_mb()
+        rss = self.sampler.peak("rss_mb") if self.sampler else None
         if self.device.type == "cuda":
-            alloc = torch.cuda.max_memory_allocated(self.device) / MB
-            reserved = torch.cuda.max_memory_reserved(self.device) / MB
-            return {"peak_mb": reserved, "source": "cuda-reserved", "allocated_peak_mb": alloc,
-                    "reserved_peak_mb": reserved, "rss_peak_mb": rss_peak}
-        return {"peak_mb": rss_peak, "source": "cpu-rss", "rss_peak_mb": rss_peak}
+            mem = gpu_memory(torch.cuda.max_memory_reserved(self.device) / MB,
+                             torch.cuda.max_memory_allocated(self.device) / MB, self.cuda.context_mb)
+            mem.update(context_source=self.cuda.context_source,
+                       nvml_process_peak_mb=self.sampler.peak("process_mb") if self.sampler else None,
+                       nvml_device_peak_mb=self.sampler.peak("device_mb") if self.sampler else None,
+                       warnings=list(self.cuda.warnings))
+        else:
+            # in-process: the sampled peak (ru_maxrss spans the whole process, earlier methods too)
+            mem = {"peak_mb": rss if rss is not None else ru, "source": "cpu-rss", "warnings": []}
+        mem.update(rss_peak_mb=rss, ru_maxrss_mb=ru, samples_csv=None)
+        self._result = mem
+        return mem
 
-    def samples(self) -> list[tuple[float, float]]:
-        return list(self.rss.samples)
+    def samples(self) -> list[Sample]:
+        return list(self.sampler.samples) if self.sampler else []

@@ -114,9 +114,26 @@ def count_params(model: torch.nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "total": total}
 
 
+def new_record(cfg: BenchConfig, name: str, description: str, prep: Prepared, env: dict[str, Any],
+               repeat: int) -> dict[str, Any]:
+    """The record every run starts from (also the one a crashed child's parent fills in)."""
+    return {
+        "method": name, "description": description, "status": "ok", "error": None, "repeat": repeat,
+        "config_hash": cfg.hash_for(name), "seed": cfg.run.seed,
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "data": prep.data.summary(), "env": env, "config": {"resolved": cfg.to_dict()},
+        "params": None, "time": None, "memory": None, "energy": {"epoch_j": None},
+        "metrics": {"popularity": prep.popularity}, "backbone": None,
+    }
+
+
 def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device, repeat: int = 0,
-               out_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Build, train and evaluate one method; failures become a result, never a crash."""
+               out_dir: Path | None = None, progress: bool = True, *, sample_memory: bool = True) -> dict[str, Any]:
+    """Build, train and evaluate one method; failures become a result, never a crash.
+
+    ``sample_memory=False`` in an isolated child: its parent samples it from outside. Keys starting
+    with '_' (the memory timeline) and ``traceback`` are for the runner and never reach results.jsonl.
+    """
     from methods.base import BuildContext
     from methods.registry import get_method_for, options_for
 
@@ -126,17 +143,12 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
     from .trainer import Trainer
 
     cls = get_method_for(name, cfg)
-    record: dict[str, Any] = {
-        "method": name, "description": cls.description, "status": "ok", "error": None, "repeat": repeat,
-        "config_hash": cfg.hash_for(name), "seed": cfg.run.seed,
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "data": prep.data.summary(), "env": env_info(device), "config": {"resolved": cfg.to_dict()},
-        "params": None, "time": None, "memory": None, "energy": {"epoch_j": None},
-        "metrics": {"popularity": prep.popularity}, "backbone": None,
-    }
+    record = new_record(cfg, name, cls.description, prep, {**env_info(device), "pid": os.getpid()}, repeat)
     profiler = None
     try:
         seed_everything(cfg.run.seed + repeat)
+        # before the build: an OOM while building still has its memory timeline
+        profiler = MemoryProfiler(device, sample=sample_memory)
         t0 = time.perf_counter()
         backbones = load_backbones(cfg.backbone, cfg.data)
         record["backbone"] = backbones.info
@@ -147,22 +159,24 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
         model = SeqRecommender(tower, t.item_dim, cfg.data.max_seq_len, t.num_blocks, t.num_heads, t.dropout).to(device)
         setup_s = time.perf_counter() - t0
         record["params"] = count_params(model)
-        profiler = MemoryProfiler(device)
         trainer = Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, device, cfg.run.seed + repeat,
                           callbacks=[profiler], progress=progress)
         outcome = trainer.fit(cfg.run.epochs, t.patience)
         record["time"] = {**outcome.timing(), "setup_s": setup_s, **method.extra_timings()}
-        record["memory"] = profiler.result()
         record["metrics"].update(valid=outcome.valid, test=outcome.test, best_epoch=outcome.best_epoch,
                                  history=outcome.history)
-    except torch.OutOfMemoryError as exc:
-        record.update(status="oom", error=_last_line(exc))
-        if profiler is not None:
-            record["memory"] = profiler.result()
+        record["energy"] = profiler.energy()
+    except (torch.OutOfMemoryError, MemoryError) as exc:  # the peak reached is still recorded below
+        record.update(status="oom", error=_last_line(exc), traceback=traceback.format_exc())
     except BenchError:
+        if profiler is not None:
+            profiler.result()  # stop the sampler thread
         raise
     except Exception as exc:  # a failing method is a result, not a crash
         record.update(status="failed", error=_last_line(exc), traceback=traceback.format_exc())
+    if profiler is not None:
+        record["memory"] = profiler.result()
+        record["_timeline"] = {"t0": profiler.t0, "marks": profiler.marks, "samples": profiler.samples()}
     return record
 
 
@@ -172,18 +186,65 @@ def _last_line(exc: BaseException) -> str:
 
 
 def summary_line(rec: dict[str, Any]) -> str:
+    mem = rec.get("memory") or {}
     if rec["status"] != "ok":
-        return f"{rec['method']}: {rec['status']} -- {rec['error']}"
+        peak = f" (peak {mem['peak_mb']:.0f} MB {mem.get('source')})" if mem.get("peak_mb") is not None else ""
+        log = f"; log {rec['log']}" if rec.get("log") else ""
+        return f"{rec['method']} r{rec['repeat']}: {rec['status']} -- {rec['error']}{peak}{log}"
     m, pop = rec["metrics"], rec["metrics"]["popularity"]["test"]
     k = next(iter(m["test"])).split("@")[1]
-    return (f"{rec['method']}: ok  test HR@{k} {m['test'][f'hr@{k}']:.4f} (popularity {pop[f'hr@{k}']:.4f})  "
+    iso = rec.get("isolation") or {}
+    start = f"  child start {iso['child_startup_s']:.1f}s" if iso.get("child_startup_s") is not None else ""
+    return (f"{rec['method']} r{rec['repeat']}: ok  test HR@{k} {m['test'][f'hr@{k}']:.4f} (popularity {pop[f'hr@{k}']:.4f})  "
             f"NDCG@{k} {m['test'][f'ndcg@{k}']:.4f} (popularity {pop[f'ndcg@{k}']:.4f})  "
-            f"epoch {rec['time']['epoch_s_median']:.2f}s  peak {rec['memory']['peak_mb']:.0f} MB "
-            f"({rec['memory']['source']})  trainable {rec['params']['trainable'] / 1e6:.2f}M")
+            f"epoch {rec['time']['epoch_s_median']:.2f}s  peak {mem['peak_mb']:.0f} MB "
+            f"({mem['source']})  trainable {rec['params']['trainable'] / 1e6:.2f}M{start}")
 
 
-def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print) -> Path:
-    """Run every selected method and append its record to OUT/results.jsonl."""
+def finished_runs(results: Path) -> set[tuple[str, int, str]]:
+    """(method, repeat, config_hash) of every ok run already in ``results`` (the resume key)."""
+    from .results import read_results
+
+    try:
+        recs = read_results(results)
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"{results}: cannot read earlier results to resume ({exc}); use a fresh --out") from None
+    return {(r.get("method"), r.get("repeat", 0), r.get("config_hash")) for r in recs if r.get("status") == "ok"}
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def finish_record(rec: dict[str, Any], out: Path, device: torch.device) -> dict[str, Any]:
+    """Write the run's side files (traceback log, memory timeline CSV) and drop runner-only keys."""
+    from .profiler import write_timeline_csv
+
+    stem = f"{_safe(rec['method'])}-{rec['repeat']}"
+    tb = rec.pop("traceback", None)
+    if tb:
+        log = out / "logs" / f"{stem}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(tb)
+        rec["log"] = os.path.relpath(log, out)
+    timeline = rec.pop("_timeline", None)
+    for key in [k for k in rec if k.startswith("_")]:
+        rec.pop(key)
+    if timeline and timeline["samples"] and isinstance(rec.get("memory"), dict):
+        csv_path = out / "memory" / f"{stem}.csv"
+        rec["memory"]["samples_source"] = write_timeline_csv(
+            csv_path, timeline["samples"], timeline["t0"], [tuple(m) for m in timeline["marks"]], device.type == "cuda")
+        rec["memory"]["samples_csv"] = os.path.relpath(csv_path, out)
+    return rec
+
+
+def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bool = False) -> Path:
+    """Run every selected (method, repeat) and append its record to OUT/results.jsonl.
+
+    Runs already in OUT/results.jsonl with status ok and the same config hash are skipped unless
+    ``force``; each finished run is appended atomically, so an interrupted sweep loses only the
+    run in flight. With ``[run] isolate`` every run is a fresh child process.
+    """
     names = method_names(cfg)
     check_methods(cfg, names)
     device = resolve_device(cfg.run.device)
@@ -191,17 +252,30 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print) -> Path:
     prep = prepare(cfg)  # data errors surface before the output folder is touched
     check_out_dir(out)
     results = out / "results.jsonl"
+    done = set() if force else finished_runs(results)
+    runs = [(n, r) for n in names for r in range(cfg.run.repeats)]
+    todo = [(n, r) for n, r in runs if (n, r, cfg.hash_for(n)) not in done]
     echo(f"dataset {prep.data.name}: {prep.data.n_users} users, {prep.data.n_items} items, "
-         f"{prep.data.n_interactions} interactions; device {device}; methods {', '.join(names)}")
-    for name in names:
-        for repeat in range(cfg.run.repeats):
-            rec = run_method(cfg, name, prep, device, repeat, out, progress)
-            tb = rec.pop("traceback", None)
-            if tb:
-                log = out / "logs" / f"{name}-{repeat}.log"
-                log.parent.mkdir(exist_ok=True)
-                log.write_text(tb)
-                rec["log"] = os.path.relpath(log, out)
-            append_result(results, rec)
+         f"{prep.data.n_interactions} interactions; device {device}; methods {', '.join(names)}; "
+         f"{cfg.run.repeats} repeat(s); {'a fresh child process per run' if cfg.run.isolate else 'in-process'}")
+    if len(todo) < len(runs):
+        skipped = sorted({n for n, r in runs if (n, r) not in todo})
+        echo(f"skipping {len(runs) - len(todo)} run(s) already in {results} with the same config "
+             f"({', '.join(skipped)}); --force reruns them")
+    isolated = None
+    if cfg.run.isolate and todo:
+        from .isolation import IsolatedRunner
+
+        isolated = IsolatedRunner(cfg, prep, device, out, progress=progress, echo=echo)
+    try:
+        for name, repeat in todo:
+            if isolated is not None:
+                rec = isolated.run(name, repeat)
+            else:
+                rec = run_method(cfg, name, prep, device, repeat, out, progress)
+            append_result(results, finish_record(rec, out, device))
             echo(summary_line(rec))
+    finally:
+        if isolated is not None:
+            isolated.close()
     return results

@@ -1,0 +1,68 @@
+"""Entry point of an isolated run: ``python -m benchmark.child SPEC.json`` (started by the parent).
+
+Loads the prepared dataset and config the parent saved, starts CUDA (measuring the context) and
+announces the GPU's UUID, runs one (method, repeat) through ``runner.run_method`` and writes the
+record as JSON where the parent reads it. It always tries to write something: a caught failure
+becomes a ``failed`` record; only a hard death (signal, ``os._exit``) leaves the parent to say so
+from the exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    t_enter = time.time()
+    spec = json.loads(Path(argv[0]).read_text())
+    for p in spec.get("sys_path", []):
+        if p not in sys.path:
+            sys.path.append(p)
+    from .errors import BenchError
+    from .results import atomic_write
+
+    child: dict = {"t_enter": t_enter, "marks": []}
+    try:
+        import torch
+
+        from .isolation import ENV_IMPORTS
+        from .profiler import cuda_start, ru_maxrss_mb
+        from .runner import run_method
+
+        for mod in filter(None, (m.strip() for m in os.environ.get(ENV_IMPORTS, "").split(","))):
+            importlib.import_module(mod)
+        t0 = time.time()
+        payload = torch.load(spec["payload"], weights_only=False)  # our own file, written by the parent
+        child["payload_load_s"] = time.time() - t0
+        cfg, prep = payload["cfg"], payload["prep"]
+        device = torch.device(spec["device"])
+        if device.type == "cuda":
+            start = cuda_start(device)
+            atomic_write(Path(spec["ready"]), json.dumps({"uuid": start.uuid, "pid": os.getpid()}))
+        child["t_ready"] = time.time()
+        record = run_method(cfg, spec["method"], prep, device, spec["repeat"], Path(spec["out"]),
+                            spec["progress"], sample_memory=False)
+        child["run_s"] = time.time() - child["t_ready"]
+        timeline = record.pop("_timeline", None) or {}
+        child["marks"] = [list(m) for m in timeline.get("marks", [])]
+        child["ru_maxrss_mb"] = ru_maxrss_mb()
+        if isinstance(record.get("memory"), dict) and device.type == "cpu":
+            record["memory"]["ru_maxrss_mb"] = child["ru_maxrss_mb"]
+    except BenchError as exc:  # a user error: the parent stops the sweep with this message
+        record = {"bench_error": str(exc)}
+    except Exception as exc:
+        err = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}".strip()
+        record = {"status": "failed", "error": err, "traceback": traceback.format_exc()}
+    record["_child"] = child
+    atomic_write(Path(spec["result"]), json.dumps(record, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,266 @@
+"""Isolation: every (method, repeat) runs in its own fresh child process.
+
+Why: the caching allocator, leftover tensors, lazily loaded kernels, ``ru_maxrss`` and Python's
+heap all outlive a method inside one process, so a later method would be measured on top of an
+earlier one. A fresh process per run measures each method alone.
+
+How:
+
+* The parent prepares the dataset once (load + tokenise), and writes it with the resolved config
+  to ``OUT/.isolate-*/payload.pt`` (``torch.save``; deleted at the end). Each child loads it
+  (no re-tokenising, no tokenizer) — the overhead is recorded per run in ``isolation``.
+* The child is ``python -m benchmark.child SPEC`` (``subprocess``, not ``multiprocessing``: a clean
+  interpreter, environment set before torch is imported, a pid the parent can watch, and an exit
+  code that says how it died). It imports the modules that registered the selected methods (the
+  class's module, plus ``IISAN_BENCH_IMPORTS``, with the parent's ``sys.path``), runs
+  ``runner.run_method`` and writes its record as JSON to a file the parent reads.
+* While it runs the parent samples it (RSS via psutil; NVML per-process and device memory once the
+  child announces its GPU's UUID), tees its stderr (progress bars stay visible; the tail is kept
+  for the log of a child that dies), and reaps it with ``os.wait4`` for the OS's own peak RSS of
+  that child even when it was killed. A child that dies without a record becomes status
+  ``failed`` with its exit code.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import BenchConfig
+from .errors import BenchError
+from .nvml import Nvml
+from .profiler import MB, SAMPLE_INTERVAL_S, ProcessSampler, warn
+
+ENV_IMPORTS = "IISAN_BENCH_IMPORTS"  # comma list of modules a child imports first (e.g. test methods)
+STDERR_TAIL = 64 * 1024
+
+
+class StderrTee(threading.Thread):
+    """Copies a child's stderr to ours as it comes and keeps its last ``STDERR_TAIL`` bytes."""
+
+    def __init__(self, pipe, sink=None):
+        super().__init__(daemon=True, name="stderr-tee")
+        self.pipe, self.sink = pipe, sink
+        self.tail = bytearray()
+
+    def run(self) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        fd = self.pipe.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.tail += chunk
+            del self.tail[:-STDERR_TAIL]
+            sink = self.sink or sys.stderr
+            try:
+                sink.write(decoder.decode(chunk))
+                sink.flush()
+            except (OSError, ValueError):
+                pass
+        self.pipe.close()
+
+    def text(self) -> str:
+        return bytes(self.tail).decode("utf-8", "replace")
+
+
+class ReadyHandle:
+    """Polled by the sampler: the NVML handle of the GPU the child announced (by UUID) once CUDA
+    was up; None before that, or when no NVML device has that UUID."""
+
+    def __init__(self, path: Path, nvml: Nvml):
+        self.path, self.nvml = path, nvml
+        self.uuid: str | None = None
+        self.done = False
+
+    def __call__(self) -> Any:
+        if self.done or not self.path.exists():
+            return None
+        self.done = True
+        try:
+            self.uuid = json.loads(self.path.read_text()).get("uuid")
+        except (OSError, ValueError):
+            return None
+        return self.nvml.handle_for_uuid(self.uuid)
+
+
+def exit_reason(rc: int) -> str:
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        hint = " (the OS out-of-memory killer?)" if -rc == signal.SIGKILL else ""
+        return f"child process killed by {name}{hint} (exit code {rc})"
+    return f"child process exited with code {rc} without a result"
+
+
+def _modules_for(name: str, cfg: BenchConfig) -> list[str]:
+    from methods.registry import get_method_for
+
+    mods = [m.strip() for m in os.environ.get(ENV_IMPORTS, "").split(",") if m.strip()]
+    mod = get_method_for(name, cfg).__module__
+    if mod != "__main__" and mod not in mods:
+        mods.append(mod)
+    return mods
+
+
+class IsolatedRunner:
+    """Runs (method, repeat) pairs in fresh children; one instance per sweep (``close()`` it)."""
+
+    def __init__(self, cfg: BenchConfig, prep, device: torch.device, out: Path, progress: bool = True,
+                 echo=print, interval: float = SAMPLE_INTERVAL_S, sample: bool = True):
+        self.cfg, self.prep, self.device, self.out = cfg, prep, device, Path(out)
+        self.progress, self.echo, self.interval, self.sample = progress, echo, interval, sample
+        self.tmp = Path(tempfile.mkdtemp(prefix=".isolate-", dir=self.out))
+        self.payload = self.tmp / "payload.pt"
+        t0 = time.perf_counter()
+        torch.save({"cfg": cfg, "prep": prep}, self.payload)
+        self.payload_save_s = time.perf_counter() - t0
+        self.payload_mb = self.payload.stat().st_size / MB
+        self.nvml = Nvml.open() if device.type == "cuda" else None
+        echo(f"isolation: dataset payload {self.payload_mb:.1f} MB written once in {self.payload_save_s:.2f}s")
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.nvml is not None:
+            self.nvml.close()
+            self.nvml = None
+
+    def _spawn(self, spec_path: Path, imports: list[str]) -> subprocess.Popen:
+        env = dict(os.environ)
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # device indices as NVML and nvidia-smi count them
+        env[ENV_IMPORTS] = ",".join(imports)
+        env["PYTHONFAULTHANDLER"] = "1"  # a segfault leaves a Python traceback in the log
+        return subprocess.Popen([sys.executable, "-m", "benchmark.child", str(spec_path)], env=env,
+                                stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    @staticmethod
+    def _reap(proc: subprocess.Popen) -> tuple[int, float | None]:
+        """Wait for the child; its exit code and the OS's peak RSS for it (MB), even if it was killed."""
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except ChildProcessError:  # already reaped elsewhere
+            return proc.wait(), None
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        peak = usage.ru_maxrss / MB if sys.platform == "darwin" else usage.ru_maxrss / 1024
+        return proc.returncode, peak
+
+    def run(self, name: str, repeat: int) -> dict[str, Any]:
+        run_dir = self.tmp / f"{''.join(c if c.isalnum() else '_' for c in name)}-{repeat}"
+        run_dir.mkdir()
+        result_path, ready_path = run_dir / "result.json", run_dir / "ready.json"
+        spec = {"payload": str(self.payload), "method": name, "repeat": repeat, "out": str(self.out),
+                "device": str(self.device), "progress": self.progress, "result": str(result_path),
+                "ready": str(ready_path), "sys_path": [p for p in sys.path if p]}
+        spec_path = run_dir / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        t_spawn = time.time()
+        proc = self._spawn(spec_path, _modules_for(name, self.cfg))
+        tee = StderrTee(proc.stderr)
+        tee.start()
+        ready = ReadyHandle(ready_path, self.nvml) if self.nvml is not None else None
+        sampler = ProcessSampler(proc.pid, self.interval, nvml=self.nvml, handle_source=ready)
+        if self.sample:
+            sampler.start()
+        try:
+            rc, os_peak = self._reap(proc)
+        except BaseException:  # Ctrl-C: take the child down with us, record nothing for it
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
+        finally:
+            sampler.stop()
+            tee.join(5)
+        wall_s = time.time() - t_spawn
+        rec = None
+        if result_path.exists():
+            try:
+                rec = json.loads(result_path.read_text())
+            except (OSError, ValueError):
+                rec = None
+        if rec is not None and "bench_error" in rec:
+            raise BenchError(rec["bench_error"])
+        child = rec.pop("_child", {}) if rec is not None else {}
+        if rec is None or "method" not in rec:
+            rec = self._crash_record(name, repeat, rc, tee.text(), rec)
+        elif rc != 0 and rec.get("status") == "ok":  # wrote a record, then died on the way out
+            rec.update(status="failed", error=exit_reason(rc))
+        self._merge_memory(rec, sampler, child, os_peak)
+        rec.setdefault("env", {}).update(pid=proc.pid, parent_pid=os.getpid())
+        t_ready = child.get("t_ready")
+        rec["isolation"] = {
+            "exit_code": rc, "wall_s": wall_s,
+            # what isolation costs this run: the child's life minus run_method itself
+            "overhead_s": wall_s - child["run_s"] if child.get("run_s") is not None else None,
+            "child_startup_s": (t_ready - t_spawn) if t_ready else None,  # spawn -> data loaded, CUDA up
+            "payload_load_s": child.get("payload_load_s"),
+            "payload_save_s": self.payload_save_s, "payload_mb": self.payload_mb,  # once per sweep
+            "sampler_cpu_s": sampler.cpu_s, "samples": len(sampler.samples),
+            "gpu_uuid": ready.uuid if ready is not None else None,
+        }
+        marks = [(t_spawn, "startup")] + [tuple(m) for m in child.get("marks", [])]
+        rec["_timeline"] = {"t0": t_spawn, "marks": marks, "samples": sampler.samples}
+        return rec
+
+    def _crash_record(self, name: str, repeat: int, rc: int, stderr: str, partial: dict | None) -> dict[str, Any]:
+        from methods.registry import get_method_for
+
+        from .runner import new_record
+
+        env = {"device": self.device.type, "python": sys.version.split()[0], "torch": torch.__version__,
+               "cuda": torch.version.cuda}
+        rec = new_record(self.cfg, name, get_method_for(name, self.cfg).description, self.prep, env, repeat)
+        if partial and partial.get("status") == "failed":  # the child caught it before run_method
+            rec.update(status="failed", error=partial.get("error"),
+                       traceback=partial.get("traceback") or stderr)
+        else:
+            rec.update(status="failed", error=exit_reason(rc),
+                       traceback=f"{exit_reason(rc)}\n--- last {STDERR_TAIL // 1024} KiB of the child's stderr ---\n{stderr}")
+        return rec
+
+    def _merge_memory(self, rec: dict[str, Any], sampler: ProcessSampler, child: dict[str, Any],
+                      os_peak: float | None) -> None:
+        """Add what the parent saw to what the child measured; pick the headline."""
+        mem = rec.get("memory") or {"warnings": []}
+        rss = sampler.peak("rss_mb")
+        ru = max((v for v in (child.get("ru_maxrss_mb"), os_peak) if v is not None), default=None)
+        mem.update(rss_peak_mb=rss, ru_maxrss_mb=ru, samples_csv=None)
+        if self.device.type == "cuda":
+            proc_peak, dev_peak = sampler.peak("process_mb"), sampler.peak("device_mb")
+            mem.update(nvml_process_peak_mb=proc_peak, nvml_device_peak_mb=dev_peak)
+            if mem.get("reserved_peak_mb") is None:  # died before the child's profiler could say
+                if proc_peak is not None:
+                    mem.update(peak_mb=proc_peak, source="nvml-process")
+                elif dev_peak is not None:
+                    mem.update(peak_mb=dev_peak, source="nvml-device")
+                else:
+                    mem.update(peak_mb=None, source=None)
+            if self.nvml is None:
+                note = "NVML unavailable in the parent: no NVML peaks or timeline"
+                mem.setdefault("warnings", []).append(note)
+                warn(note)
+        else:
+            vals = [v for v in (rss, ru) if v is not None]
+            mem.update(peak_mb=max(vals) if vals else None, source="cpu-rss")
+        rec["memory"] = mem

@@ -1,0 +1,100 @@
+"""Isolation, failures and resume: every run in its own child, failures as results, finished runs kept."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import bench_test_methods  # noqa: F401  (registers t-tiny, t-oom, t-fail, t-crash)
+
+from benchmark.cli import main
+from benchmark.config import load_config
+from benchmark.runner import run_benchmark
+
+TINY = {"data": {"synthetic": {"users": 60, "items": 40}, "images": "none"},
+        "run": {"epochs": 1, "device": "cpu"}, "train": {"max_steps_per_epoch": 2}}
+
+
+def cfg_for(out, methods, isolate, **run):
+    return load_config(None, {**TINY, "run": {**TINY["run"], "out": str(out), "methods": methods,
+                                              "isolate": isolate, **run}})
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def quiet(*_):
+    pass
+
+
+def test_isolated_runs_get_fresh_children_and_deaths_become_results(tmp_path):
+    """One sweep, three children: an OOM, a SIGKILLed child, then a method that runs fine."""
+    out = tmp_path / "iso"
+    run_benchmark(cfg_for(out, ["t-oom", "t-crash", "t-tiny"], True), progress=False, echo=quiet)
+    oom, crash, ok = records(out)
+
+    pids = {r["env"]["pid"] for r in (oom, crash, ok)}
+    assert len(pids) == 3 and os.getpid() not in pids
+    assert all(r["env"]["parent_pid"] == os.getpid() for r in (oom, crash, ok))
+
+    assert oom["status"] == "oom" and "out of memory" in oom["error"]
+    assert oom["memory"]["peak_mb"] > 0 and oom["memory"]["source"] == "cpu-rss"
+    assert (out / oom["log"]).read_text().count("OutOfMemoryError") >= 1
+
+    assert crash["status"] == "failed" and crash["isolation"]["exit_code"] == -9
+    assert "SIGKILL" in crash["error"] and (out / crash["log"]).is_file()
+    assert crash["memory"]["peak_mb"] > 0  # the parent watched it until it died
+
+    assert ok["status"] == "ok" and ok["metrics"]["test"]
+    mem = ok["memory"]
+    assert mem["peak_mb"] == max(mem["rss_peak_mb"], mem["ru_maxrss_mb"])
+    with open(out / mem["samples_csv"]) as fh:
+        rows = list(csv.DictReader(fh))
+    assert mem["samples_csv"] == "memory/t-tiny-0.csv" and rows and {"t_s", "mb", "phase"} <= set(rows[0])
+    assert {"startup", "train"} <= {r["phase"] for r in rows}
+    assert ok["isolation"]["child_startup_s"] > 0 and ok["isolation"]["overhead_s"] is not None
+    assert not list(out.glob(".isolate-*"))  # the payload folder is cleaned up
+
+
+def test_in_process_oom_and_failure_do_not_stop_the_sweep(tmp_path):
+    out = tmp_path / "inproc"
+    run_benchmark(cfg_for(out, ["t-oom", "t-fail", "t-tiny"], False), progress=False, echo=quiet)
+    oom, fail, ok = records(out)
+    assert oom["status"] == "oom" and oom["memory"]["peak_mb"] > 0 and oom["log"] == "logs/t-oom-0.log"
+    assert fail["status"] == "failed" and fail["error"] == "ValueError: the last line says why"
+    assert "Traceback" in (out / fail["log"]).read_text()
+    assert ok["status"] == "ok" and ok["env"]["pid"] == os.getpid()
+    assert ok["memory"]["samples_csv"] == "memory/t-tiny-0.csv" and (out / "memory" / "t-tiny-0.csv").is_file()
+    assert "traceback" not in ok and not any(k.startswith("_") for r in (oom, fail, ok) for k in r)
+
+
+def test_repeats_resume_and_force(tmp_path, capsys):
+    out = tmp_path / "resume"
+    run_benchmark(cfg_for(out, ["t-tiny", "t-fail"], False, repeats=2), progress=False, echo=quiet)
+    first = records(out)
+    assert [(r["method"], r["repeat"]) for r in first] == [("t-tiny", 0), ("t-tiny", 1), ("t-fail", 0), ("t-fail", 1)]
+
+    # same --out again: finished ok runs are skipped, failed ones are retried
+    lines: list[str] = []
+    run_benchmark(cfg_for(out, ["t-tiny", "t-fail"], False, repeats=2), progress=False, echo=lines.append)
+    assert [(r["method"], r["repeat"]) for r in records(out)[4:]] == [("t-fail", 0), ("t-fail", 1)]
+    assert any("skipping 2 run(s)" in ln for ln in lines)
+
+    # a changed config is a different run: it is not skipped
+    run_benchmark(cfg_for(out, ["t-tiny"], False, seed=7), progress=False, echo=quiet)
+    assert [(r["method"], r["seed"]) for r in records(out)[6:]] == [("t-tiny", 7)]
+
+    # --force reruns (through the CLI, which also parses --no-isolate and renders the report)
+    main(["run", "--methods", "t-tiny", "--epochs", "1", "--device", "cpu", "--out", str(out), "--seed", "7",
+          "--no-isolate", "--force", "--no-progress", "--config", _config_file(tmp_path)])
+    assert [(r["method"], r["seed"]) for r in records(out)[7:]] == [("t-tiny", 7)]
+    assert "report:" in capsys.readouterr().out
+
+
+def _config_file(tmp_path) -> str:
+    path = tmp_path / "tiny.toml"
+    path.write_text('[data]\nimages = "none"\n[data.synthetic]\nusers = 60\nitems = 40\n'
+                    '[train]\nmax_steps_per_epoch = 2\n')
+    return str(path)

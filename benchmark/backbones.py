@@ -223,7 +223,14 @@ def _load_kwargs(src: Source) -> tuple[str, dict[str, Any]]:
 
 
 def _pretrained_model(src: Source, attn: str):
-    from transformers import AutoModel
+    """Weights via the architecture's own class (config first).
+
+    Not AutoModel.from_pretrained: in transformers 4.57 it looks for a peft adapter_config.json
+    without passing local_files_only on, so it goes to the network (retrying for ~20 s) even
+    when told not to. The model class's from_pretrained passes it.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
     from transformers.utils import logging as hf_logging
 
     _check_local(src)
@@ -231,10 +238,16 @@ def _pretrained_model(src: Source, attn: str):
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the unused pooler weights are expected: no warning
     try:
+        config = AutoConfig.from_pretrained(where, **kw)
         try:
-            return AutoModel.from_pretrained(where, add_pooling_layer=False, attn_implementation=attn, **kw)
+            cls = MODEL_MAPPING[type(config)]
+        except KeyError:
+            raise BenchError(f"{src.key}: {src.location} is a '{config.model_type}' model, which has no plain "
+                             f"encoder class in transformers") from None
+        try:
+            return cls.from_pretrained(where, config=config, add_pooling_layer=False, attn_implementation=attn, **kw)
         except TypeError:  # architectures without a pooling-layer switch
-            return AutoModel.from_pretrained(where, attn_implementation=attn, **kw)
+            return cls.from_pretrained(where, config=config, attn_implementation=attn, **kw)
     except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
         raise _not_available(src, f"pretrained {src.kind} weights", exc) from None
     finally:

@@ -357,3 +357,43 @@ def load_backbones(bcfg: BackboneConfig, dcfg: DataConfig) -> Backbones:
         "init": text_init if vision_init in (None, text_init) else f"text {text_init}, vision {vision_init}",
     }
     return Backbones(text=text, vision=vision, tokenizer=tok, info=info)
+
+
+def check_backbones(bcfg: BackboneConfig, dcfg: DataConfig) -> None:
+    """Fail now, with the one-line error load_backbones would give, if an encoder cannot be had.
+
+    Cheap (configs and file lookups, no weights): meant to run before the output folder is touched.
+    Pretrained encoders must have their config and a weights file locally (or, when online, a
+    config on the hub); random ones need their architecture.
+    """
+    kinds = ["text"] + (["vision"] if dcfg.images != "none" else [])
+    for kind in kinds:
+        src = source(bcfg, kind)
+        if src.init == "random":
+            if src.builtin is None:
+                _config(src, bcfg.attn_implementation)
+            continue
+        _check_local(src)
+        where, kw = _load_kwargs(src)
+        try:
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(where, **kw)
+        except (OSError, ValueError, KeyError) as exc:
+            raise _not_available(src, f"pretrained {src.kind} weights", exc) from None
+        if kw["local_files_only"] and not _weights_present(src, where):
+            raise _not_available(src, f"pretrained {src.kind} weights (config found, no weights file)")
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
+
+
+def _weights_present(src: Source, where: str) -> bool:
+    if src.local is not None:
+        return any((Path(where) / f).is_file() for f in WEIGHT_FILES)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return True
+    return any(isinstance(try_to_load_from_cache(where, f), str) for f in WEIGHT_FILES)

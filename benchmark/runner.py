@@ -91,8 +91,9 @@ def popularity_metrics(split: Split, ks: list[int]) -> dict[str, dict[str, float
 
 
 def prepare(cfg: BenchConfig) -> Prepared:
-    from .backbones import load_tokenizer
+    from .backbones import check_backbones, load_tokenizer
 
+    check_backbones(cfg.backbone, cfg.data)  # an unavailable encoder fails before the output folder is touched
     t0 = time.perf_counter()
     data = load_dataset(cfg.data, cfg.run.seed)
     t1 = time.perf_counter()

@@ -154,3 +154,21 @@ def test_bert_vocab_can_come_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("IISAN_BERT_VOCAB", str(tmp_path / "missing.txt"))
     with pytest.raises(BenchError, match="IISAN_BERT_VOCAB=.*missing.txt: file not found"):
         bert_tokenizer()
+
+
+def test_check_backbones_fails_early_without_building_anything(tmp_path, no_network):
+    from transformers import BertConfig
+
+    from benchmark.backbones import check_backbones
+
+    check_backbones(BackboneConfig(preset="minilm", init="pretrained"), IMAGES)  # packaged text + random ViT
+    check_backbones(BackboneConfig(preset="base", init="random"), IMAGES)
+    # an unavailable vision model does not matter for a text-only run
+    check_backbones(BackboneConfig(preset="minilm", init="pretrained", vision_model="google/vit-base-patch16-224"), TEXT_ONLY)
+    with pytest.raises(BenchError, match="backbone.vision_model: pretrained vision weights not available"):
+        check_backbones(BackboneConfig(preset="minilm", init="pretrained", vision_model="google/vit-base-patch16-224"), IMAGES)
+    only_config = tmp_path / "cfg-only"
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(only_config)
+    with pytest.raises(BenchError, match=r"text weights \(config found, no weights file\) not available from local folder"):
+        check_backbones(BackboneConfig(text_model=str(only_config), init="pretrained"), TEXT_ONLY)
+    check_backbones(BackboneConfig(text_model=str(only_config), init="random"), TEXT_ONLY)

@@ -1,0 +1,197 @@
+"""Bad input: one line on stderr naming the file, line or key, a non-zero exit, and no output folder."""
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.cli import main
+from benchmark.config import DataConfig
+from benchmark.data import tsv_dataset
+from benchmark.errors import BenchError
+
+
+def write_dataset(root: Path, items: str | bytes | None = None, users: str | bytes | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    items = "".join(f"i{i}\tthing number {i}\n" for i in range(1, 9)) if items is None else items
+    users = "".join(f"u{u}\t{' '.join(f'i{(u + j) % 8 + 1}' for j in range(5))}\n" for u in range(6)) if users is None else users
+    for name, body in (("Toy_items.tsv", items), ("am_Toy_users.tsv", users)):
+        if body is not False:
+            (root / name).write_bytes(body if isinstance(body, bytes) else body.encode())
+    return root
+
+
+def fails(tmp_path, capsys, args, *needles, out=None):
+    """Run the CLI, expect exit 2 with exactly one stderr line containing every needle, and no output folder."""
+    out = out or tmp_path / "never"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--out", str(out), "--methods", "fft", "--epochs", "1", "--no-progress", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert not Path(out).exists()
+    return err
+
+
+def images_dataset(tmp_path, skip=(), corrupt=()):
+    from PIL import Image
+
+    root = write_dataset(tmp_path / "d")
+    (root / "images").mkdir()
+    for i in range(1, 9):
+        key = f"i{i}"
+        if key in skip:
+            continue
+        path = root / "images" / f"{key}.jpg"
+        if key in corrupt:
+            path.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+        else:
+            Image.new("RGB", (20, 20), (30 * i, 0, 0)).save(path)
+    return root
+
+
+# --------------------------------------------------------------------------- dataset files
+
+
+def test_missing_items_file(tmp_path, capsys):
+    root = write_dataset(tmp_path / "d", items=False)
+    fails(tmp_path, capsys, ["--dataset", str(root)], str(root), "no items file matching '*_items.tsv'")
+
+
+def test_missing_users_file(tmp_path, capsys):
+    root = write_dataset(tmp_path / "d", users=False)
+    fails(tmp_path, capsys, ["--dataset", str(root)], str(root), "no users file matching '*users*.tsv'")
+
+
+def test_row_with_the_wrong_number_of_columns(tmp_path, capsys):
+    root = write_dataset(tmp_path / "d", items="i1\tone\ni2\ttwo\textra\n")
+    fails(tmp_path, capsys, ["--dataset", str(root)], f"{root / 'Toy_items.tsv'}:2: expected 2 tab-separated columns", "got 3")
+    root = write_dataset(tmp_path / "e", users="u1\ti1 i2 i3 i4 i5\nu2 i1 i2 i3\n")
+    fails(tmp_path, capsys, ["--dataset", str(root)], f"{root / 'am_Toy_users.tsv'}:2: expected 2 tab-separated columns")
+
+
+def test_empty_title(tmp_path, capsys):
+    root = write_dataset(tmp_path / "d", items="i1\tone\ni2\t  \ni3\tthree\n")
+    fails(tmp_path, capsys, ["--dataset", str(root)], f"{root / 'Toy_items.tsv'}:2: empty title for item 'i2'")
+
+
+def test_duplicate_item_id(tmp_path, capsys):
+    root = write_dataset(tmp_path / "d", items="i1\tone\ni2\ttwo\ni1\tagain\n")
+    fails(tmp_path, capsys, ["--dataset", str(root)], f"{root / 'Toy_items.tsv'}:3: duplicate item id 'i1' (first on line 1)")
+
+
+def test_sequence_naming_unknown_items(tmp_path, capsys):
+    users = "u1\ti1 i2 i3 i4 i5\nu2\ti1 x9 i3 x7 i5\nu3\tx9 x8 i1 i2 i3\n"
+    root = write_dataset(tmp_path / "d", users=users)
+    fails(tmp_path, capsys, ["--dataset", str(root)], f"{root / 'am_Toy_users.tsv'}:2: 3 item ids not in Toy_items.tsv",
+          "e.g. x9, x7, x8")
+
+
+def test_every_user_filtered_out_by_min_seq_len(tmp_path, capsys):
+    root = write_dataset(tmp_path / "d", users="u1\ti1 i2 i3\nu2\ti4 i5\n")
+    fails(tmp_path, capsys, ["--dataset", str(root)], "every user was filtered out: all 2 have fewer than "
+          "data.min_seq_len=5 items (longest: 3)")
+
+
+def test_undecodable_bytes(tmp_path, capsys):
+    root = write_dataset(tmp_path / "d", items=b"i1\tone\ni2\tcaf\xe9 latte\n")
+    fails(tmp_path, capsys, ["--dataset", str(root)], f"{root / 'Toy_items.tsv'}:2: undecodable bytes (not UTF-8)")
+
+
+# --------------------------------------------------------------------------- images
+
+
+def test_missing_images(tmp_path, capsys):
+    root = images_dataset(tmp_path, skip=("i3", "i7"))
+    fails(tmp_path, capsys, ["--dataset", str(root), "--images", "real"],
+          f"{root / 'images'}: 2 of 8 items have no image", "e.g. i3, i7", 'data.images = "synthetic"')
+
+
+def test_no_images_at_all(tmp_path, capsys):
+    root = write_dataset(tmp_path / "d")
+    fails(tmp_path, capsys, ["--dataset", str(root), "--images", "real"], str(root), "no images/ folder", "no *.lmdb store")
+
+
+def test_corrupt_image_file(tmp_path, capsys):
+    root = images_dataset(tmp_path, corrupt=("i5",))
+    fails(tmp_path, capsys, ["--dataset", str(root), "--images", "real"],
+          f"{root / 'images' / 'i5.jpg'}: corrupt or unreadable image")
+    assert not (root / ".iisan-cache").exists() or not list((root / ".iisan-cache").iterdir())
+
+
+def test_lmdb_needs_trust_pickle(tmp_path, capsys):
+    root = write_dataset(tmp_path / "d")
+    (root / "Toy_image.lmdb").mkdir()
+    fails(tmp_path, capsys, ["--dataset", str(root), "--images", "real"],
+          f"{root / 'Toy_image.lmdb'}: the LMDB image store holds pickled Python objects", "--trust-pickle")
+
+
+def test_lmdb_with_trust_pickle_but_no_lmdb_package(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lmdb", None)
+    root = write_dataset(tmp_path / "d")
+    (root / "Toy_image.lmdb").mkdir()
+    fails(tmp_path, capsys, ["--dataset", str(root), "--images", "real", "--trust-pickle"], "pip install lmdb")
+
+
+# --------------------------------------------------------------------------- config, device, output, models
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[data]\nimage = 'real'\n")
+    fails(tmp_path, capsys, ["--config", str(cfg)], str(cfg), "unknown key 'data.image' (did you mean 'images'?)")
+
+
+def test_wrong_config_type(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[data]\ntrust_pickle = 'yes'\n")
+    fails(tmp_path, capsys, ["--config", str(cfg)], str(cfg), "'data.trust_pickle' must be bool, got str 'yes'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is available")
+def test_cuda_without_a_gpu(tmp_path, capsys):
+    fails(tmp_path, capsys, ["--device", "cuda"], "run.device = 'cuda' but no CUDA GPU is available", "--device cpu")
+
+
+def test_output_directory_that_cannot_be_written(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    fails(tmp_path, capsys, ["--dataset", str(write_dataset(tmp_path / "d"))], "run.out: cannot write to output directory",
+          str(blocker / "out"), out=blocker / "out")
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def test_pretrained_model_not_available_offline(tmp_path, capsys, offline):
+    fails(tmp_path, capsys, ["--dataset", str(write_dataset(tmp_path / "d")), "--backbone", "base", "--init", "pretrained"],
+          "backbone.preset = 'base' (text)", "hub id 'bert-base-uncased'", "HF_HUB_OFFLINE set, nothing downloaded",
+          'backbone.init = "random"')
+
+
+def test_pretrained_vision_model_not_available_offline(tmp_path, capsys, offline):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[data]\ndataset = '{write_dataset(tmp_path / 'd')}'\n"
+                   "[backbone]\npreset = 'minilm'\ninit = 'pretrained'\nvision_model = 'google/vit-base-patch16-224'\n")
+    fails(tmp_path, capsys, ["--config", str(cfg)], "backbone.vision_model", "hub id 'google/vit-base-patch16-224'",
+          "HF_HUB_OFFLINE set")
+
+
+def test_loaders_raise_bench_error_directly(tmp_path):
+    root = write_dataset(tmp_path / "d", items="i1\tone\ni1\ttwo\n")
+    with pytest.raises(BenchError, match=r"Toy_items.tsv:2: duplicate item id"):
+        tsv_dataset(root, DataConfig(dataset=str(root), images="none"))

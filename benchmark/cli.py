@@ -85,6 +85,49 @@ def list_cmd(pattern: str) -> None:
 
 
 @cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: embedded bench.toml).")
+@click.option("--methods", default="all", show_default=True, help="'all', a comma list, or wildcards such as 'iisan*'.")
+@click.option("--backbone", help="Backbone preset: tiny, minilm or base.")
+@click.option("--init", type=click.Choice(["pretrained", "random"]),
+              help="Accepted for symmetry with run; counts never need weights (architecture only).")
+@click.option("--images", type=click.Choice(["real", "synthetic", "none"]), help="'none' counts text-only models.")
+@click.option("--image-size", type=int, help="ViT input size (default: 224 for --backbone base, as the paper; else data.image_size).")
+def params(config_path: str | None, methods: str, image_size: int | None, **flags: Any) -> None:
+    """Trainable and total parameters of every method, built on the meta device (no weights)."""
+    from methods.params import params_command
+
+    from .config import load_config
+    from .runner import check_methods, method_names
+
+    flags["images"] = "synthetic" if flags.get("images") == "real" else flags.get("images")
+    cfg = load_config(config_path, _overrides(methods=methods, **flags))
+    names = method_names(cfg)
+    check_methods(cfg, names)
+    click.echo(params_command(cfg, names, image_size))
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: embedded bench.toml).")
+@click.option("--dataset", help="'synthetic' or a folder in IISAN's TSV format.")
+@click.option("--backbone", help="Backbone preset: tiny, minilm or base.")
+@click.option("--init", type=click.Choice(["pretrained", "random"]), help="Backbone weights.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--seed", type=int, help="Seed the random-init backbones are built with (as run, repeat 0).")
+@click.option("--images", type=click.Choice(["real", "synthetic", "none"]))
+@click.option("--trust-pickle", "trust_pickle", is_flag=True, default=None,
+              help="Allow reading the paper's LMDB image store (pickled Python objects: trusted sources only).")
+@click.option("--rebuild", is_flag=True, help="Rebuild even if a valid cache exists.")
+def cache(config_path: str | None, rebuild: bool, **flags: Any) -> None:
+    """Build the iisan-cached cache of tapped CLS states (run builds it when missing)."""
+    from methods.iisan_cache import cache_command
+
+    from .config import load_config
+
+    cfg = load_config(config_path, _overrides(**flags))
+    cache_command(cfg, rebuild=rebuild, echo=click.echo)
+
+
+@cli.command()
 @click.argument("out_dir", type=click.Path(file_okay=False))
 def report(out_dir: str) -> None:
     """(Re)build OUT_DIR/report.md, summary.csv and plots from OUT_DIR/results.jsonl."""

@@ -18,6 +18,16 @@ if TYPE_CHECKING:
 # name -> module that registers it (imported lazily)
 BUILTIN: dict[str, str] = {
     "fft": "methods.fft",
+    "lora": "methods.lora",
+    "adapter": "methods.adapter",
+    "bitfit": "methods.bitfit",
+    "iisan": "methods.iisan",
+    "iisan-cached": "methods.iisan",
+}
+# Registered like the others but never listed or selected by name: the generic peft tuner that
+# configured names ([methods.NAME] peft_type = "...") map to.
+CONFIGURED_ONLY: dict[str, str] = {
+    "peft": "methods.peft_tuner",
 }
 _REGISTRY: dict[str, type["Method"]] = {}
 
@@ -37,14 +47,15 @@ def register_method(name: str):
 
 def available() -> list[str]:
     """Every method name, in the order the benchmark runs them."""
-    return list(dict.fromkeys([*BUILTIN, *_REGISTRY]))
+    return [n for n in dict.fromkeys([*BUILTIN, *_REGISTRY]) if n not in CONFIGURED_ONLY]
 
 
 def get_method(name: str) -> type["Method"]:
     if name not in _REGISTRY:
-        if name not in BUILTIN:
+        module = BUILTIN.get(name) or CONFIGURED_ONLY.get(name)
+        if module is None:
             raise BenchError(f"unknown method '{name}'{nearest(name, available())}")
-        importlib.import_module(BUILTIN[name])
+        importlib.import_module(module)
     return _REGISTRY[name]
 
 
@@ -80,8 +91,11 @@ def options_for(name: str, cfg: Any) -> Any:
     """Validated options dataclass for one method from its [methods.NAME] table."""
     from benchmark.config import build_dataclass
 
-    return build_dataclass(get_method_for(name, cfg).Options, cfg.methods.get(name) or {}, cfg.source,
-                           f"methods.{name}")
+    options_cls = get_method_for(name, cfg).Options
+    table, prefix = cfg.methods.get(name) or {}, f"methods.{name}"
+    if hasattr(options_cls, "from_table"):  # options with open-ended keys (the generic peft tuner)
+        return options_cls.from_table(table, cfg.source, prefix)
+    return build_dataclass(options_cls, table, cfg.source, prefix)
 
 
 def configured_extra(cfg: Any) -> list[str]:

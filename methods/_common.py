@@ -1,0 +1,84 @@
+"""Helpers shared by the strategies that wrap the backbones (lora, peft tuners, adapter, bitfit)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+from torch import nn
+
+from benchmark.backbones import Backbones
+from benchmark.data import SeqDataset
+
+from .base import EncoderTower
+
+
+def encoders(backbones: Backbones, data: SeqDataset) -> dict[str, nn.Module]:
+    """The encoders a run uses: text always, vision unless the run is text-only (images = none)."""
+    out = {"text": backbones.text}
+    if backbones.vision is not None and data.images is not None:
+        out["vision"] = backbones.vision
+    return out
+
+
+def freeze(*modules: nn.Module | None) -> None:
+    for m in modules:
+        if m is not None:
+            m.requires_grad_(False)
+
+
+def is_meta(module: nn.Module) -> bool:
+    """True for a model built on the meta device (parameter counting without weights)."""
+    return any(p.is_meta for p in module.parameters())
+
+
+def grouped_tower(backbones: Backbones, data: SeqDataset, item_dim: int,
+                  pretrained: set[int], replace: dict[str, nn.Module] | None = None) -> EncoderTower:
+    """An ``EncoderTower`` whose trainable backbone parameters are grouped by origin.
+
+    ``pretrained`` holds ``id()`` of every parameter the backbones had before a strategy added
+    its own: those train at lr_backbone ('backbone'), the added ones at lr_peft ('peft').
+    ``replace`` swaps encoders for wrapped versions (e.g. a peft model around the text encoder).
+    """
+    if replace:
+        backbones = dataclasses.replace(backbones, **replace)
+    names: dict[str, str] = {}
+    group_of: Callable[[str], str | None] = names.get
+    tower = EncoderTower(backbones, data, item_dim, group_of)
+    for name, p in tower.named_parameters():
+        names[name] = "backbone" if id(p) in pretrained else "peft"
+    return tower
+
+
+def param_ids(*modules: nn.Module | None) -> set[int]:
+    return {id(p) for m in modules if m is not None for p in m.parameters()}
+
+
+def first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:240]
+
+
+
+def peft_tower(ctx, make_config: Callable[[str, object | None], object]) -> EncoderTower:
+    """Wrap each encoder with an HF peft tuner (``get_peft_model``) and build the encoder tower.
+
+    ``make_config(kind, text_config)`` returns a fresh peft config for encoder ``kind``; for the
+    vision encoder it also receives the text encoder's config after peft resolved it (so module
+    names peft chose by default for BERT can be reused for the ViT, whose layers share them).
+    The base weights are kept: peft adds modules around them and freezes everything else.
+    """
+    from peft import get_peft_model
+
+    encs = encoders(ctx.backbones, ctx.data)
+    pretrained = param_ids(*encs.values())
+    wrapped: dict[str, nn.Module] = {}
+    resolved = None
+    for kind, model in encs.items():
+        freeze(model)
+        pm = get_peft_model(model, make_config(kind, resolved))
+        if resolved is None:
+            resolved = pm.peft_config["default"]
+        wrapped[kind] = pm
+    return grouped_tower(ctx.backbones, ctx.data, ctx.cfg.train.item_dim, pretrained, wrapped)

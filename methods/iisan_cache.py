@@ -1,0 +1,312 @@
+"""The cache behind ``iisan-cached``: tapped CLS states of every item, computed once.
+
+One tensor per modality, ``[n_items + 1, n_taps, H]`` (row 0 = padding item), fp16 by default,
+stored as the deviation from a per-(tap, dimension) fp32 offset (the mean over items) that is
+saved beside it: the states differ between items by much less than their common part (with
+random-init encoders by ~0.1 % of it), which fp16 alone would round away; as deviations they
+keep ~1e-6 absolute precision. ``cache_dtype = "fp32"`` stores the states as they are (offset 0).
+A cache lives in a folder under the cache directory:
+
+    <cache_dir>/<dataset>-<n>items-<preset>-<dtype>-<key>/
+        text.pt  image.pt  meta.json
+
+``cache_dir`` is ``[methods.iisan-cached] cache_dir``, else ``$IISAN_BENCH_CACHE``, else
+``$XDG_CACHE_HOME/iisan-bench``, else ``~/.cache/iisan-bench``: shared by every run, so a cache
+is written once per (dataset, backbone weights, taps, tokenisation, image preprocessing, dtype).
+``key`` hashes the encoders' names, their weights and the taps, so the caches of different
+weights (e.g. random-init repeats with different seeds) live side by side.
+
+``meta.json`` holds the fingerprint: a hash of its components (item keys + titles, token ids and
+attention masks, image bytes, each encoder's config and state_dict, taps, dtype, the
+preprocessing and the cache format), the components themselves (so a mismatch says what
+changed), and the SHA-256, shape and dtype of each tensor file. A cache is used only if the
+fingerprint matches, every file's checksum matches, and every tensor loads with the expected
+shape and dtype; otherwise it is rebuilt with a message on stderr -- a corrupt or truncated file
+is never trusted. Files are written to a temporary name and renamed, ``meta.json`` last.
+
+The weights are hashed even for random-init backbones (about 0.4 s for BERT-base + ViT-base on
+CPU): the runner seeds before building them, so ``iisan`` and ``iisan-cached`` see identical
+random weights, and the hash proves it rather than assuming it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+CACHE_FORMAT = 2  # 2: {"states", "offset"} per file
+PREPROCESS = "cls=hidden_states[tap][:,0]; pixels=uint8/127.5-1; encoders in eval mode, fp32, no grad"
+DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+FILES = {"text": "text.pt", "vision": "image.pt"}
+
+
+def log(msg: str) -> None:
+    print(f"iisan-cached: {msg}", file=sys.stderr, flush=True)
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("IISAN_BENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "iisan-bench"
+
+
+def cache_root(opts) -> Path:
+    return Path(opts.cache_dir).expanduser() if opts.cache_dir else default_cache_dir()
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    t = t.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(t.view(torch.uint8).numpy())
+
+
+def hash_tensor(h, t: torch.Tensor | None) -> None:
+    if t is None:
+        h.update(b"none")
+        return
+    h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
+    h.update(_tensor_bytes(t))
+
+
+def hash_model(model: nn.Module) -> str:
+    """SHA-256 of an encoder's config and every tensor of its state_dict (names, shapes, dtypes, bytes)."""
+    h = hashlib.sha256()
+    h.update(model.config.to_json_string(use_diff=False).encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        hash_tensor(h, t)
+    return h.hexdigest()
+
+
+def components(data, models: dict[str, nn.Module], taps: dict[str, list[int]], dtype: str) -> dict[str, str]:
+    """What the cached states depend on, each hashed on its own."""
+    items = hashlib.sha256()
+    for key, title in zip(data.item_keys, data.titles):
+        items.update(f"{key}\t{title}\n".encode())
+    tokens = hashlib.sha256()
+    hash_tensor(tokens, data.tokens)
+    hash_tensor(tokens, data.attention_mask)
+    images = hashlib.sha256()
+    hash_tensor(images, data.images if "vision" in models else None)
+    return {
+        "format": str(CACHE_FORMAT),
+        "preprocess": PREPROCESS,
+        "items": items.hexdigest(),
+        "tokens": tokens.hexdigest(),
+        "images": images.hexdigest(),
+        "text_weights": hash_model(models["text"]),
+        "vision_weights": hash_model(models["vision"]) if "vision" in models else "none",
+        "taps": json.dumps(taps, sort_keys=True),
+        "dtype": dtype,
+    }
+
+
+def fingerprint_of(parts: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_")[:40] or "x"
+
+
+def cache_path(root: Path, data, info: dict[str, Any], parts: dict[str, str]) -> Path:
+    key = hashlib.sha256(json.dumps([info.get("text"), info.get("vision"), parts["text_weights"],
+                                     parts["vision_weights"], parts["taps"]]).encode()).hexdigest()[:12]
+    name = f"{_slug(data.name)}-{data.n_items}items-{_slug(info.get('preset', 'custom'))}-{parts['dtype']}-{key}"
+    return root / name
+
+
+# --------------------------------------------------------------------------- reading and writing
+
+
+@dataclass
+class CacheInfo:
+    path: Path
+    fingerprint: str
+    built: bool  # False: a valid cache was reused
+    reason: str  # why it was (re)built, or "reused"
+    build_s: float  # seconds spent computing and writing the states (0.0 when reused)
+    load_s: float  # seconds spent fingerprinting, verifying and loading
+    shapes: dict[str, list[int]]
+
+
+def _changed(old: dict[str, str], new: dict[str, str]) -> str:
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(diff) if diff else "unknown"
+
+
+Cached = dict[str, tuple[torch.Tensor, torch.Tensor]]  # kind -> (states [n+1, taps, H], offset [taps, H] fp32)
+
+
+def read_cache(path: Path, parts: dict[str, str], expect: dict[str, tuple[int, ...]],
+               dtype: torch.dtype) -> tuple[Cached | None, str]:
+    """The cached tensors, or (None, reason) if anything about them cannot be trusted."""
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        return None, "no cache yet"
+    try:
+        meta = json.loads(meta_path.read_text())
+        fingerprint, files = meta["fingerprint"], meta["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"unreadable meta.json ({type(exc).__name__})"
+    if fingerprint != fingerprint_of(parts):
+        return None, f"fingerprint changed ({_changed(meta.get('components') or {}, parts)})"
+    out = {}
+    for kind, shape in expect.items():
+        entry = files.get(kind) if isinstance(files, dict) else None
+        file = path / FILES[kind]
+        if not entry or not file.is_file():
+            return None, f"{FILES[kind]} missing"
+        raw = file.read_bytes()
+        if len(raw) != entry.get("bytes") or hashlib.sha256(raw).hexdigest() != entry.get("sha256"):
+            return None, f"{FILES[kind]} is corrupt or truncated ({len(raw)} bytes, checksum mismatch)"
+        try:
+            blob = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+            t, offset = blob["states"], blob["offset"]
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, do not trust it
+            return None, f"{FILES[kind]} does not load ({type(exc).__name__})"
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
+            got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+            return None, f"{FILES[kind]} holds {got}, expected {shape} {dtype}"
+        if not isinstance(offset, torch.Tensor) or tuple(offset.shape) != shape[1:] or offset.dtype != torch.float32:
+            return None, f"{FILES[kind]} has no valid offset"
+        out[kind] = (t, offset)
+    return out, "reused"
+
+
+def _write_atomic(path: Path, raw: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(raw)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_cache(path: Path, tensors: Cached, parts: dict[str, str], build_s: float, device: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    meta_path = path / "meta.json"
+    meta_path.unlink(missing_ok=True)  # no valid meta while the tensors are being replaced
+    files = {}
+    for kind, (t, offset) in tensors.items():
+        buf = io.BytesIO()
+        torch.save({"states": t.contiguous(), "offset": offset.contiguous()}, buf)
+        raw = buf.getvalue()
+        _write_atomic(path / FILES[kind], raw)
+        files[kind] = {"file": FILES[kind], "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw),
+                       "shape": list(t.shape), "dtype": str(t.dtype)}
+    meta = {"fingerprint": fingerprint_of(parts), "components": parts, "files": files,
+            "build_s": build_s, "device": device,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    _write_atomic(meta_path, json.dumps(meta, indent=2).encode())
+
+
+@torch.no_grad()
+def compute_states(source: nn.Module, n_items: int, device: torch.device, batch: int,
+                   dtype: torch.dtype) -> Cached:
+    """Run the frozen encoders (``BackboneTaps``) over every item, in chunks, on ``device``.
+
+    Returns per kind (states - offset in ``dtype``, offset in fp32); offset is the mean over the
+    real items for fp16 and 0 for fp32.
+    """
+    source.to(device)
+    source.eval()
+    parts: dict[str, list[torch.Tensor]] = {"text": [], "vision": []}
+    for start in range(0, n_items + 1, batch):
+        ids = torch.arange(start, min(start + batch, n_items + 1), device=device)
+        text, image = source(ids)
+        parts["text"].append(text.float().cpu())
+        if image is not None:
+            parts["vision"].append(image.float().cpu())
+    out = {}
+    for kind, chunks in parts.items():
+        if not chunks:
+            continue
+        full = torch.cat(chunks)
+        offset = full[1:].mean(dim=0) if dtype != torch.float32 and full.size(0) > 1 else torch.zeros(full.shape[1:])
+        out[kind] = ((full - offset).to(dtype), offset.float().contiguous())
+    return out
+
+
+
+def ensure_cache(ctx, source: nn.Module, taps: dict[str, list[int]], opts, rebuild: bool = False):
+    """Load the cache for this run's data, weights and taps, building it when missing or untrusted.
+
+    Returns ({kind: (states [n+1, taps, H], offset [taps, H])} on the CPU, CacheInfo); a row's
+    state is ``states[row].float() + offset`` (``methods.iisan.CachedTaps``).
+    """
+    t0 = time.perf_counter()
+    models = {"text": source.text, **({"vision": source.vision} if source.vision is not None else {})}
+    dtype = DTYPES[opts.cache_dtype]
+    parts = components(ctx.data, models, taps, opts.cache_dtype)
+    path = cache_path(cache_root(opts), ctx.data, ctx.backbones.info or {}, parts)
+    n = ctx.data.n_items + 1
+    expect = {k: (n, len(taps[k]), m.config.hidden_size) for k, m in models.items()}
+    tensors, reason = (None, "rebuild requested") if rebuild else read_cache(path, parts, expect, dtype)
+    if tensors is not None:
+        return tensors, CacheInfo(path, fingerprint_of(parts), False, reason, 0.0, time.perf_counter() - t0,
+                                  {k: list(v[0].shape) for k, v in tensors.items()})
+    log(f"{reason}; building {path}")
+    load_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    tensors = compute_states(source, ctx.data.n_items, ctx.device, ctx.cfg.eval.item_batch_size, dtype)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    build_s = time.perf_counter() - t1
+    try:
+        write_cache(path, tensors, parts, build_s, str(ctx.device))
+    except OSError as exc:  # an unwritable cache folder costs a rebuild next time, not this run
+        log(f"could not write {path}: {exc.strerror or exc}; training from the states in memory")
+    build_s = time.perf_counter() - t1
+    log(f"built {', '.join(f'{k} {list(v[0].shape)} {v[0].dtype}' for k, v in tensors.items())} in {build_s:.1f}s")
+    return tensors, CacheInfo(path, fingerprint_of(parts), True, reason, build_s, load_s,
+                              {k: list(v[0].shape) for k, v in tensors.items()})
+
+
+def cache_command(cfg, rebuild: bool = False, echo=print) -> CacheInfo:
+    """``iisan-bench cache``: build (or verify) the cache ``run`` would use for ``iisan-cached``.
+
+    Prepares the data and builds the backbones exactly as the runner does for repeat 0 (seeded
+    with ``run.seed`` right before the backbones are built, so random-init weights match).
+    """
+    from benchmark.backbones import load_backbones
+    from benchmark.runner import check_methods, prepare, resolve_device, seed_everything
+
+    from ._common import encoders, freeze
+    from .base import BuildContext, ItemInputs
+    from .iisan import BackboneTaps, resolve_taps
+    from .registry import options_for
+
+    check_methods(cfg, ["iisan-cached"])
+    device = resolve_device(cfg.run.device)
+    prep = prepare(cfg)
+    seed_everything(cfg.run.seed)
+    backbones = load_backbones(cfg.backbone, cfg.data)
+    opts = options_for("iisan-cached", cfg)
+    models = encoders(backbones, prep.data)
+    freeze(*models.values())
+    taps = resolve_taps(opts, models)
+    ctx = BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=device)
+    _, info = ensure_cache(ctx, BackboneTaps(models, ItemInputs(prep.data), taps), taps, opts, rebuild=rebuild)
+    shapes = ", ".join(f"{'image' if k == 'vision' else k} {v}" for k, v in info.shapes.items())
+    what = f"built in {info.build_s:.1f}s ({info.reason})" if info.built else f"valid, reused (checked in {info.load_s:.1f}s)"
+    echo(f"cache: {info.path}\n  {what}\n  {shapes} {opts.cache_dtype}, taps {taps}\n"
+         f"  fingerprint {info.fingerprint[:16]}  (dataset {prep.data.name}, backbone {backbones.info.get('preset')}, "
+         f"init {backbones.info.get('init')}, seed {cfg.run.seed})")
+    return info

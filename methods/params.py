@@ -1,0 +1,111 @@
+"""``iisan-bench params``: trainable and total parameters of every method, built on the meta device.
+
+Nothing is allocated and no weights are read: the backbones are built from their configs under
+``torch.device("meta")`` (random init, architecture only), each strategy builds its item tower on
+them, and the counts come from the same ``count_params`` the runner records -- the whole model
+the trainer optimises: encoders (frozen or not), the strategy's added weights, projections and
+fusion, and the SASRec user encoder. The paper's numbers (IISAN's code, bert-base-uncased +
+vit-base-patch16-224, item dim 64) are shown beside ours; docs/params.md explains each
+difference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+
+# Trainable parameters the paper reports (Table 2 / its code) for the base backbones.
+PAPER: dict[str, float] = {"fft": 194.9e6, "adapter": 4.97e6, "lora": 0.83e6, "bitfit": 0.41e6,
+                           "iisan": 4.11e6, "iisan-cached": 4.11e6}
+PAPER_IMAGE_SIZE = 224
+
+
+def _fake_data(cfg):
+    """Two items with the run's token and image shapes: parameter counts do not depend on the data."""
+    from benchmark.data import SeqDataset
+
+    T, S = cfg.data.text_tokens, cfg.data.image_size
+    ds = SeqDataset("params", ["1", "2"], ["a", "b"], [[1, 2, 1]])
+    ds.tokens = torch.zeros(3, T, dtype=torch.long)
+    ds.attention_mask = torch.ones(3, T, dtype=torch.long)
+    if cfg.data.images != "none":
+        ds.images = torch.zeros(3, 3, S, S, dtype=torch.uint8)
+        ds.image_mode = "synthetic"
+    return ds
+
+
+def count_method(cfg, name: str) -> dict[str, Any]:
+    """Build ``name`` on the meta device and count its parameters (trainable by group, and total)."""
+    from benchmark.backbones import load_backbones
+    from benchmark.recommender import SeqRecommender
+    from benchmark.runner import count_params
+
+    from .base import BuildContext
+    from .registry import get_method_for, options_for
+
+    cls = get_method_for(name, cfg)
+    opts = options_for(name, cfg)
+    t = cfg.train
+    with torch.device("meta"):
+        backbones = load_backbones(cfg.backbone, cfg.data)
+        data = _fake_data(cfg)
+        tower = cls(opts).build(BuildContext(cfg=cfg, data=data, backbones=backbones, device=torch.device("meta")))
+        model = SeqRecommender(tower, t.item_dim, cfg.data.max_seq_len, t.num_blocks, t.num_heads, t.dropout)
+    groups = {k: sum(p.numel() for p in ps) for k, ps in model.param_groups().items()}
+    sasrec = sum(p.numel() for p in model.user_encoder.parameters())
+    return {"method": name, **count_params(model), "backbone": groups.get("backbone", 0),
+            "peft": groups.get("peft", 0), "head": groups.get("head", 0) - sasrec, "sasrec": sasrec,
+            "paper": PAPER.get(name), "info": backbones.info}
+
+
+def params_config(cfg, image_size: int | None = None):
+    """The config the counts use: random init (no weights needed), the paper's 224 px for 'base'."""
+    size = image_size or (PAPER_IMAGE_SIZE if cfg.backbone.preset == "base" else cfg.data.image_size)
+    return dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, init="random"),
+                               data=dataclasses.replace(cfg.data, image_size=size))
+
+
+def count_all(cfg, names: list[str]) -> list[dict[str, Any]]:
+    return [count_method(cfg, n) for n in names]
+
+
+def _m(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f}M"
+
+
+def format_table(rows: list[dict[str, Any]], cfg, seconds: float | None = None) -> str:
+    info = rows[0]["info"] if rows else {}
+    vision = info.get("vision") or "no vision encoder (images = none)"
+    head = (f"parameters: backbone preset '{cfg.backbone.preset}' ({info.get('text')} + {vision}, "
+            f"architecture only, no poolers), text {cfg.data.text_tokens} tokens, images "
+            f"{cfg.data.image_size if cfg.data.images != 'none' else '-'} px, item dim {cfg.train.item_dim}, "
+            f"SASRec {cfg.train.num_blocks} blocks")
+    cols = ["method", "trainable", "total", "encoders", "added", "proj+fusion", "SASRec", "paper"]
+    table = [cols]
+    for r in rows:
+        table.append([r["method"], f"{r['trainable']:,}", f"{r['total']:,}", f"{r['backbone']:,}", f"{r['peft']:,}",
+                      f"{r['head']:,}", f"{r['sasrec']:,}", _m(r["paper"])])
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    lines = [head, ""]
+    for j, row in enumerate(table):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines += ["",
+              "trainable = encoders (pretrained weights that train) + added (LoRA/adapters/side network) "
+              "+ proj+fusion + SASRec; total adds the frozen encoder weights in the trained model "
+              "(iisan-cached trains without the encoders). paper = trainable parameters in IISAN's paper; "
+              "see docs/params.md for each difference."]
+    if seconds is not None:
+        lines.append(f"built on the meta device in {seconds:.1f}s")
+    return "\n".join(lines)
+
+
+def params_command(cfg, names: list[str], image_size: int | None = None) -> str:
+    t0 = time.perf_counter()
+    pcfg = params_config(cfg, image_size)
+    rows = count_all(pcfg, names)
+    return format_table(rows, pcfg, time.perf_counter() - t0)

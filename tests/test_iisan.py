@@ -1,0 +1,231 @@
+"""IISAN: the side network's recurrences, live vs cached states, the cache's fingerprint and
+integrity checks, random-init determinism, and cache time kept out of setup time."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from benchmark.backbones import load_backbones
+from benchmark.config import load_config
+from benchmark.errors import BenchError
+from benchmark.runner import prepare, run_method, seed_everything
+from methods import iisan_cache
+from methods.base import BuildContext, ItemInputs
+from methods.iisan import (GATE_TEMPERATURE, BackboneTaps, IISANCachedOptions, IISANOptions, SideNetwork,
+                           default_taps, resolve_taps)
+from methods.registry import get_method, options_for
+
+torch.set_num_threads(1)
+CPU = torch.device("cpu")
+
+
+def small(tmp_path, **iisan_cached):
+    return load_config(None, {"run": {"isolate": False, "epochs": 1},
+                              "data": {"synthetic": {"users": 64, "items": 40}},
+                              "train": {"max_steps_per_epoch": 2},
+                              "methods": {"iisan-cached": {"cache_dir": str(tmp_path), **iisan_cached}}})
+
+
+@pytest.fixture(scope="module")
+def prep():
+    return prepare(load_config(None, {"data": {"synthetic": {"users": 64, "items": 40}}}))
+
+
+def build(cfg, prep, name, seed=0):
+    seed_everything(seed)
+    backbones = load_backbones(cfg.backbone, cfg.data)
+    method = get_method(name)(options_for(name, cfg))
+    tower = method.build(BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=CPU))
+    return tower, method
+
+
+# --------------------------------------------------------------------------- the side network
+
+
+def test_side_network_follows_the_papers_recurrences():
+    torch.manual_seed(0)
+    side = SideNetwork(8, 8, 3, 3, IISANOptions(bottleneck=4), item_dim=5)
+    with torch.no_grad():
+        for b in side.branches.values():
+            b.gates.normal_()
+    t, v = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    san = lambda blk, x: x + blk.up(torch.relu(blk.down(x)))  # noqa: E731
+    gate = lambda b, i: torch.sigmoid(b.gates[i] / GATE_TEMPERATURE)  # noqa: E731
+
+    def intra(b, x):
+        h = san(b.blocks[0], x[:, 0])
+        for i in (1, 2):
+            g = gate(b, i - 1)
+            h = san(b.blocks[i], g * x[:, i] + (1 - g) * h)
+        return b.out(h)
+
+    def inter(b, xt, xi):
+        m = torch.zeros_like(xt[:, 0])
+        for i in range(3):
+            g = gate(b, i)
+            m = san(b.blocks[i], m + g * xi[:, i] + (1 - g) * xt[:, i])
+        return b.out(m)
+
+    br, p = side.branches, side.proj
+    want = side.fuse(torch.cat([p["text"](intra(br["text"], t)), p["image"](intra(br["image"], v)),
+                                p["inter"](inter(br["inter"], t, v))], dim=-1))
+    assert torch.allclose(side(t, v), want, atol=1e-6)
+
+
+def test_gates_start_at_one_half_and_options_shape_the_network():
+    side = SideNetwork(8, 8, 3, 3, IISANOptions(), item_dim=4)
+    assert list(side.branches) == ["text", "image", "inter"]
+    assert all(torch.all(torch.sigmoid(b.gates / GATE_TEMPERATURE) == 0.5) for b in side.branches.values())
+    assert side.branches["text"].gates.numel() == 2 and side.branches["inter"].gates.numel() == 3
+    assert list(SideNetwork(8, 8, 3, 3, IISANOptions(modality="intra"), 4).branches) == ["text", "image"]
+    assert list(SideNetwork(8, 8, 3, 3, IISANOptions(modality="inter"), 4).branches) == ["inter"]
+    assert SideNetwork(8, 8, 3, 3, IISANOptions(modality="inter"), 4).fuse is None
+    add = SideNetwork(8, 8, 3, 3, IISANOptions(fusion="add"), 4)
+    assert all(b.gates is None for b in add.branches.values())
+    text_only = SideNetwork(8, None, 3, None, IISANOptions(), 4)
+    assert list(text_only.branches) == ["text"] and text_only.fuse is None
+    with pytest.raises(BenchError, match="inter branch needs text and image states of equal width"):
+        SideNetwork(8, 16, 3, 3, IISANOptions(), 4)
+    with pytest.raises(BenchError, match="'inter' needs images"):
+        SideNetwork(8, None, 3, None, IISANOptions(modality="inter"), 4)
+
+
+def test_taps_default_to_every_other_layer_ending_at_the_last():
+    assert default_taps(12) == [0, 2, 4, 6, 8, 10, 12]
+    assert default_taps(4) == [0, 2, 4]
+    assert default_taps(5) == [1, 3, 5]
+
+    class Enc(torch.nn.Module):
+        config = type("C", (), {"num_hidden_layers": 4})()
+
+    assert resolve_taps(IISANOptions(taps=[4, 1]), {"text": Enc()}) == {"text": [1, 4]}
+    with pytest.raises(BenchError, match=r"\[5\] out of range for the text encoder"):
+        resolve_taps(IISANOptions(taps=[0, 5]), {"text": Enc()})
+    cfg = load_config(None, {"methods": {"iisan": {"taps": [0, 0]}}})
+    with pytest.raises(BenchError, match="duplicates"):
+        options_for("iisan", cfg)
+
+
+def test_frozen_encoders_stay_in_eval_mode_while_training(tmp_path, prep):
+    tower, _ = build(small(tmp_path), prep, "iisan")
+    tower.train()
+    assert tower.side.training and not tower.source.text.training and not tower.source.vision.training
+    assert not any(p.requires_grad for p in tower.source.parameters())
+
+
+# --------------------------------------------------------------------------- live == cached
+
+
+@pytest.mark.parametrize("dtype, tol", [("fp32", 1e-5), ("fp16", 1e-3)])
+def test_iisan_and_cached_give_the_same_item_embeddings(tmp_path, prep, dtype, tol):
+    cfg = small(tmp_path, cache_dtype=dtype)
+    live, _ = build(cfg, prep, "iisan")
+    cached, method = build(cfg, prep, "iisan-cached")
+    assert method.cache_info.built
+    for a, b in zip(live.side.state_dict().values(), cached.side.state_dict().values()):
+        assert torch.equal(a, b)  # built from the same random state: identical initial side networks
+    cached.side.load_state_dict(live.side.state_dict())
+    live.eval(), cached.eval()
+    ids = torch.arange(prep.data.n_items + 1)
+    with torch.no_grad():
+        diff = (live(ids) - cached(ids)).abs().max().item()
+    assert diff <= tol, diff
+
+
+# --------------------------------------------------------------------------- the cache itself
+
+
+def ensure(cfg, prep, capsys=None):
+    seed_everything(0)
+    backbones = load_backbones(cfg.backbone, cfg.data)
+    opts = options_for("iisan-cached", cfg)
+    models = {"text": backbones.text, "vision": backbones.vision}
+    taps = resolve_taps(opts, models)
+    ctx = BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=CPU)
+    tensors, info = iisan_cache.ensure_cache(ctx, BackboneTaps(models, ItemInputs(prep.data), taps), taps, opts)
+    return tensors, info
+
+
+def test_cache_is_reused_and_rebuilt_when_stale_or_damaged(tmp_path, prep, capsys):
+    cfg = small(tmp_path)
+    first, info = ensure(cfg, prep)
+    assert info.built and info.reason == "no cache yet" and "building" in capsys.readouterr().err
+    again, info2 = ensure(cfg, prep)
+    assert not info2.built and info2.build_s == 0.0 and info2.path == info.path
+    assert all(torch.equal(first[k][0], again[k][0]) for k in first)
+
+    meta_path = info.path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["fingerprint"] = "0" * 64
+    meta["components"]["tokens"] = "stale"
+    meta_path.write_text(json.dumps(meta))
+    _, info3 = ensure(cfg, prep)
+    assert info3.built and info3.reason == "fingerprint changed (tokens)"
+    assert "fingerprint changed (tokens); building" in capsys.readouterr().err
+
+    text = info.path / "text.pt"
+    text.write_bytes(text.read_bytes()[:-100])  # truncated
+    _, info4 = ensure(cfg, prep)
+    assert info4.built and "text.pt is corrupt or truncated" in info4.reason
+    _, info5 = ensure(cfg, prep)
+    assert not info5.built  # the rebuilt cache is valid again
+
+    meta_path.write_text("{not json")
+    _, info6 = ensure(cfg, prep)
+    assert info6.built and info6.reason.startswith("unreadable meta.json")
+
+
+def test_changed_data_changes_the_fingerprint(tmp_path, prep):
+    cfg = small(tmp_path)
+    _, info = ensure(cfg, prep)
+    old = prep.data.tokens.clone()
+    try:
+        prep.data.tokens[1, 1] += 1  # a re-tokenised title
+        _, info2 = ensure(cfg, prep)
+    finally:
+        prep.data.tokens.copy_(old)
+    assert info2.built and info2.reason == "fingerprint changed (tokens)" and info2.path == info.path
+
+
+def test_random_init_backbones_are_the_same_for_the_same_seed():
+    """The runner seeds right before building the backbones, so iisan and iisan-cached (and the
+    ``cache`` command) see identical random weights; the fingerprint hashes the weights anyway."""
+    cfg = load_config(None)
+
+    def weights(seed):
+        seed_everything(seed)
+        b = load_backbones(cfg.backbone, cfg.data)
+        return iisan_cache.hash_model(b.text), iisan_cache.hash_model(b.vision)
+
+    assert weights(42) == weights(42)
+    assert weights(43) != weights(42)
+
+
+def test_cache_build_time_is_reported_apart_from_setup(tmp_path, prep, monkeypatch):
+    real = iisan_cache.compute_states
+
+    def slow(*args, **kwargs):
+        time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(iisan_cache, "compute_states", slow)
+    cfg = small(tmp_path)
+    rec = run_method(cfg, "iisan-cached", prep, CPU, progress=False, sample_memory=False)
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert rec["time"]["cache_build_s"] >= 1.0
+    assert rec["time"]["setup_s"] < 1.0
+    assert rec["params"]["total"] == rec["params"]["trainable"]  # the encoders are not part of the model
+
+
+def test_cached_options_are_strict():
+    cfg = load_config(None, {"methods": {"iisan-cached": {"cache_dtype": "bf16"}}})
+    with pytest.raises(BenchError, match="'methods.iisan-cached.cache_dtype' must be one of 'fp16', 'fp32'"):
+        options_for("iisan-cached", cfg)
+    cfg = load_config(None, {"methods": {"iisan": {"cache_dir": "/tmp"}}})
+    with pytest.raises(BenchError, match="unknown key 'methods.iisan.cache_dir'"):
+        options_for("iisan", cfg)
+    assert isinstance(options_for("iisan-cached", load_config(None)), IISANCachedOptions)

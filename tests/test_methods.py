@@ -1,0 +1,275 @@
+"""Strategies: analytic trainable-parameter counts, frozen weights stay frozen, LoRA starts from the
+backbone, registry selection and listing, peft tuners by configuration, and (once, slow) every
+method beating popularity on the embedded default."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+
+from benchmark.backbones import load_backbones
+from benchmark.config import load_config
+from benchmark.errors import BenchError
+from benchmark.recommender import SeqRecommender
+from benchmark.runner import check_methods, method_names, prepare, run_method, seed_everything
+from benchmark.trainer import Trainer, TrainOutcome
+from methods.base import BuildContext
+from methods.registry import available, describe, get_method_for, options_for, select
+
+torch.set_num_threads(1)
+CPU = torch.device("cpu")
+METHODS = ["fft", "lora", "adapter", "bitfit", "iisan", "iisan-cached"]
+
+# tiny preset: BERT and ViT with H = 64, L = 4 layers, FFN 128; 32 px images, 8 px patches
+H, L, I, D, SEQ = 64, 4, 128, 64, 10
+VOCAB, TEXT_POS, PATCHES = 30522, 64, (32 // 8) ** 2
+
+
+def small(tmp_path=None, **methods) -> object:
+    over = {"run": {"isolate": False, "epochs": 1},
+            "data": {"synthetic": {"users": 64, "items": 40}},
+            "train": {"max_steps_per_epoch": 2},
+            "methods": {"iisan-cached": {"cache_dir": str(tmp_path or "/nonexistent")}, **methods}}
+    return load_config(None, over)
+
+
+_PREP: dict = {}
+
+
+def prep_for(cfg):
+    key = json.dumps(cfg.data.__dict__, default=str, sort_keys=True)
+    if key not in _PREP:
+        _PREP[key] = prepare(cfg)
+    return _PREP[key]
+
+
+def build(cfg, name: str, seed: int = 0):
+    prep = prep_for(cfg)
+    seed_everything(seed)
+    backbones = load_backbones(cfg.backbone, cfg.data)
+    encoders = (backbones.text, backbones.vision)
+    method = get_method_for(name, cfg)(options_for(name, cfg))
+    tower = method.build(BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=CPU))
+    t = cfg.train
+    model = SeqRecommender(tower, t.item_dim, cfg.data.max_seq_len, t.num_blocks, t.num_heads, t.dropout)
+    return model, encoders, prep
+
+
+def trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------- analytic counts
+
+LINEAR = lambda i, o: i * o + o  # noqa: E731
+LAYER = 4 * LINEAR(H, H) + 2 * H + LINEAR(H, I) + LINEAR(I, H) + 2 * H  # attention, 2 LayerNorms, FFN
+BERT = VOCAB * H + TEXT_POS * H + 2 * H + 2 * H + L * LAYER  # word, position, type embeddings, LN
+VIT = H + (PATCHES + 1) * H + LINEAR(3 * 8 * 8, H) + L * LAYER + 2 * H  # CLS, positions, patch conv, final LN
+HEADS = 2 * LINEAR(H, D) + LINEAR(2 * D, D)  # text/image projections + fusion
+SASREC = SEQ * D + 2 * D + 2 * (LINEAR(D, 3 * D) + LINEAR(D, D) + LINEAR(D, 4 * D) + LINEAR(4 * D, D) + 4 * D)
+BIASES_PER_LAYER = 4 * H + H + I + H + H  # q, k, v, attention-out, LN, FFN in, FFN out, LN
+TAPS = 3  # 0, 2, 4
+SAN = LINEAR(H, 64) + LINEAR(64, H)
+
+
+def expected(name: str) -> int:
+    if name == "fft":
+        return BERT + VIT + HEADS + SASREC
+    if name == "lora":  # r = 8 on query and value, every layer, both encoders
+        return 2 * L * 2 * (8 * H + H * 8) + HEADS + SASREC
+    if name == "adapter":  # two Houlsby adapters per layer, bottleneck 64
+        return 2 * L * 2 * (LINEAR(H, 64) + LINEAR(64, H)) + HEADS + SASREC
+    if name == "bitfit":  # BERT: + embedding LN bias; ViT: + patch bias + final LN bias
+        return (L * BIASES_PER_LAYER + H) + (L * BIASES_PER_LAYER + H + H) + HEADS + SASREC
+    if name in ("iisan", "iisan-cached"):
+        intra = TAPS * SAN + (TAPS - 1) + LINEAR(H, H)  # SAN blocks, gates, branch output
+        inter = TAPS * SAN + TAPS + LINEAR(H, H)
+        return 2 * intra + inter + 3 * LINEAR(H, D) + LINEAR(3 * D, D) + SASREC
+    if name == "ia3":  # key, value (out features), attention.output.dense, output.dense (feed-forward: in features)
+        return 2 * L * (H + H + H + I) + HEADS + SASREC
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", METHODS + ["ia3"])
+def test_trainable_parameters_match_the_formula(name, tmp_path):
+    cfg = small(tmp_path, ia3={"peft_type": "IA3"})
+    model, _, _ = build(cfg, name)
+    assert trainable(model) == expected(name)
+    groups = model.param_groups()
+    assert sum(p.numel() for ps in groups.values() for p in ps) == expected(name)  # every trainable param has a group
+
+
+def test_lora_options_change_the_count(tmp_path):
+    cfg = small(tmp_path, lora={"r": 4, "target_modules": ["query", "key", "value"], "bias": "lora_only"})
+    model, _, _ = build(cfg, "lora")
+    qkv_bias = 2 * L * 3 * H  # bias = "lora_only": the adapted layers' biases train too (as in the paper's code)
+    assert trainable(model) == 2 * L * 3 * (4 * H + H * 4) + qkv_bias + HEADS + SASREC
+    names = {n for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias") and n.startswith("item_tower.text.")}
+    assert names and all(".attention.self." in n for n in names)
+
+
+def test_adapter_bottleneck_option(tmp_path):
+    cfg = small(tmp_path, adapter={"bottleneck": 16})
+    model, _, _ = build(cfg, "adapter")
+    assert trainable(model) == 2 * L * 2 * (LINEAR(H, 16) + LINEAR(16, H)) + HEADS + SASREC
+
+
+def test_text_only_methods_adapt_only_the_text_encoder(tmp_path):
+    cfg = load_config(None, {"run": {"isolate": False}, "data": {"images": "none", "synthetic": {"users": 64, "items": 40}},
+                             "methods": {"iisan-cached": {"cache_dir": str(tmp_path)}}})
+    text_heads = LINEAR(H, D) + SASREC  # text projection only, no fusion
+    for name, added in (("lora", L * 2 * (8 * H + H * 8)), ("bitfit", L * BIASES_PER_LAYER + H),
+                        ("iisan", TAPS * SAN + (TAPS - 1) + LINEAR(H, H))):
+        model, encoders, _ = build(cfg, name)
+        assert encoders[1] is None
+        assert trainable(model) == added + text_heads, name
+
+
+# --------------------------------------------------------------------------- frozen stays frozen
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "fft"] + ["ia3"])
+def test_frozen_backbone_weights_are_bit_identical_after_a_step(name, tmp_path):
+    cfg = small(tmp_path, ia3={"peft_type": "IA3"})
+    model, encoders, prep = build(cfg, name)
+    frozen = {f"{k}.{n}": p.detach().clone() for k, enc in zip(("text", "vision"), encoders)
+              for n, p in enc.named_parameters() if not p.requires_grad}
+    assert frozen
+    if name == "bitfit":  # every non-bias weight frozen, every bias trains
+        for enc in encoders:
+            for n, p in enc.named_parameters():
+                assert p.requires_grad == n.endswith("bias"), n
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer = Trainer(model, prep.split, prep.data.n_items, cfg.train, cfg.eval, CPU, 0, progress=False)
+    trainer.train_epoch(1, TrainOutcome())
+    after = {f"{k}.{n}": p for k, enc in zip(("text", "vision"), encoders) for n, p in enc.named_parameters()
+             if f"{k}.{n}" in frozen}
+    assert after.keys() == frozen.keys()
+    for key, p in after.items():
+        assert torch.equal(p, frozen[key]), key
+    moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert moved  # the strategy's own weights did train
+
+
+# --------------------------------------------------------------------------- LoRA starts from the backbone
+
+
+def test_lora_at_init_reproduces_the_base_encoders(tmp_path):
+    cfg = small(tmp_path)
+    prep = prep_for(cfg)
+    seed_everything(0)
+    backbones = load_backbones(cfg.backbone, cfg.data)
+    base_text, base_vision = copy.deepcopy(backbones.text).eval(), copy.deepcopy(backbones.vision).eval()
+    method = get_method_for("lora", cfg)(options_for("lora", cfg))
+    tower = method.build(BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=CPU)).eval()
+    ids = torch.arange(1, prep.data.n_items + 1)
+    with torch.no_grad():
+        text_in = tower.inputs.text(ids)
+        assert torch.equal(tower.text(**text_in).last_hidden_state, base_text(**text_in).last_hidden_state)
+        pixels = tower.inputs.pixels(ids)
+        assert torch.equal(tower.vision(pixel_values=pixels).last_hidden_state,
+                           base_vision(pixel_values=pixels).last_hidden_state)
+        # the pretrained Q/V weights are kept (not re-initialised), and the LoRA path is live
+        q = dict(tower.text.named_parameters())
+        key = next(n for n in q if n.endswith("layer.0.attention.self.query.base_layer.weight"))
+        assert torch.equal(q[key], base_text.encoder.layer[0].attention.self.query.weight)
+        for n, p in tower.text.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.1)
+        assert not torch.equal(tower.text(**text_in).last_hidden_state, base_text(**text_in).last_hidden_state)
+
+
+# --------------------------------------------------------------------------- registry and listing
+
+
+def test_registry_lists_every_method_with_a_one_line_description():
+    names = available()
+    assert names[:6] == METHODS and "peft" not in names
+    for n in names:
+        d = describe(n)
+        assert d and "\n" not in d and len(d) < 120, n
+
+
+def test_wildcard_selection():
+    assert select(["iisan*"]) == ["iisan", "iisan-cached"]
+    assert select("lora,iisan") == ["lora", "iisan"]
+    assert select(["all"]) == available()
+    with pytest.raises(BenchError, match="did you mean"):
+        select(["lorra"])
+
+
+def test_list_command_prints_every_method(capsys):
+    from benchmark.cli import main
+
+    main(["list"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in out] == available()
+    main(["list", "iisan*"])
+    assert [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()] == ["iisan", "iisan-cached"]
+
+
+# --------------------------------------------------------------------------- peft tuners by configuration
+
+
+def test_configured_peft_tuner_is_selected_by_all_and_by_wildcard(tmp_path):
+    cfg = small(tmp_path, ia3={"peft_type": "IA3"}, myvera={"peft_type": "vera", "r": 4})
+    cfg.run.methods = ["all"]
+    assert method_names(cfg) == METHODS + ["ia3", "myvera"]
+    cfg.run.methods = ["ia*"]
+    assert method_names(cfg) == ["ia3"]
+    check_methods(cfg, method_names(cfg))
+    assert options_for("myvera", cfg).kwargs == {"r": 4}
+
+
+@pytest.mark.parametrize("table, needle", [
+    ({"peft_type": "IA4"}, "'methods.x.peft_type' = 'IA4' is not a peft tuner (did you mean 'IA3'?)"),
+    ({"peft_type": "IA3", "rank": 4}, "unknown key 'methods.x.rank' for peft IA3Config"),
+    ({"peft_type": "LORA", "r": "8"}, "'methods.x.r' must be int, got str '8'"),
+    ({"peft_type": "LORA", "lora_dropout": [1]}, "'methods.x.lora_dropout' must be float"),
+    ({"peft_type": "PROMPT_TUNING"}, "is not supported"),
+    ({"peft_type": 3}, "'methods.x.peft_type' must be str"),
+])
+def test_configured_peft_options_are_validated(table, needle):
+    cfg = load_config(None, {"methods": {"x": table}})
+    with pytest.raises(BenchError) as err:
+        check_methods(cfg, method_names(cfg))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_configured_ia3_runs_through_the_trainer(tmp_path):
+    cfg = small(tmp_path, ia3={"peft_type": "IA3"})
+    rec = run_method(cfg, "ia3", prep_for(cfg), CPU, progress=False, sample_memory=False)
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert rec["params"]["trainable"] == expected("ia3")
+    assert "hr@10" in rec["metrics"]["test"]
+    assert rec["description"].startswith("Any HF peft tuner")
+
+
+# --------------------------------------------------------------------------- slow: the embedded default, once
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """``iisan-bench run --methods all`` on the embedded default (about 100 s on 2 CPU cores)."""
+    from benchmark.runner import run_benchmark
+
+    out = tmp_path_factory.mktemp("default-run")
+    cfg = load_config(None, {"run": {"methods": ["all"], "out": str(out)},
+                             "methods": {"iisan-cached": {"cache_dir": str(out / "cache")}}})
+    path = run_benchmark(cfg, progress=False, echo=lambda *_: None)
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.skipif(os.environ.get("IISAN_BENCH_SKIP_SLOW") == "1", reason="IISAN_BENCH_SKIP_SLOW=1")
+def test_every_method_beats_popularity_on_the_default(default_run):
+    assert [r["method"] for r in default_run] == METHODS
+    for r in default_run:
+        assert r["status"] == "ok", (r["method"], r.get("error"))
+        hr, pop = r["metrics"]["test"]["hr@10"], r["metrics"]["popularity"]["test"]["hr@10"]
+        assert hr > pop, (r["method"], hr, pop)
+    cached = default_run[-1]
+    assert cached["time"]["cache_build_s"] > 0 and cached["params"]["total"] == cached["params"]["trainable"]

@@ -3,7 +3,7 @@
 One tensor per modality, ``[n_items + 1, n_taps, H]`` (row 0 = padding item), fp16 by default,
 stored as the deviation from a per-(tap, dimension) fp32 offset (the mean over items) that is
 saved beside it: the states differ between items by much less than their common part (with
-random-init encoders by ~0.1 % of it), which fp16 alone would round away; as deviations they
+random-init encoders by well under 1 % of it), which fp16 alone would round away; as deviations they
 keep ~1e-6 absolute precision. ``cache_dtype = "fp32"`` stores the states as they are (offset 0).
 A cache lives in a folder under the cache directory:
 

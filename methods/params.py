@@ -68,8 +68,20 @@ def params_config(cfg, image_size: int | None = None):
                                data=dataclasses.replace(cfg.data, image_size=size))
 
 
+def paper_setting(cfg) -> bool:
+    """The paper's numbers apply only to its setting: base encoders, both modalities, 224 px, item dim 64."""
+    b, d = cfg.backbone, cfg.data
+    return (b.preset == "base" and not b.text_model and not b.vision_model and d.images != "none"
+            and d.image_size == PAPER_IMAGE_SIZE and cfg.train.item_dim == 64 and cfg.data.max_seq_len == 10
+            and cfg.train.num_blocks == 2)
+
+
 def count_all(cfg, names: list[str]) -> list[dict[str, Any]]:
-    return [count_method(cfg, n) for n in names]
+    rows = [count_method(cfg, n) for n in names]
+    if not paper_setting(cfg):
+        for r in rows:
+            r["paper"] = None
+    return rows
 
 
 def _m(n: float | None) -> str:
@@ -80,8 +92,8 @@ def format_table(rows: list[dict[str, Any]], cfg, seconds: float | None = None) 
     info = rows[0]["info"] if rows else {}
     vision = info.get("vision") or "no vision encoder (images = none)"
     head = (f"parameters: backbone preset '{cfg.backbone.preset}' ({info.get('text')} + {vision}, "
-            f"architecture only, no poolers), text {cfg.data.text_tokens} tokens, images "
-            f"{cfg.data.image_size if cfg.data.images != 'none' else '-'} px, item dim {cfg.train.item_dim}, "
+            f"architecture only, no poolers), text {cfg.data.text_tokens} tokens, "
+            f"{f'images {cfg.data.image_size} px' if cfg.data.images != 'none' else 'text only'}, item dim {cfg.train.item_dim}, "
             f"SASRec {cfg.train.num_blocks} blocks")
     cols = ["method", "trainable", "total", "encoders", "added", "proj+fusion", "SASRec", "paper"]
     table = [cols]
@@ -97,8 +109,9 @@ def format_table(rows: list[dict[str, Any]], cfg, seconds: float | None = None) 
     lines += ["",
               "trainable = encoders (pretrained weights that train) + added (LoRA/adapters/side network) "
               "+ proj+fusion + SASRec; total adds the frozen encoder weights in the trained model "
-              "(iisan-cached trains without the encoders). paper = trainable parameters in IISAN's paper; "
-              "see docs/params.md for each difference."]
+              "(iisan-cached trains without the encoders). paper = trainable parameters in IISAN's paper "
+              "(shown only for its setting: --backbone base, 224 px, item dim 64); see docs/params.md for "
+              "each difference."]
     if seconds is not None:
         lines.append(f"built on the meta device in {seconds:.1f}s")
     return "\n".join(lines)

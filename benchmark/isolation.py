@@ -26,6 +26,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,8 +137,6 @@ class IsolatedRunner:
         echo(f"isolation: dataset payload {self.payload_mb:.1f} MB written once in {self.payload_save_s:.2f}s")
 
     def close(self) -> None:
-        import shutil
-
         shutil.rmtree(self.tmp, ignore_errors=True)
         if self.nvml is not None:
             self.nvml.close()
@@ -163,8 +162,8 @@ class IsolatedRunner:
         return proc.returncode, peak
 
     def run(self, name: str, repeat: int) -> dict[str, Any]:
-        run_dir = self.tmp / f"{''.join(c if c.isalnum() else '_' for c in name)}-{repeat}"
-        run_dir.mkdir()
+        run_dir = Path(tempfile.mkdtemp(prefix=f"{''.join(c if c.isalnum() else '_' for c in name)}-{repeat}-",
+                                        dir=self.tmp))
         result_path, ready_path = run_dir / "result.json", run_dir / "ready.json"
         spec = {"payload": str(self.payload), "method": name, "repeat": repeat, "out": str(self.out),
                 "device": str(self.device), "progress": self.progress, "result": str(result_path),
@@ -199,6 +198,7 @@ class IsolatedRunner:
                 rec = json.loads(result_path.read_text())
             except (OSError, ValueError):
                 rec = None
+        shutil.rmtree(run_dir, ignore_errors=True)
         if rec is not None and "bench_error" in rec:
             raise BenchError(rec["bench_error"])
         child = rec.pop("_child", {}) if rec is not None else {}

@@ -35,6 +35,7 @@ import torch
 from .nvml import Nvml, torch_uuid
 
 MB = 1024 * 1024
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 SAMPLE_INTERVAL_S = 0.01
 CSV_MAX_ROWS = 4000  # longer timelines are decimated keeping each bucket's maximum
 
@@ -67,6 +68,13 @@ class CudaStart:
 _CUDA_STARTS: dict[str, CudaStart] = {}
 
 
+def _cuda_probe(device: torch.device) -> torch.Tensor:
+    """A tiny allocation: the context and the allocator's first block come into being."""
+    probe = torch.empty(1, device=device)
+    torch.cuda.synchronize(device)
+    return probe
+
+
 def cuda_start(device: torch.device, nvml: Nvml | None = None) -> CudaStart:
     """Start CUDA on ``device`` and measure the context overhead (once per process and device).
 
@@ -88,8 +96,7 @@ def cuda_start(device: torch.device, nvml: Nvml | None = None) -> CudaStart:
     torch.cuda.init()
     uuid = torch_uuid(device)
     handle = nvml.handle_for_uuid(uuid) if nvml is not None else None
-    probe = torch.empty(1, device=device)
-    torch.cuda.synchronize(device)
+    probe = _cuda_probe(device)
     reserved = torch.cuda.memory_reserved(device) / MB
     warnings: list[str] = []
     context = source = None
@@ -154,23 +161,37 @@ class ProcessSampler:
         self.cpu_s = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._statm: int | None = None  # Linux: /proc/PID/statm read in place (~1 us vs ~10 us via psutil)
+        self._proc: psutil.Process | None = None
         try:
-            self._proc: psutil.Process | None = psutil.Process(pid)
-        except psutil.Error:
-            self._proc = None
+            self._statm = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+        except OSError:
+            try:
+                self._proc = psutil.Process(pid)
+            except psutil.Error:
+                pass
 
     def start(self) -> "ProcessSampler":
         self._thread = threading.Thread(target=self._loop, name=f"sampler-{self.pid}", daemon=True)
         self._thread.start()
         return self
 
-    def sample(self) -> Sample:
-        rss = None
+    def rss_mb(self) -> float | None:
+        """Resident set size in MB; None once the process is gone (a zombie reads 0)."""
+        if self._statm is not None:
+            try:
+                return int(os.pread(self._statm, 128, 0).split()[1]) * PAGE / MB or None
+            except (OSError, IndexError, ValueError):
+                return None
         if self._proc is not None:
             try:
-                rss = self._proc.memory_info().rss / MB or None  # a zombie reads 0
+                return self._proc.memory_info().rss / MB or None
             except psutil.Error:
-                rss = None
+                return None
+        return None
+
+    def sample(self) -> Sample:
+        rss = self.rss_mb()
         if self.handle is None and self.handle_source is not None and self.nvml is not None:
             self.handle = self.handle_source()
         s = Sample(time.time(), rss)
@@ -194,6 +215,9 @@ class ProcessSampler:
             self._thread.join()
             self._thread = None
             self.sample()  # one last look
+        if self._statm is not None:
+            os.close(self._statm)
+            self._statm = None
 
     def peak(self, what: str) -> float | None:
         vals = [getattr(s, what) for s in self.samples if getattr(s, what) is not None]

@@ -1,0 +1,200 @@
+"""What the memory sampler costs: the same training run with the sampler on and off.
+
+Not a test (timings on a shared machine are noisy); run it by hand and commit its JSON:
+
+    python benchmarks/sampler_overhead.py --out docs/results/sampler-overhead-cpu.json
+
+One model trains in this process in short blocks of steps (``Trainer.train_epoch`` with
+``max_steps_per_epoch`` steps, device synchronised at the edges); the sampler is switched on and
+off between blocks, in pairs ordered off/on then on/off, so a change in machine load hits both
+sides of a pair alike. Two sampler placements:
+
+* ``out_of_process`` — the benchmark's default (``[run] isolate = true``): the sampler lives in
+  another process (there: the parent) and samples the training process every 10 ms.
+* ``in_process`` — ``isolate = false``: the sampler is a thread inside the training process and
+  competes for the GIL too — the worst case.
+
+The overhead of a placement is the median over pairs of (on - off) / off of block time; its
+spread is given as the interquartile range of those paired differences. Also reported: the
+sampler's own CPU time per sample (``time.thread_time``), i.e. its share of one core at the
+interval, which does not depend on machine noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmark.config import load_config
+from benchmark.profiler import SAMPLE_INTERVAL_S, ProcessSampler
+from benchmark.results import atomic_write
+from benchmark.runner import prepare, resolve_device, seed_everything
+
+
+def build_trainer(cfg, prep, device):
+    from methods.registry import get_method_for, options_for
+
+    from benchmark.backbones import load_backbones
+    from benchmark.recommender import SeqRecommender
+    from benchmark.trainer import Trainer
+    from methods.base import BuildContext
+
+    seed_everything(cfg.run.seed)
+    backbones = load_backbones(cfg.backbone, cfg.data)
+    method = get_method_for("fft", cfg)(options_for("fft", cfg))
+    tower = method.build(BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=device))
+    t = cfg.train
+    model = SeqRecommender(tower, t.item_dim, cfg.data.max_seq_len, t.num_blocks, t.num_heads, t.dropout).to(device)
+    return Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, device, cfg.run.seed, progress=False)
+
+
+def _remote_sampler(pid: int, on, stop, interval: float, result) -> None:
+    """Another process sampling ``pid`` while ``on`` is set (the parent's role in isolated runs)."""
+    sampler = ProcessSampler(pid, interval)
+    n, cpu = 0, 0.0
+    while not stop.is_set():
+        if on.wait(0.05):
+            c0 = time.thread_time()
+            sampler.sample()
+            cpu += time.thread_time() - c0
+            n += 1
+            time.sleep(interval)
+    result.put({"samples": n, "cpu_s": cpu})
+
+
+class InProcess:
+    name = "in_process"
+
+    def __init__(self, interval: float):
+        self.interval, self.sampler, self.samples, self.cpu_s = interval, None, 0, 0.0
+
+    def on(self) -> None:
+        self.sampler = ProcessSampler(os.getpid(), self.interval).start()
+
+    def off(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+            self.samples += len(self.sampler.samples)
+            self.cpu_s += self.sampler.cpu_s
+            self.sampler = None
+
+    def close(self) -> dict:
+        self.off()
+        return {"samples": self.samples, "cpu_s": self.cpu_s}
+
+
+class OutOfProcess:
+    name = "out_of_process"
+
+    def __init__(self, interval: float):
+        ctx = mp.get_context("spawn")
+        self._on, self._stop, self._result = ctx.Event(), ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(target=_remote_sampler, args=(os.getpid(), self._on, self._stop, interval,
+                                                              self._result), daemon=True)
+        self.proc.start()
+
+    def on(self) -> None:
+        self._on.set()
+
+    def off(self) -> None:
+        self._on.clear()
+        time.sleep(2 * SAMPLE_INTERVAL_S)  # let a sample in flight finish outside the next block
+
+    def close(self) -> dict:
+        self._on.clear()
+        self._stop.set()
+        out = self._result.get(timeout=30)
+        self.proc.join(10)
+        return out
+
+
+def measure(trainer, sampler, pairs: int, epoch0: int) -> tuple[dict, int]:
+    from benchmark.trainer import TrainOutcome
+
+    off, on = [], []
+    epoch = epoch0
+    for i in range(pairs):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        for flag in order:
+            (sampler.on if flag else sampler.off)()
+            out = TrainOutcome()
+            epoch += 1
+            trainer.train_epoch(epoch, out)
+            sampler.off()
+            (on if flag else off).append(out.epoch_s[0])
+        print(f"{sampler.name} pair {i}: off {off[-1]:.3f}s on {on[-1]:.3f}s", file=sys.stderr)
+    cost = sampler.close()
+    paired = sorted((b - a) / a * 100 for a, b in zip(off, on))
+    q = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
+    us = cost["cpu_s"] / cost["samples"] * 1e6 if cost["samples"] else None
+    return {
+        "block_s_off": off, "block_s_on": on,
+        "median_block_off_s": statistics.median(off), "median_block_on_s": statistics.median(on),
+        "overhead_pct_median": statistics.median(paired), "overhead_pct_iqr": [q[0], q[2]],
+        "noise_pct_off": statistics.stdev(off) / statistics.mean(off) * 100 if len(off) > 1 else None,
+        "sampler_samples": cost["samples"], "sampler_cpu_us_per_sample": us,
+        "sampler_share_of_one_core_pct": us / (SAMPLE_INTERVAL_S * 1e6) * 100 if us else None,
+    }, epoch
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="docs/results/sampler-overhead-cpu.json")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--pairs", type=int, default=20, help="off/on block pairs per placement")
+    ap.add_argument("--steps", type=int, default=4, help="training steps per block")
+    ap.add_argument("--users", type=int, default=400)
+    args = ap.parse_args(argv)
+
+    cfg = load_config(None, {"data": {"synthetic": {"users": args.users, "items": 100}},
+                             "run": {"device": args.device, "methods": ["fft"]},
+                             "train": {"max_steps_per_epoch": args.steps}})
+    device = resolve_device(cfg.run.device)
+    prep = prepare(cfg)
+    trainer = build_trainer(cfg, prep, device)
+    load0 = os.getloadavg()
+    from benchmark.trainer import TrainOutcome
+
+    for e in (1, 2):  # warm-up blocks, discarded
+        trainer.train_epoch(e, TrainOutcome())
+    result: dict = {
+        "what": ("fft training blocks with the memory sampler off vs on, alternating pairs in one run; "
+                 "overhead = median over pairs of (on - off) / off"),
+        "interval_s": SAMPLE_INTERVAL_S,
+        "workload": {"method": "fft", "backbone": cfg.backbone.preset, "users": args.users,
+                     "steps_per_block": args.steps, "batch_size": cfg.train.batch_size, "pairs": args.pairs},
+        "machine": {"device": str(device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__, "load_avg_start": load0},
+    }
+    epoch = 2
+    for placement in (OutOfProcess, InProcess):
+        sampler = placement(SAMPLE_INTERVAL_S)
+        result[placement.name], epoch = measure(trainer, sampler, args.pairs, epoch)
+    result["machine"]["load_avg_end"] = os.getloadavg()
+    head = result["out_of_process"]
+    result["verdict"] = {
+        "placement": "out_of_process (the default: isolated children sampled by the parent)",
+        "overhead_pct_median": head["overhead_pct_median"], "overhead_pct_iqr": head["overhead_pct_iqr"],
+        "sampler_share_of_one_core_pct": head["sampler_share_of_one_core_pct"],
+        "under_1_pct": abs(head["overhead_pct_median"]) < 1.0,
+        "note": ("the machine is shared (load_avg): per-block noise (noise_pct_off) can exceed the effect; "
+                 "a negative median is noise"),
+    }
+    atomic_write(Path(args.out), json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["verdict"]), file=sys.stderr)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

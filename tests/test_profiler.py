@@ -1,0 +1,288 @@
+"""Memory and energy measurement against a fake ``pynvml`` (no GPU here): NVML peaks, per-process
+filtering, missing per-process data, UUID matching, CUDA context, energy, the timeline CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+from benchmark import profiler
+from benchmark.isolation import IsolatedRunner, ReadyHandle
+from benchmark.nvml import MB, Nvml, normalize_uuid
+from benchmark.profiler import MemoryProfiler, ProcessSampler, Sample, cuda_start, write_timeline_csv
+
+UUID_A = "GPU-11111111-2222-3333-4444-555555555555"
+UUID_B = "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+OTHER_PID = 999_999
+
+
+class FakeNVMLError(Exception):
+    pass
+
+
+class FakePynvml(types.ModuleType):
+    """Enough of nvidia-ml-py's ``pynvml`` for the benchmark: devices whose state tests change."""
+
+    NVMLError = FakeNVMLError
+    nvmlMemory_v2 = 0x02000028
+
+    def __init__(self, v2: bool = True, uuid_bytes: bool = False):
+        super().__init__("pynvml")
+        self.devices = {
+            UUID_A: {"used": 1000 * MB, "procs": [], "energy": 0},
+            UUID_B: {"used": 500 * MB, "procs": [], "energy": 0},
+        }
+        self.order = [UUID_A, UUID_B]  # NVML's (PCI bus) order
+        self.v2, self.uuid_bytes = v2, uuid_bytes
+        self.calls: list[str] = []
+
+    def nvmlInit(self):
+        self.calls.append("init")
+
+    def nvmlShutdown(self):
+        self.calls.append("shutdown")
+
+    def nvmlDeviceGetCount(self):
+        return len(self.order)
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return ("handle", self.order[i])
+
+    def nvmlDeviceGetUUID(self, handle):
+        return handle[1].encode() if self.uuid_bytes else handle[1]
+
+    def nvmlDeviceGetMemoryInfo(self, handle, version=None):
+        self.calls.append(f"mem-v{2 if version else 1}")
+        if version and not self.v2:
+            raise FakeNVMLError("Function Not Found")
+        return types.SimpleNamespace(used=self.devices[handle[1]]["used"], total=80_000 * MB)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        procs = self.devices[handle[1]]["procs"]
+        if isinstance(procs, Exception):
+            raise procs
+        return [types.SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in procs]
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        energy = self.devices[handle[1]]["energy"]
+        if energy is None:
+            raise FakeNVMLError("Not Supported")
+        return energy
+
+
+@pytest.fixture
+def nv():
+    return FakePynvml()
+
+
+# ------------------------------------------------------------------------------- the NVML layer
+
+
+def test_uuid_matching_by_normalised_uuid(nv):
+    torch_style = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"  # str(get_device_properties(i).uuid)
+    assert normalize_uuid(torch_style) == normalize_uuid(UUID_B) == normalize_uuid(UUID_B.encode() + b"\0")
+    nvml = Nvml(nv)
+    assert nvml.handle_for_uuid(torch_style) == ("handle", UUID_B)  # not index 0, whatever CUDA's order
+    assert nvml.handle_for_uuid(UUID_A.upper().replace("GPU-", "")) == ("handle", UUID_A)
+    assert nvml.handle_for_uuid("deadbeef-0000-0000-0000-000000000000") is None
+    assert nvml.handle_for_uuid(None) is None
+    assert Nvml(FakePynvml(uuid_bytes=True)).handle_for_uuid(torch_style) == ("handle", UUID_B)  # old bindings: bytes
+
+
+def test_device_memory_prefers_v2_and_falls_back_to_v1(nv):
+    assert Nvml(nv).device_used_mb(("handle", UUID_A)) == 1000
+    assert nv.calls == ["mem-v2"]
+    old = FakePynvml(v2=False)  # a driver without nvmlDeviceGetMemoryInfo_v2
+    nvml = Nvml(old)
+    assert nvml.device_used_mb(("handle", UUID_A)) == 1000
+    assert nvml.device_used_mb(("handle", UUID_A)) == 1000
+    assert old.calls == ["mem-v2", "mem-v1", "mem-v1"]  # v2 tried once, then never again
+
+
+def test_binding_without_memory_v2_uses_v1(nv, monkeypatch):
+    monkeypatch.delattr(FakePynvml, "nvmlMemory_v2")
+    nvml = Nvml(nv)
+    assert nvml.device_used_mb(("handle", UUID_B)) == 500 and nv.calls == ["mem-v1"]
+
+
+def test_per_process_memory_is_filtered_by_pid_and_missing_data_is_none(nv):
+    h = ("handle", UUID_A)
+    nvml = Nvml(nv)
+    nv.devices[UUID_A]["procs"] = [(OTHER_PID, 3000 * MB), (4242, 700 * MB)]
+    assert nvml.process_used_mb(h, 4242) == 700
+    assert nvml.process_used_mb(h, 1234) is None  # not (yet) on the GPU, or a hidden pid namespace
+    nv.devices[UUID_A]["procs"] = [(4242, None)]  # NVML_VALUE_NOT_AVAILABLE: pynvml gives None
+    assert nvml.process_used_mb(h, 4242) is None
+    nv.devices[UUID_A]["procs"] = FakeNVMLError("No Permission")
+    assert nvml.process_used_mb(h, 4242) is None and nvml.processes(h) is None
+
+
+def test_energy_counter_and_unsupported(nv):
+    nv.devices[UUID_A]["energy"] = 123_456
+    nvml = Nvml(nv)
+    assert nvml.energy_mj(("handle", UUID_A)) == 123_456
+    nv.devices[UUID_A]["energy"] = None
+    assert nvml.energy_mj(("handle", UUID_A)) is None
+
+
+def test_open_uses_the_pynvml_module_and_survives_a_missing_driver(nv, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", nv)
+    nvml = Nvml.open()
+    assert nvml is not None and nvml.nv is nv and nv.calls == ["init"]
+
+    def no_driver():
+        raise FakeNVMLError("Driver Not Loaded")
+
+    monkeypatch.setattr(nv, "nvmlInit", no_driver)
+    assert Nvml.open() is None
+
+
+# ------------------------------------------------------------------------------- sampling
+
+
+def test_sampler_finds_the_childs_gpu_by_uuid_and_keeps_its_peaks(nv, tmp_path):
+    """The parent's view of a child: no GPU handle until the child announces its UUID, then its
+    own per-process memory (another process's is ignored) and the device's."""
+    child = 4242
+    nvml = Nvml(nv)
+    ready = ReadyHandle(tmp_path / "ready.json", nvml)
+    sampler = ProcessSampler(os.getpid(), nvml=nvml, handle_source=ready)
+    sampler.pid = child  # sample RSS of this process but GPU memory of the "child"
+    first = sampler.sample()
+    assert first.process_mb is None and first.device_mb is None and first.rss_mb > 0
+
+    (tmp_path / "ready.json").write_text(json.dumps({"uuid": "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"}))
+    dev = nv.devices[UUID_B]
+    for used, other in ((800, 100), (2400, 9000), (1600, 100)):
+        dev["procs"] = [(child, used * MB), (OTHER_PID, other * MB)]
+        dev["used"] = (used + other + 50) * MB
+        sampler.sample()
+    dev["procs"] = FakeNVMLError("Not Supported")  # per-process data can vanish: None, not a crash
+    last = sampler.sample()
+    assert last.process_mb is None and last.device_mb is not None
+    assert ready.uuid.endswith("eeeeeeeeeeee") and sampler.handle == ("handle", UUID_B)
+    assert sampler.peak("process_mb") == 2400  # the other process's 9000 MB never counts
+    assert sampler.peak("device_mb") == 2400 + 9000 + 50
+    assert sampler.peak("rss_mb") > 0
+
+
+def test_sampler_thread_samples_every_interval_and_measures_its_cost():
+    sampler = ProcessSampler(os.getpid(), interval=0.01).start()
+    x = [bytearray(1024) for _ in range(20000)]  # some work while it samples
+    import time
+
+    time.sleep(0.15)
+    sampler.stop()
+    del x
+    assert len(sampler.samples) >= 5 and sampler.cpu_s > 0
+    assert sampler._thread is None  # joined
+
+
+def test_timeline_csv_phases_source_and_decimation_keep_the_peak(tmp_path):
+    t0 = 1000.0
+    samples = [Sample(t0 + i * 0.01, 100.0 + (500.0 if i == 777 else 0.0), None, None) for i in range(2000)]
+    marks = [(t0 + 5.0, "setup"), (t0 + 10.0, "train"), (t0 + 15.0, "eval")]
+    path = tmp_path / "memory" / "m-0.csv"
+    assert write_timeline_csv(path, samples, t0, marks, gpu=False, max_rows=300) == "rss"
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["t_s", "mb", "phase", "rss_mb", "nvml_process_mb", "nvml_device_mb"]
+    assert len(rows) <= 300 and max(float(r["mb"]) for r in rows) == 600.0
+    assert [r["phase"] for r in rows][::100] == ["startup", "setup", "train"]
+    gpu = [Sample(t0, 50.0, None, 900.0), Sample(t0 + 1, 60.0, 400.0, 1000.0)]
+    assert write_timeline_csv(tmp_path / "g.csv", gpu, t0, [], gpu=True) == "nvml-process"
+    assert (tmp_path / "g.csv").read_text().splitlines()[1].startswith("1.000,400.0,startup")
+
+
+# ------------------------------------------------------------------------------- CUDA start, allocator, energy
+
+
+@pytest.fixture
+def fake_cuda(nv, monkeypatch):
+    """A 'CUDA' device backed by the fake NVML: the probe allocation creates a 300 MB context
+    plus a 2 MB allocator block, as seen by NVML for this process."""
+    me = os.getpid()
+    state = {"reserved": 0, "max_reserved": 6000 * MB, "max_allocated": 5000 * MB, "resets": 0}
+    dev = nv.devices[UUID_B]
+    dev["procs"] = [(OTHER_PID, 1000 * MB)]
+
+    def probe(device):
+        state["reserved"] = 2 * MB
+        dev["procs"] = dev["procs"] + [(me, 302 * MB)]
+        dev["used"] += 302 * MB
+
+    monkeypatch.setattr(profiler, "_cuda_probe", probe)
+    monkeypatch.setattr(profiler, "torch_uuid", lambda device: normalize_uuid(UUID_B))
+    monkeypatch.setattr(profiler, "_CUDA_STARTS", {})
+    monkeypatch.setattr(torch.cuda, "init", lambda: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: state["reserved"])
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: state["max_reserved"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: state["max_allocated"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda device=None: state.__setitem__("resets", state["resets"] + 1))
+    return state
+
+
+def test_cuda_start_measures_the_context_and_warns_about_neighbours(nv, fake_cuda, capsys):
+    start = cuda_start(torch.device("cuda", 0), Nvml(nv))
+    assert start.handle == ("handle", UUID_B)
+    assert start.context_mb == 300 and start.context_source == "nvml-process"
+    assert len(start.warnings) == 1 and f"pid {OTHER_PID}" in start.warnings[0]  # itself is no neighbour
+    assert "other process(es) already use this GPU" in capsys.readouterr().err
+    assert cuda_start(torch.device("cuda", 0)) is start  # once per process
+
+
+def test_cuda_context_falls_back_to_the_device_delta_without_per_process_data(nv, fake_cuda, monkeypatch):
+    monkeypatch.setattr(nv, "nvmlDeviceGetComputeRunningProcesses",
+                        lambda h: (_ for _ in ()).throw(FakeNVMLError("Not Supported")))
+    start = cuda_start(torch.device("cuda", 0), Nvml(nv))
+    assert start.context_mb == 300 and start.context_source == "nvml-device-delta"
+    assert start.warnings == []  # nobody could be listed, and the device was nearly empty
+
+
+def test_gpu_profiler_resets_peaks_reads_energy_per_epoch_and_adds_the_context(nv, fake_cuda):
+    dev = torch.device("cuda", 0)
+    cuda_start(dev, Nvml(nv))
+    prof = MemoryProfiler(dev, sample=False)
+    prof.on_train_start()
+    assert fake_cuda["resets"] == 1
+    energy = nv.devices[UUID_B]
+    for epoch, joules in ((1, 250.0), (2, 240.5)):
+        prof.on_epoch_start(epoch)
+        energy["energy"] += int(joules * 1000)
+        prof.on_epoch_end(epoch)
+    assert prof.energy() == {"epoch_j": pytest.approx(245.25), "per_epoch_j": [250.0, 240.5]}
+    mem = prof.result()
+    assert mem["source"] == "cuda" and mem["peak_mb"] == 6000 + 300
+    assert mem["reserved_peak_mb"] == 6000 and mem["allocated_peak_mb"] == 5000 and mem["context_mb"] == 300
+    assert [p for _, p in prof.marks] == ["setup", "train", "eval", "train", "eval", "done"]
+
+
+def test_energy_is_null_where_the_counter_is_unsupported(nv, fake_cuda):
+    nv.devices[UUID_B]["energy"] = None
+    prof = MemoryProfiler(torch.device("cuda", 0), sample=False)
+    prof.on_epoch_start(1)
+    prof.on_epoch_end(1)
+    assert prof.energy() == {"epoch_j": None, "per_epoch_j": None}
+    assert MemoryProfiler(torch.device("cpu"), sample=False).energy() == {"epoch_j": None, "per_epoch_j": None}
+
+
+def test_parent_merges_nvml_peaks_and_falls_back_when_the_child_died_early(nv):
+    runner = types.SimpleNamespace(device=torch.device("cuda", 0), nvml=Nvml(nv))
+    sampler = types.SimpleNamespace(peak={"rss_mb": 900.0, "process_mb": 6400.0, "device_mb": 7400.0}.get)
+    rec = {"memory": {"peak_mb": 6300.0, "source": "cuda", "reserved_peak_mb": 6000.0, "context_mb": 300.0}}
+    IsolatedRunner._merge_memory(runner, rec, sampler, {"ru_maxrss_mb": 950.0}, 960.0)
+    mem = rec["memory"]
+    assert mem["peak_mb"] == 6300 and mem["source"] == "cuda"  # headline: reserved peak + context
+    assert mem["nvml_process_peak_mb"] == 6400 and mem["nvml_device_peak_mb"] == 7400
+    assert mem["rss_peak_mb"] == 900 and mem["ru_maxrss_mb"] == 960
+    crashed = {"memory": None}
+    IsolatedRunner._merge_memory(runner, crashed, sampler, {}, None)
+    assert crashed["memory"]["peak_mb"] == 6400 and crashed["memory"]["source"] == "nvml-process"

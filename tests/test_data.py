@@ -242,3 +242,16 @@ def test_lmdb_records_unpickle_only_the_image_class(monkeypatch):
 def test_real_images_need_a_dataset_folder():
     with pytest.raises(BenchError, match="needs a dataset folder with images"):
         load_dataset(DataConfig(images="real"), 0)
+
+
+@pytest.mark.parametrize("name", ["scientific-cpu.toml", "scientific-cpu-iisan-cached.toml"])
+def test_scientific_cpu_configs_load_and_name_real_methods(name):
+    from benchmark.runner import check_methods, method_names
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / name)
+    names = method_names(cfg)
+    check_methods(cfg, names)
+    assert "iisan-cached" in names and cfg.data.images == "none"
+    assert cfg.backbone.preset == "minilm" and cfg.backbone.init == "pretrained"
+    assert cfg.data.dataset == "../shared/datasets/Scientific"

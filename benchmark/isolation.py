@@ -211,7 +211,8 @@ class IsolatedRunner:
         t_ready = child.get("t_ready")
         rec["isolation"] = {
             "exit_code": rc, "wall_s": wall_s,
-            # what isolation costs this run: the child's life minus run_method itself
+            # what isolation costs this run: the child's life minus setup + training + evaluation
+            # (interpreter start, imports, payload load, CUDA start, exit)
             "overhead_s": wall_s - child["run_s"] if child.get("run_s") is not None else None,
             "child_startup_s": (t_ready - t_spawn) if t_ready else None,  # spawn -> data loaded, CUDA up
             "payload_load_s": child.get("payload_load_s"),

@@ -9,7 +9,6 @@ from the exit code.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
@@ -31,12 +30,11 @@ def main(argv: list[str]) -> int:
     try:
         import torch
 
-        from .isolation import ENV_IMPORTS
+        from .isolation import import_extra_modules
         from .profiler import cuda_start, ru_maxrss_mb
         from .runner import run_method
 
-        for mod in filter(None, (m.strip() for m in os.environ.get(ENV_IMPORTS, "").split(","))):
-            importlib.import_module(mod)
+        import_extra_modules()
         t0 = time.time()
         payload = torch.load(spec["payload"], weights_only=False)  # our own file, written by the parent
         child["payload_load_s"] = time.time() - t0

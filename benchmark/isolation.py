@@ -110,10 +110,25 @@ def exit_reason(rc: int) -> str:
     return f"child process exited with code {rc} without a result"
 
 
+def extra_modules() -> list[str]:
+    return [m.strip() for m in os.environ.get(ENV_IMPORTS, "").split(",") if m.strip()]
+
+
+def import_extra_modules() -> None:
+    """Import the modules named in ``IISAN_BENCH_IMPORTS`` (they register methods of one's own)."""
+    import importlib
+
+    for mod in extra_modules():
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise BenchError(f"{ENV_IMPORTS}: cannot import '{mod}': {exc}") from None
+
+
 def _modules_for(name: str, cfg: BenchConfig) -> list[str]:
     from methods.registry import get_method_for
 
-    mods = [m.strip() for m in os.environ.get(ENV_IMPORTS, "").split(",") if m.strip()]
+    mods = extra_modules()
     mod = get_method_for(name, cfg).__module__
     if mod != "__main__" and mod not in mods:
         mods.append(mod)

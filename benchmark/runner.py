@@ -247,6 +247,9 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     ``force``; each finished run is appended atomically, so an interrupted sweep loses only the
     run in flight. With ``[run] isolate`` every run is a fresh child process.
     """
+    from .isolation import import_extra_modules
+
+    import_extra_modules()  # IISAN_BENCH_IMPORTS: modules registering methods of one's own
     names = method_names(cfg)
     check_methods(cfg, names)
     device = resolve_device(cfg.run.device)

@@ -7,6 +7,7 @@ import json
 import os
 
 import bench_test_methods  # noqa: F401  (registers t-tiny, t-oom, t-fail, t-crash)
+import pytest
 
 from benchmark.cli import main
 from benchmark.config import load_config
@@ -98,3 +99,12 @@ def _config_file(tmp_path) -> str:
     path.write_text('[data]\nimages = "none"\n[data.synthetic]\nusers = 60\nitems = 40\n'
                     '[train]\nmax_steps_per_epoch = 2\n')
     return str(path)
+
+
+def test_modules_of_ones_own_methods_are_named_in_an_env_var(tmp_path, monkeypatch):
+    from benchmark.errors import BenchError
+    from benchmark.isolation import ENV_IMPORTS
+
+    monkeypatch.setenv(ENV_IMPORTS, "bench_test_methods, no_such_module_xyz")
+    with pytest.raises(BenchError, match="IISAN_BENCH_IMPORTS: cannot import 'no_such_module_xyz'"):
+        run_benchmark(cfg_for(tmp_path / "x", ["t-tiny"], True), progress=False, echo=quiet)

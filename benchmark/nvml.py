@@ -45,7 +45,9 @@ class Nvml:
 
     def __init__(self, module: Any):
         self.nv = module
-        self.error: type[BaseException] = getattr(module, "NVMLError", Exception)
+        # NVMLLibraryMismatchError (an unversioned call the driver lacks) is no NVMLError subclass
+        self.error: tuple[type[BaseException], ...] = tuple(
+            getattr(module, n) for n in ("NVMLError", "NVMLLibraryMismatchError") if hasattr(module, n)) or (Exception,)
         self._v2: bool | None = None if getattr(module, "nvmlMemory_v2", None) is not None else False
 
     @classmethod
@@ -100,7 +102,7 @@ class Nvml:
                 used = self.nv.nvmlDeviceGetMemoryInfo(handle, version=self.nv.nvmlMemory_v2).used
                 self._v2 = True
                 return used / MB
-            except (self.error, TypeError, AttributeError):
+            except (*self.error, TypeError, AttributeError):
                 if self._v2 is None:  # never worked: an old driver or binding; stop trying
                     self._v2 = False
                 else:
@@ -114,8 +116,15 @@ class Nvml:
         """(pid, used MB or None) of every compute process on the device; None when NVML refuses."""
         try:
             procs = self.nv.nvmlDeviceGetComputeRunningProcesses(handle)
-        except self.error:
-            return None
+        except self.error as exc:
+            v2 = getattr(self.nv, "nvmlDeviceGetComputeRunningProcesses_v2", None)
+            mismatch = getattr(self.nv, "NVMLLibraryMismatchError", None)
+            if mismatch is None or not isinstance(exc, mismatch) or v2 is None:
+                return None
+            try:  # an older driver: the v2 struct
+                procs = v2(handle)
+            except self.error:
+                return None
         out = []
         for p in procs:
             used = getattr(p, "usedGpuMemory", None)

@@ -158,6 +158,7 @@ class ProcessSampler:
         self.pid, self.interval, self.nvml = pid, interval, nvml
         self.handle, self.handle_source = handle, handle_source
         self.samples: list[Sample] = []
+        self.errors: list[str] = []
         self.cpu_s = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -204,7 +205,12 @@ class ProcessSampler:
     def _loop(self) -> None:
         while True:
             c0 = time.thread_time()
-            self.sample()
+            try:
+                self.sample()
+            except Exception as exc:  # a measurement thread must never die silently mid-run
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                if len(self.errors) > 100:
+                    break
             self.cpu_s += time.thread_time() - c0
             if self._stop.wait(self.interval):
                 break

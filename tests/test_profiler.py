@@ -26,10 +26,15 @@ class FakeNVMLError(Exception):
     pass
 
 
+class FakeMismatchError(Exception):  # pynvml's NVMLLibraryMismatchError is no NVMLError
+    pass
+
+
 class FakePynvml(types.ModuleType):
     """Enough of nvidia-ml-py's ``pynvml`` for the benchmark: devices whose state tests change."""
 
     NVMLError = FakeNVMLError
+    NVMLLibraryMismatchError = FakeMismatchError
     nvmlMemory_v2 = 0x02000028
 
     def __init__(self, v2: bool = True, uuid_bytes: bool = False):
@@ -121,6 +126,19 @@ def test_per_process_memory_is_filtered_by_pid_and_missing_data_is_none(nv):
     assert nvml.process_used_mb(h, 4242) is None
     nv.devices[UUID_A]["procs"] = FakeNVMLError("No Permission")
     assert nvml.process_used_mb(h, 4242) is None and nvml.processes(h) is None
+
+
+def test_driver_without_the_v3_process_call_falls_back_to_v2(nv, monkeypatch):
+    def mismatch(handle):
+        raise FakeMismatchError("Unversioned function called and the pyNVML version does not match")
+
+    monkeypatch.setattr(nv, "nvmlDeviceGetComputeRunningProcesses", mismatch)
+    nv.devices[UUID_A]["procs"] = [(4242, 700 * MB)]
+    nvml = Nvml(nv)
+    assert nvml.process_used_mb(("handle", UUID_A), 4242) is None  # no v2 either: unknown, no crash
+    monkeypatch.setattr(nv, "nvmlDeviceGetComputeRunningProcesses_v2",
+                        FakePynvml.nvmlDeviceGetComputeRunningProcesses.__get__(nv), raising=False)
+    assert nvml.process_used_mb(("handle", UUID_A), 4242) == 700
 
 
 def test_energy_counter_and_unsupported(nv):

@@ -18,6 +18,7 @@ allocator's reserved peak plus that context.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import os
 import resource
@@ -303,6 +304,9 @@ class MemoryProfiler:
         self.t0 = time.time()
         self.marks: list[tuple[float, str]] = [(self.t0, "setup")]
         self.cuda = cuda_start(device) if device.type == "cuda" else None
+        if self.cuda is not None:  # in-process runs: what an earlier method left cached is not ours
+            gc.collect()
+            torch.cuda.empty_cache()
         self.sampler: ProcessSampler | None = None
         if sample:
             nvml, handle = (self.cuda.nvml, self.cuda.handle) if self.cuda else (None, None)

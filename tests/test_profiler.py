@@ -239,6 +239,7 @@ def fake_cuda(nv, monkeypatch):
     monkeypatch.setattr(profiler, "torch_uuid", lambda device: normalize_uuid(UUID_B))
     monkeypatch.setattr(profiler, "_CUDA_STARTS", {})
     monkeypatch.setattr(torch.cuda, "init", lambda: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: state["reserved"])
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: state["max_reserved"])

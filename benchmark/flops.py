@@ -68,3 +68,18 @@ def peak_flops(device_name: str) -> float | None:
         if key in device_name:
             return value
     return None
+
+
+def flops_record(multiplier: float | None, text, vision, tokens: int, train: torch.Tensor, batch_size: int,
+                 seed: int, max_steps: int, epoch_s: float | None, device_name: str) -> dict | None:
+    """The result's ``flops`` section: model FLOPs of the first epoch and MFU on a known GPU."""
+    if multiplier is None:
+        return None
+    items = items_encoded_per_epoch(train, batch_size, seed, epoch=1, max_steps=max_steps)
+    forward = encoder_flops(text_shape(text.config, tokens))
+    if vision is not None:
+        forward += encoder_flops(vision_shape(vision.config))
+    model = multiplier * forward * items
+    peak = peak_flops(device_name)
+    return {"items_per_epoch": items, "forward_per_item": forward, "model_per_epoch": model,
+            "device_peak": peak, "mfu": model / epoch_s / peak if peak and epoch_s else None}

@@ -142,6 +142,7 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
     from methods.registry import get_method_for, options_for
 
     from .backbones import load_backbones
+    from .flops import flops_record
     from .profiler import MemoryProfiler
     from .recommender import SeqRecommender
     from .trainer import Trainer
@@ -171,6 +172,10 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
         record["metrics"].update(valid=outcome.valid, test=outcome.test, best_epoch=outcome.best_epoch,
                                  history=outcome.history)
         record["energy"] = profiler.energy()
+        epoch1 = outcome.epoch_s[0] if outcome.epoch_s else None
+        record["flops"] = flops_record(cls.train_flops_multiplier, backbones.text, backbones.vision,
+                                       cfg.data.text_tokens, prep.split.train, t.batch_size, cfg.run.seed + repeat,
+                                       t.max_steps_per_epoch, epoch1, record["env"].get("device_name") or "")
     except (torch.OutOfMemoryError, MemoryError) as exc:  # the peak reached is still recorded below
         record.update(status="oom", error=_last_line(exc), traceback=traceback.format_exc())
     except BenchError:

@@ -50,6 +50,9 @@ class Method:
     name: ClassVar[str] = "?"
     description: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    # Training FLOPs as a multiple of the encoders' forward FLOPs, where that is exact: 3.0 when
+    # every weight trains (forward + backward for activations and weights). None: MFU not stated.
+    train_flops_multiplier: ClassVar[float | None] = None
 
     def __init__(self, options: Any):
         self.opts = options

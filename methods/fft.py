@@ -9,6 +9,7 @@ from .registry import register_method
 @register_method("fft")
 class FullFineTuning(Method):
     description = "Full fine-tuning: both encoders and all heads train (the reference)."
+    train_flops_multiplier = 3.0
 
     def build(self, ctx: BuildContext) -> ItemTower:
         for module in (ctx.backbones.text, ctx.backbones.vision):

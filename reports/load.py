@@ -91,6 +91,7 @@ class MethodSummary:
     setup_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
     eval_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
     cache_build_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    mfu: Stat = field(default_factory=lambda: Stat(None, None, 0))  # model FLOPs utilisation (fft on a known GPU)
     memory_source: str | None = None
     samples_csv: str | None = None  # relative to the results dir; from the first ok repeat with one
     metrics: dict[str, dict[str, Stat]] = field(default_factory=dict)  # split -> key -> Stat
@@ -166,7 +167,7 @@ def read_runs(path: Path) -> list[Run]:
         repeat = obj.get("repeat", 0)
         if isinstance(repeat, bool) or not isinstance(repeat, int):
             raise _fail(path, lineno, f"'repeat' must be an integer, got {repeat!r}")
-        for section in ("params", "time", "memory", "energy", "metrics", "data", "backbone", "env", "config"):
+        for section in ("params", "time", "memory", "energy", "flops", "metrics", "data", "backbone", "env", "config"):
             if obj.get(section) is not None and not isinstance(obj[section], dict):
                 raise _fail(path, lineno, f"'{section}' must be an object")
         runs.append(Run(lineno, method, status, repeat, obj))
@@ -236,6 +237,7 @@ def summarise(path: Path, method: str, runs: list[Run]) -> MethodSummary:
     s.setup_s = Stat.of([num(r, "time", "setup_s") for r in ok])
     s.eval_s = Stat.of([num(r, "time", "eval_s") for r in ok])
     s.cache_build_s = Stat.of([num(r, "time", "cache_build_s") for r in ok])
+    s.mfu = Stat.of([num(r, "flops", "mfu") for r in ok])
     s.memory_source = first.get("memory", "source")
     s.samples_csv = next((r.get("memory", "samples_csv") for r in ok if r.get("memory", "samples_csv")), None)
     s.metrics = _metrics(path, ok)

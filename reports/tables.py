@@ -194,12 +194,15 @@ def efficiency_table(results: Results, tp: TpmeResult) -> Table:
     """Cost of each ok method; columns for energy, repeats and relative cost only when they exist."""
     oks = ok_methods(results)
     show_energy = any(m.energy_epoch_j.mean is not None for m in oks)
+    show_mfu = any(m.mfu.mean is not None for m in oks)
     show_repeats = any(m.n_ok > 1 for m in oks)
     ref = tp.config.reference
     show_rel = bool(tp.relative)
     headers = ["Method", "Trainable params (% of total)", "Time / epoch", "Peak memory"]
     if show_energy:
         headers.append("Energy / epoch")
+    if show_mfu:
+        headers.append("MFU (bf16 peak)")
     headers.append("TPME ↓")
     if show_rel:
         headers.append(f"Relative cost ↓ (% of {ref})")
@@ -211,6 +214,8 @@ def efficiency_table(results: Results, tp: TpmeResult) -> Table:
         row = [f"`{m.method}`", _params_cell(m), fmt_stat(m.time_epoch_s, fmt_seconds), fmt_stat(m.peak_mb, fmt_mb)]
         if show_energy:
             row.append(fmt_stat(m.energy_epoch_j, fmt_energy))
+        if show_mfu:
+            row.append(fmt_pct(None if m.mfu.mean is None else 100.0 * m.mfu.mean))
         t = tp.rows.get(m.method)
         cell = DASH if t is None else f"{t.tpme:.3f}"
         if t is not None and len(tp.rows) > 1 and t.tpme == best:
@@ -307,7 +312,7 @@ def summary_rows(results: Results, tp: TpmeResult) -> tuple[list[str], list[dict
             "memory_source": m.memory_source or "",
             "energy_epoch_j_mean": _num(m.energy_epoch_j.mean), "energy_epoch_j_std": _num(m.energy_epoch_j.std),
             "samples_per_s_mean": _num(m.samples_per_s.mean), "setup_s_mean": _num(m.setup_s.mean),
-            "eval_s_mean": _num(m.eval_s.mean), "cache_build_s_mean": _num(m.cache_build_s.mean),
+            "eval_s_mean": _num(m.eval_s.mean), "cache_build_s_mean": _num(m.cache_build_s.mean), "mfu_mean": _num(m.mfu.mean),
             "alpha_time": cfg.alpha_time, "alpha_params": cfg.alpha_params, "alpha_memory": cfg.alpha_memory,
             "norm_time": _num(t.norm_time if t else None), "norm_params": _num(t.norm_params if t else None),
             "norm_memory": _num(t.norm_memory if t else None), "tpme": _num(t.tpme if t else None),

@@ -65,7 +65,8 @@ def main(argv: list[str]) -> int:
         record = {"bench_error": str(exc)}
     except Exception as exc:
         err = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}".strip()
-        record = {"status": "failed", "error": err, "traceback": traceback.format_exc()}
+        oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+        record = {"status": "oom" if oom else "failed", "error": err, "traceback": traceback.format_exc()}
     record["_child"] = child
     atomic_write(Path(spec["result"]), json.dumps(record, default=str))
     return 0

@@ -247,8 +247,8 @@ class IsolatedRunner:
         env = {"device": self.device.type, "python": sys.version.split()[0], "torch": torch.__version__,
                "cuda": torch.version.cuda}
         rec = new_record(self.cfg, name, get_method_for(name, self.cfg).description, self.prep, env, repeat)
-        if partial and partial.get("status") == "failed":  # the child caught it before run_method
-            rec.update(status="failed", error=partial.get("error"),
+        if partial and partial.get("status") in ("failed", "oom"):  # the child caught it before run_method
+            rec.update(status=partial["status"], error=partial.get("error"),
                        traceback=partial.get("traceback") or stderr)
         else:
             rec.update(status="failed", error=exit_reason(rc),

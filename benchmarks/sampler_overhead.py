@@ -3,6 +3,7 @@
 Not a test (timings on a shared machine are noisy); run it by hand and commit its JSON:
 
     python benchmarks/sampler_overhead.py --out docs/results/sampler-overhead-cpu.json
+    python benchmarks/sampler_overhead.py --device cuda --out docs/results/sampler-overhead-gpu.json
 
 One model trains in this process in short blocks of steps (``Trainer.train_epoch`` with
 ``max_steps_per_epoch`` steps, device synchronised at the edges); the sampler is switched on and
@@ -58,9 +59,18 @@ def build_trainer(cfg, prep, device):
     return Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, device, cfg.run.seed, progress=False)
 
 
-def _remote_sampler(pid: int, on, stop, interval: float, result) -> None:
+def _nvml_for(uuid: str | None):
+    """(Nvml, handle) of the training GPU, as the benchmark's samplers use them; (None, None) on CPU."""
+    from benchmark.nvml import Nvml
+
+    nvml = Nvml.open() if uuid else None
+    return nvml, (nvml.handle_for_uuid(uuid) if nvml is not None else None)
+
+
+def _remote_sampler(pid: int, on, stop, interval: float, result, uuid: str | None) -> None:
     """Another process sampling ``pid`` while ``on`` is set (the parent's role in isolated runs)."""
-    sampler = ProcessSampler(pid, interval)
+    nvml, handle = _nvml_for(uuid)
+    sampler = ProcessSampler(pid, interval, nvml=nvml, handle=handle)
     n, cpu = 0, 0.0
     while not stop.is_set():
         if on.wait(0.05):
@@ -75,11 +85,12 @@ def _remote_sampler(pid: int, on, stop, interval: float, result) -> None:
 class InProcess:
     name = "in_process"
 
-    def __init__(self, interval: float):
+    def __init__(self, interval: float, uuid: str | None):
         self.interval, self.sampler, self.samples, self.cpu_s = interval, None, 0, 0.0
+        self.nvml, self.handle = _nvml_for(uuid)
 
     def on(self) -> None:
-        self.sampler = ProcessSampler(os.getpid(), self.interval).start()
+        self.sampler = ProcessSampler(os.getpid(), self.interval, nvml=self.nvml, handle=self.handle).start()
 
     def off(self) -> None:
         if self.sampler is not None:
@@ -96,11 +107,11 @@ class InProcess:
 class OutOfProcess:
     name = "out_of_process"
 
-    def __init__(self, interval: float):
+    def __init__(self, interval: float, uuid: str | None):
         ctx = mp.get_context("spawn")
         self._on, self._stop, self._result = ctx.Event(), ctx.Event(), ctx.Queue()
         self.proc = ctx.Process(target=_remote_sampler, args=(os.getpid(), self._on, self._stop, interval,
-                                                              self._result), daemon=True)
+                                                              self._result, uuid), daemon=True)
         self.proc.start()
 
     def on(self) -> None:
@@ -166,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(cfg.run.device)
     prep = prepare(cfg)
     trainer = build_trainer(cfg, prep, device)
+    uuid = None
+    if device.type == "cuda":  # the samplers then read NVML too, as in a GPU benchmark run
+        from benchmark.nvml import torch_uuid
+
+        uuid = torch_uuid(device)
     load0 = os.getloadavg()
     from benchmark.trainer import TrainOutcome
 
@@ -186,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     for placement in (OutOfProcess, InProcess):
         if placement.name not in chosen:
             continue
-        sampler = placement(SAMPLE_INTERVAL_S)
+        sampler = placement(SAMPLE_INTERVAL_S, uuid)
         result[placement.name], epoch = measure(trainer, sampler, args.pairs, epoch)
     result["machine"]["load_avg_end"] = os.getloadavg()
     where = "out_of_process" if "out_of_process" in result else "in_process"

@@ -6,12 +6,14 @@ import csv
 import json
 import os
 
-import bench_test_methods  # noqa: F401  (registers t-tiny, t-oom, t-fail, t-crash)
 import pytest
 
 from benchmark.cli import main
 from benchmark.config import load_config
 from benchmark.runner import run_benchmark
+
+# t-tiny, t-oom, t-fail, t-crash: registered per test (tests/conftest.py), never leaked into 'all'
+pytestmark = pytest.mark.usefixtures("plugin_methods")
 
 TINY = {"data": {"synthetic": {"users": 60, "items": 40}, "images": "none"},
         "run": {"epochs": 1, "device": "cpu"}, "train": {"max_steps_per_epoch": 2}}
@@ -50,7 +52,8 @@ def test_isolated_runs_get_fresh_children_and_deaths_become_results(tmp_path):
 
     assert ok["status"] == "ok" and ok["metrics"]["test"]
     mem = ok["memory"]
-    assert mem["peak_mb"] == max(mem["rss_peak_mb"], mem["ru_maxrss_mb"])
+    assert mem["peak_mb"] == max(mem["rss_peak_mb"], mem["hwm_mb"])  # never ru_maxrss: it has the parent's
+    assert mem["hwm_mb"] <= mem["ru_maxrss_mb"]
     with open(out / mem["samples_csv"]) as fh:
         rows = list(csv.DictReader(fh))
     assert mem["samples_csv"] == "memory/t-tiny-0.csv" and rows and {"t_s", "mb", "phase"} <= set(rows[0])

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
         import torch
 
         from .isolation import import_extra_modules
-        from .profiler import cuda_start, ru_maxrss_mb
+        from .profiler import cuda_start, ru_maxrss_mb, vmhwm_mb
         from .runner import run_method
 
         import_extra_modules()
@@ -58,9 +58,8 @@ def main(argv: list[str]) -> int:
         child["marks"] = [list(m) for m in timeline.get("marks", [])]
         if len(child["marks"]) >= 2:  # from the profiler's 'setup' mark to its 'done' mark
             child["run_s"] = child["marks"][-1][0] - child["marks"][0][0]
-        child["ru_maxrss_mb"] = ru_maxrss_mb()
-        if isinstance(record.get("memory"), dict) and device.type == "cpu":
-            record["memory"]["ru_maxrss_mb"] = child["ru_maxrss_mb"]
+        child["ru_maxrss_mb"] = ru_maxrss_mb()  # includes the parent's peak (see profiler.ru_maxrss_mb)
+        child["hwm_mb"] = vmhwm_mb()  # this child's own peak RSS since exec, by the kernel
     except BenchError as exc:  # a user error: the parent stops the sweep with this message
         record = {"bench_error": str(exc)}
     except Exception as exc:

@@ -260,8 +260,11 @@ class IsolatedRunner:
         """Add what the parent saw to what the child measured; pick the headline."""
         mem = rec.get("memory") or {"warnings": []}
         rss = sampler.peak("rss_mb")
+        # the kernel's peak for the child: VmHWM since exec (ru_maxrss, from the child or wait4, also
+        # carries the parent's high-water mark across exec: recorded, never the headline)
+        hwm = child.get("hwm_mb")
         ru = max((v for v in (child.get("ru_maxrss_mb"), os_peak) if v is not None), default=None)
-        mem.update(rss_peak_mb=rss, ru_maxrss_mb=ru, samples_csv=None)
+        mem.update(rss_peak_mb=rss, hwm_mb=hwm, ru_maxrss_mb=ru, samples_csv=None)
         if self.device.type == "cuda":
             proc_peak, dev_peak = sampler.peak("process_mb"), sampler.peak("device_mb")
             mem.update(nvml_process_peak_mb=proc_peak, nvml_device_peak_mb=dev_peak)
@@ -277,6 +280,6 @@ class IsolatedRunner:
                 mem.setdefault("warnings", []).append(note)
                 warn(note)
         else:
-            vals = [v for v in (rss, ru) if v is not None]
+            vals = [v for v in (rss, hwm) if v is not None]
             mem.update(peak_mb=max(vals) if vals else None, source="cpu-rss")
         rec["memory"] = mem

@@ -42,9 +42,37 @@ CSV_MAX_ROWS = 4000  # longer timelines are decimated keeping each bucket's maxi
 
 
 def ru_maxrss_mb() -> float:
-    """The OS's own peak RSS of this process (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    """The OS's own peak RSS of this process (``ru_maxrss``: KiB on Linux, bytes on macOS).
+
+    Caution: on Linux exec carries the old address space's high-water mark into ``ru_maxrss``,
+    so a child started by fork/vfork + exec reports at least its *parent's* peak (measured: a
+    13 MB child of a 613 MB parent says 613 MB). Kept for the record; ``vmhwm_mb`` is the headline.
+    """
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / MB if sys.platform == "darwin" else peak / 1024
+
+
+def vmhwm_mb() -> float | None:
+    """The kernel's peak RSS of this process's own address space (``VmHWM``; Linux), None elsewhere.
+    Unlike ``ru_maxrss`` it starts afresh at exec and can be reset (``reset_hwm``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def reset_hwm() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0: '5' to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def warn(message: str) -> None:
@@ -308,6 +336,8 @@ class MemoryProfiler:
             gc.collect()
             torch.cuda.empty_cache()
         self.sampler: ProcessSampler | None = None
+        # in-process: the kernel's peak counts from here (an isolated child keeps its whole life)
+        self._hwm_reset = reset_hwm() if sample else False
         if sample:
             nvml, handle = (self.cuda.nvml, self.cuda.handle) if self.cuda else (None, None)
             self.sampler = ProcessSampler(os.getpid(), interval, nvml=nvml, handle=handle).start()
@@ -353,6 +383,7 @@ class MemoryProfiler:
         if self.sampler is not None:
             self.sampler.stop()
         ru = ru_maxrss_mb()
+        hwm = vmhwm_mb() if (self._hwm_reset or self.sampler is None) else None
         rss = self.sampler.peak("rss_mb") if self.sampler else None
         if self.device.type == "cuda":
             mem = gpu_memory(torch.cuda.max_memory_reserved(self.device) / MB,
@@ -362,9 +393,11 @@ class MemoryProfiler:
                        nvml_device_peak_mb=self.sampler.peak("device_mb") if self.sampler else None,
                        warnings=list(self.cuda.warnings))
         else:
-            # in-process: the sampled peak (ru_maxrss spans the whole process, earlier methods too)
-            mem = {"peak_mb": rss if rss is not None else ru, "source": "cpu-rss", "warnings": []}
-        mem.update(rss_peak_mb=rss, ru_maxrss_mb=ru, samples_csv=None)
+            # the sampled peak and the kernel's (reset at the start in-process); never ru_maxrss,
+            # which spans the whole process (earlier methods too) and, in a child, its parent
+            vals = [v for v in (rss, hwm) if v is not None]
+            mem = {"peak_mb": max(vals) if vals else None, "source": "cpu-rss", "warnings": []}
+        mem.update(rss_peak_mb=rss, hwm_mb=hwm, ru_maxrss_mb=ru, samples_csv=None)
         self._result = mem
         return mem
 

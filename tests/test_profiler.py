@@ -293,15 +293,38 @@ def test_energy_is_null_where_the_counter_is_unsupported(nv, fake_cuda):
     assert MemoryProfiler(torch.device("cpu"), sample=False).energy() == {"epoch_j": None, "per_epoch_j": None}
 
 
+def test_cpu_headline_is_the_sampled_or_kernel_peak_never_the_inherited_ru_maxrss():
+    runner = types.SimpleNamespace(device=torch.device("cpu"), nvml=None)
+    sampler = types.SimpleNamespace(peak={"rss_mb": 500.0}.get)
+    rec = {"memory": {"peak_mb": 3900.0, "source": "cpu-rss"}}
+    # a child of a 3.9 GB parent: ru_maxrss (and wait4's) says 3.9 GB, the child's own VmHWM 520 MB
+    IsolatedRunner._merge_memory(runner, rec, sampler, {"ru_maxrss_mb": 3900.0, "hwm_mb": 520.0}, 3900.0)
+    assert rec["memory"]["peak_mb"] == 520 and rec["memory"]["ru_maxrss_mb"] == 3900
+
+
+def test_in_process_profiler_resets_the_kernel_peak():
+    big = bytearray(64 * MB)
+    for i in range(0, len(big), 4096):
+        big[i] = 1
+    del big  # this process's high-water mark is now at least 64 MB above its RSS
+    before = profiler.vmhwm_mb()
+    prof = MemoryProfiler(torch.device("cpu"), sample=True)
+    mem = prof.result()
+    if mem["hwm_mb"] is None or before is None:
+        pytest.skip("no /proc/self/clear_refs here")
+    assert mem["hwm_mb"] < before - 32  # the earlier peak does not count
+    assert mem["peak_mb"] == max(mem["rss_peak_mb"], mem["hwm_mb"])
+
+
 def test_parent_merges_nvml_peaks_and_falls_back_when_the_child_died_early(nv):
     runner = types.SimpleNamespace(device=torch.device("cuda", 0), nvml=Nvml(nv))
     sampler = types.SimpleNamespace(peak={"rss_mb": 900.0, "process_mb": 6400.0, "device_mb": 7400.0}.get)
     rec = {"memory": {"peak_mb": 6300.0, "source": "cuda", "reserved_peak_mb": 6000.0, "context_mb": 300.0}}
-    IsolatedRunner._merge_memory(runner, rec, sampler, {"ru_maxrss_mb": 950.0}, 960.0)
+    IsolatedRunner._merge_memory(runner, rec, sampler, {"ru_maxrss_mb": 950.0, "hwm_mb": 880.0}, 960.0)
     mem = rec["memory"]
     assert mem["peak_mb"] == 6300 and mem["source"] == "cuda"  # headline: reserved peak + context
     assert mem["nvml_process_peak_mb"] == 6400 and mem["nvml_device_peak_mb"] == 7400
-    assert mem["rss_peak_mb"] == 900 and mem["ru_maxrss_mb"] == 960
+    assert mem["rss_peak_mb"] == 900 and mem["ru_maxrss_mb"] == 960 and mem["hwm_mb"] == 880
     crashed = {"memory": None}
     IsolatedRunner._merge_memory(runner, crashed, sampler, {}, None)
     assert crashed["memory"]["peak_mb"] == 6400 and crashed["memory"]["source"] == "nvml-process"

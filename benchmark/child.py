@@ -17,8 +17,25 @@ import traceback
 from pathlib import Path
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: get SIGTERM when the parent dies, so a killed sweep leaves no orphan training on."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def main(argv: list[str]) -> int:
     t_enter = time.time()
+    die_with_parent(int(os.environ.get("IISAN_BENCH_PARENT_PID", os.getppid())))
     spec = json.loads(Path(argv[0]).read_text())
     for p in spec.get("sys_path", []):
         if p not in sys.path:

@@ -162,6 +162,7 @@ class IsolatedRunner:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # device indices as NVML and nvidia-smi count them
         env[ENV_IMPORTS] = ",".join(imports)
         env["PYTHONFAULTHANDLER"] = "1"  # a segfault leaves a Python traceback in the log
+        env["IISAN_BENCH_PARENT_PID"] = str(os.getpid())  # the child dies with us (child.die_with_parent)
         return subprocess.Popen([sys.executable, "-m", "benchmark.child", str(spec_path)], env=env,
                                 stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

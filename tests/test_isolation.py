@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 
 import pytest
 
@@ -111,3 +112,36 @@ def test_modules_of_ones_own_methods_are_named_in_an_env_var(tmp_path, monkeypat
     monkeypatch.setenv(ENV_IMPORTS, "bench_test_methods, no_such_module_xyz")
     with pytest.raises(BenchError, match="IISAN_BENCH_IMPORTS: cannot import 'no_such_module_xyz'"):
         run_benchmark(cfg_for(tmp_path / "x", ["t-tiny"], True), progress=False, echo=quiet)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+@pytest.mark.parametrize("armed", [True, False])
+def test_a_child_dies_with_its_parent(tmp_path, armed):
+    """Killing a sweep must not leave a child training on (it happened: 8 minutes beside the next run).
+
+    The unarmed case is the control: without die_with_parent the orphan lives on.
+    """
+    import subprocess
+    import time
+
+    ready = tmp_path / "ready"
+    arm = "from benchmark.child import die_with_parent; die_with_parent(int(os.environ['IISAN_BENCH_PARENT_PID'])); "
+    grandchild = (f"import os, time, pathlib; {arm if armed else ''}"
+                  f"pathlib.Path({str(ready)!r}).write_text('1'); time.sleep(30)")
+    parent = ("import os, subprocess, sys, time, pathlib; env = dict(os.environ, IISAN_BENCH_PARENT_PID=str(os.getpid())); "
+              f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}], env=env, "
+              "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+              f"while not pathlib.Path({str(ready)!r}).exists(): time.sleep(0.05)\n"
+              "print(p.pid, flush=True); os._exit(0)")
+    pid = int(subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60).stdout)
+    deadline = time.time() + (10 if armed else 2)
+    alive = True
+    while alive and time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        except ProcessLookupError:
+            alive = False
+    if alive:
+        os.kill(pid, 9)
+    assert alive is not armed

@@ -75,7 +75,8 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
         b = r.get("backbone") or {}
         if not b:
             continue
-        text = (f"preset `{b.get('preset', '?')}`, text `{b.get('text') or '?'}`, vision `{b.get('vision') or '?'}`, "
+        vision = f"vision `{b['vision']}`" if b.get("vision") else "no vision encoder (text only)"
+        text = (f"preset `{b.get('preset', '?')}`, text `{b.get('text') or '?'}`, {vision}, "
                 f"{'**random-init**' if b.get('init') == 'random' else str(b.get('init') or 'init unknown')}")
         if text not in backbones:
             backbones.append(text)
@@ -98,6 +99,7 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
         f"- **Dataset:** {_join(datasets)}",
         f"- **Images:** {_join(images)}",
         f"- **Backbone:** {_join(backbones)}",
+        *_bounded_steps(runs),
         f"- **Memory source:** {src_text}",
         f"- **Repeats:** {rep_text}",
     ]
@@ -212,3 +214,15 @@ def render(results: Results, tp: TpmeResult, plots: list[Plot]) -> str:
     lines.append(f"*TPME alphas from `{source}`; raw numbers in `summary.csv`.*")
     return "\n".join(lines).rstrip() + "\n"
 
+
+
+def _bounded_steps(runs) -> list[str]:
+    """A header line when training was bounded by train.max_steps_per_epoch (epochs are partial)."""
+    bounds = sorted({int(v) for r in runs
+                     if isinstance(v := ((r.get("config") or {}).get("resolved") or {}).get("train", {})
+                                   .get("max_steps_per_epoch"), int) and v > 0})
+    if not bounds:
+        return []
+    return [f"- **Bounded training:** at most {', '.join(map(str, bounds))} steps per epoch "
+            "(`train.max_steps_per_epoch`): \"time / epoch\" is the time of those steps, and quality is at "
+            "that training budget, not at convergence"]

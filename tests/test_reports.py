@@ -356,3 +356,16 @@ def test_mfu_column_when_records_carry_it(tmp_path: Path) -> None:
     assert float(read_csv(tmp_path / "summary.csv")[recs[0]["method"]]["mfu_mean"]) == pytest.approx(0.4123)
     build_report(write(tmp_path, four_methods(failed=False)))  # no flops anywhere: no column
     assert "MFU" not in (tmp_path / "report.md").read_text()
+
+
+def test_header_states_text_only_and_bounded_training(tmp_path: Path) -> None:
+    recs = four_methods(failed=False)
+    for r in recs:
+        r["backbone"] = {"preset": "minilm", "text": "all-MiniLM-L6-v2", "vision": None, "init": "pretrained"}
+        r["config"]["resolved"].setdefault("train", {})["max_steps_per_epoch"] = 30
+    build_report(write(tmp_path, recs))
+    text = (tmp_path / "report.md").read_text()
+    assert "no vision encoder (text only)" in text and "vision `?`" not in text
+    assert "**Bounded training:** at most 30 steps per epoch" in text
+    build_report(write(tmp_path, four_methods(failed=False)))
+    assert "Bounded training" not in (tmp_path / "report.md").read_text()

@@ -55,12 +55,12 @@ def items_encoded_per_epoch(train: torch.Tensor, batch_size: int, seed: int, epo
     return sum(int(torch.unique(train[order[s * batch_size:(s + 1) * batch_size]]).numel()) for s in range(steps))
 
 
-def fft_train_flops(text_cfg, vision_cfg, tokens: int, items: int) -> float:
-    """Full fine-tuning FLOPs for ``items`` encoded items: 3x the forward of both encoders."""
+def forward_flops_per_item(text_cfg, vision_cfg, tokens: int) -> float:
+    """Forward FLOPs of both encoders for one item (title of ``tokens`` tokens + image)."""
     per_item = encoder_flops(text_shape(text_cfg, tokens))
     if vision_cfg is not None:
         per_item += encoder_flops(vision_shape(vision_cfg))
-    return 3.0 * per_item * items
+    return per_item
 
 
 def peak_flops(device_name: str) -> float | None:
@@ -76,9 +76,7 @@ def flops_record(multiplier: float | None, text, vision, tokens: int, train: tor
     if multiplier is None:
         return None
     items = items_encoded_per_epoch(train, batch_size, seed, epoch=1, max_steps=max_steps)
-    forward = encoder_flops(text_shape(text.config, tokens))
-    if vision is not None:
-        forward += encoder_flops(vision_shape(vision.config))
+    forward = forward_flops_per_item(text.config, None if vision is None else vision.config, tokens)
     model = multiplier * forward * items
     peak = peak_flops(device_name)
     return {"items_per_epoch": items, "forward_per_item": forward, "model_per_epoch": model,

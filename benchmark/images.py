@@ -34,6 +34,7 @@ import torch
 
 from .config import DataConfig
 from .errors import BenchError
+from reports.atomic import atomic_write
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")  # in order of preference when several exist
 CACHE_VERSION = "v1"
@@ -88,14 +89,10 @@ def _write_cache(paths: list[Path], images: torch.Tensor) -> Path | None:
     for path in paths:
         if not _writable_dir(path.parent):
             continue
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npy.tmp")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, images.numpy(), allow_pickle=False)
-            os.replace(tmp, path)
-            return path
+            return atomic_write(path, lambda fh: np.save(fh, images.numpy(), allow_pickle=False))
         except OSError:
-            Path(tmp).unlink(missing_ok=True)
+            continue
     return None
 
 

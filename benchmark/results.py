@@ -6,9 +6,10 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from reports.atomic import atomic_write_text
 
 
 def git_sha() -> str | None:
@@ -39,17 +40,7 @@ def env_info(device) -> dict[str, Any]:
 
 def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def append_result(path: Path, record: dict[str, Any]) -> None:

@@ -46,6 +46,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from reports.atomic import atomic_write, atomic_write_text
+
 CACHE_FORMAT = 2  # 2: {"states", "offset"} per file
 PREPROCESS = "cls=hidden_states[tap][:,0]; pixels=uint8/127.5-1; encoders in eval mode, fp32, no grad"
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -190,15 +192,6 @@ def read_cache(path: Path, parts: dict[str, str], expect: dict[str, tuple[int, .
     return out, "reused"
 
 
-def _write_atomic(path: Path, raw: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(raw)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_cache(path: Path, tensors: Cached, parts: dict[str, str], build_s: float, device: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     meta_path = path / "meta.json"
@@ -208,13 +201,13 @@ def write_cache(path: Path, tensors: Cached, parts: dict[str, str], build_s: flo
         buf = io.BytesIO()
         torch.save({"states": t.contiguous(), "offset": offset.contiguous()}, buf)
         raw = buf.getvalue()
-        _write_atomic(path / FILES[kind], raw)
+        atomic_write(path / FILES[kind], lambda fh: fh.write(raw))
         files[kind] = {"file": FILES[kind], "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw),
                        "shape": list(t.shape), "dtype": str(t.dtype)}
     meta = {"fingerprint": fingerprint_of(parts), "components": parts, "files": files,
             "build_s": build_s, "device": device,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    _write_atomic(meta_path, json.dumps(meta, indent=2).encode())
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
-from benchmark.flops import (EncoderShape, encoder_flops, fft_train_flops, items_encoded_per_epoch, layer_flops,
+from benchmark.flops import (EncoderShape, encoder_flops, forward_flops_per_item, items_encoded_per_epoch, layer_flops,
                              peak_flops, vision_shape)
 
 
@@ -30,7 +30,7 @@ def test_analytic_matches_torch_flop_counter_on_small_models():
     with FlopCounterMode(display=False) as fc:
         models[0](input_ids=torch.ones(3, 12, dtype=torch.long))
         models[1](pixel_values=torch.zeros(3, 3, 32, 32))
-    analytic = fft_train_flops(bert, vit, tokens=12, items=3) / 3  # forward only
+    analytic = 3 * forward_flops_per_item(bert, vit, tokens=12)  # 3 items, forward only
     assert abs(fc.get_total_flops() - analytic) / analytic < 0.02
     assert vision_shape(vit).seq_len == 17
 

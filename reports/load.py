@@ -90,8 +90,12 @@ class MethodSummary:
     samples_per_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
     setup_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
     eval_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    eval_item_table_s: Stat = field(default_factory=lambda: Stat(None, None, 0))  # all item embeddings, once
+    eval_rank_s: Stat = field(default_factory=lambda: Stat(None, None, 0))  # all users of one split × all items
     cache_build_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
     mfu: Stat = field(default_factory=lambda: Stat(None, None, 0))  # model FLOPs utilisation (fft on a known GPU)
+    batch_size: int | None = None  # effective train.batch_size of the first ok repeat (per method under paper_protocol)
+    paper_protocol: bool = False  # config.resolved.train.paper_protocol of any ok repeat
     memory_source: str | None = None
     samples_csv: str | None = None  # relative to the results dir; from the first ok repeat with one
     metrics: dict[str, dict[str, Stat]] = field(default_factory=dict)  # split -> key -> Stat
@@ -236,8 +240,13 @@ def summarise(path: Path, method: str, runs: list[Run]) -> MethodSummary:
     s.samples_per_s = Stat.of([num(r, "time", "samples_per_s") for r in ok])
     s.setup_s = Stat.of([num(r, "time", "setup_s") for r in ok])
     s.eval_s = Stat.of([num(r, "time", "eval_s") for r in ok])
+    s.eval_item_table_s = Stat.of([num(r, "time", "eval_item_table_s") for r in ok])
+    s.eval_rank_s = Stat.of([num(r, "time", "eval_rank_s") for r in ok])
     s.cache_build_s = Stat.of([num(r, "time", "cache_build_s") for r in ok])
     s.mfu = Stat.of([num(r, "flops", "mfu") for r in ok])
+    batch = num(first, "config", "resolved", "train", "batch_size")
+    s.batch_size = None if batch is None else int(batch)
+    s.paper_protocol = any(r.get("config", "resolved", "train", "paper_protocol") is True for r in ok)
     s.memory_source = first.get("memory", "source")
     s.samples_csv = next((r.get("memory", "samples_csv") for r in ok if r.get("memory", "samples_csv")), None)
     s.metrics = _metrics(path, ok)

@@ -11,8 +11,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .load import CV_THRESHOLD, Results, Run
+from .paper import PAPER_SOURCE
 from .plots import Plot
-from .tables import NOISY, efficiency_table, ok_methods, popularity, quality_table, relative_table
+from .tables import (NOISY, batch_sizes, efficiency_table, eval_cost_table, ok_methods, popularity, quality_table,
+                     relative_table, show_paper)
 from .tpme import TpmeResult
 
 MEMORY_SOURCES = {
@@ -100,6 +102,7 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
         f"- **Images:** {_join(images)}",
         f"- **Backbone:** {_join(backbones)}",
         *_bounded_steps(runs),
+        *_batch_line(results),
         f"- **Memory source:** {src_text}",
         f"- **Repeats:** {rep_text}",
     ]
@@ -145,7 +148,20 @@ def _efficiency(results: Results, tp: TpmeResult) -> list[str]:
     rel = relative_table(results, tp)
     if rel is not None:
         lines += [f"### Relative to `{c.reference}`", "", rel.markdown(), ""]
-    return lines
+        if show_paper(tp, [m.method for m in ok_methods(results) if m.method in tp.relative]):
+            lines += [f"Paper columns: as reported by {PAPER_SOURCE}; ours are measured in one run on the "
+                      "device in the header, with this report's data, backbone and batch size.", ""]
+    return lines + _eval_cost(results)
+
+
+def _eval_cost(results: Results) -> list[str]:
+    """Evaluation is timed apart from training; this splits it into its two parts, when recorded."""
+    t = eval_cost_table(results)
+    if t is None:
+        return []
+    return ["### Evaluation cost", "", t.markdown(), "",
+            "Mean seconds per evaluation: the item-embedding table is computed once per evaluation and "
+            "shared by the splits; ranking is one split's users against that table, device synchronised.", ""]
 
 
 def _quality(results: Results) -> list[str]:
@@ -214,6 +230,17 @@ def render(results: Results, tp: TpmeResult, plots: list[Plot]) -> str:
     lines.append(f"*TPME alphas from `{source}`; raw numbers in `summary.csv`.*")
     return "\n".join(lines).rstrip() + "\n"
 
+
+def _batch_line(results: Results) -> list[str]:
+    """Batch size in the header: one value, or each method's when ``train.paper_protocol`` varies it."""
+    sizes = batch_sizes(results)
+    if all(b is None for b in sizes.values()):
+        return []
+    if len(set(sizes.values())) == 1:
+        return [f"- **Batch size:** {next(iter(sizes.values()))} for every method"]
+    why = " (paper protocol)" if any(m.paper_protocol for m in ok_methods(results)) else ""
+    per = ", ".join(f"{k} {'unknown' if b is None else b}" for k, b in sizes.items())
+    return [f"- **Batch size:** per method{why}: {per}"]
 
 
 def _bounded_steps(runs) -> list[str]:

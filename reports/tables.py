@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_text
 from .load import CV_THRESHOLD, MethodSummary, Results, Stat
+from .paper import PAPER_REFERENCE, paper_figures
 from .tpme import TpmeResult
 
 NOISY = "⚠"  # marks a time/memory whose coefficient of variation over repeats exceeds 5%
@@ -198,7 +199,9 @@ def efficiency_table(results: Results, tp: TpmeResult) -> Table:
     show_repeats = any(m.n_ok > 1 for m in oks)
     ref = tp.config.reference
     show_rel = bool(tp.relative)
-    headers = ["Method", "Trainable params (% of total)", "Time / epoch", "Peak memory"]
+    show_batch = batch_differs(results)
+    headers = ["Method"] + (["Batch"] if show_batch else []) + [
+        "Trainable params (% of total)", "Time / epoch", "Peak memory"]
     if show_energy:
         headers.append("Energy / epoch")
     if show_mfu:
@@ -211,7 +214,8 @@ def efficiency_table(results: Results, tp: TpmeResult) -> Table:
     best = min((r.tpme for r in tp.rows.values()), default=None)
     rows = []
     for m in oks:
-        row = [f"`{m.method}`", _params_cell(m), fmt_stat(m.time_epoch_s, fmt_seconds), fmt_stat(m.peak_mb, fmt_mb)]
+        row = [f"`{m.method}`"] + ([DASH if m.batch_size is None else str(m.batch_size)] if show_batch else []) + [
+            _params_cell(m), fmt_stat(m.time_epoch_s, fmt_seconds), fmt_stat(m.peak_mb, fmt_mb)]
         if show_energy:
             row.append(fmt_stat(m.energy_epoch_j, fmt_energy))
         if show_mfu:
@@ -231,20 +235,57 @@ def efficiency_table(results: Results, tp: TpmeResult) -> Table:
 
 
 def relative_table(results: Results, tp: TpmeResult) -> Table | None:
-    """Each cost as a share of the reference method; None when the reference did not run ok."""
+    """Each cost as a share of the reference method; None when the reference did not run ok.
+
+    With ``fft`` as the reference, the IISAN paper's shares of FFT sit next to ours (reports.paper).
+    """
     if not tp.relative:
         return None
     ref = tp.config.reference
-    headers = ["Method", f"Time / epoch (% of {ref})", f"Trainable params (% of {ref})",
-               f"Peak memory (% of {ref})", f"Relative cost (% of {ref})"]
+    shown = [m for m in ok_methods(results) if m.method in tp.relative]
+    paper = show_paper(tp, [m.method for m in shown])
+    headers = ["Method", f"Time / epoch (% of {ref})"] + (["Paper time (% of FFT)"] if paper else []) + [
+        f"Trainable params (% of {ref})", f"Peak memory (% of {ref})"] + (
+        ["Paper memory (% of FFT)"] if paper else []) + [f"Relative cost (% of {ref})"]
     rows = []
-    for m in ok_methods(results):
-        rel = tp.relative.get(m.method)
-        if rel is None:
-            continue
-        rows.append([f"`{m.method}`", fmt_pct(rel.time_pct), fmt_pct(rel.params_pct),
-                     fmt_pct(rel.memory_pct), fmt_pct(rel.cost_pct)])
-    return Table(headers, rows, right={1, 2, 3, 4})
+    for m in shown:
+        rel = tp.relative[m.method]
+        pf = paper_figures(m.method)
+        row = [f"`{m.method}`", fmt_pct(rel.time_pct)]
+        if paper:
+            row.append(pf.time.text if pf else DASH)
+        row += [fmt_pct(rel.params_pct), fmt_pct(rel.memory_pct)]
+        if paper:
+            row.append(pf.memory.text if pf else DASH)
+        rows.append(row + [fmt_pct(rel.cost_pct)])
+    return Table(headers, rows, right=set(range(1, len(headers))))
+
+
+def show_paper(tp: TpmeResult, methods: list[str]) -> bool:
+    """Paper columns only against fft (the paper's reference) and when a listed method has figures."""
+    return tp.config.reference == PAPER_REFERENCE and any(paper_figures(m) for m in methods)
+
+
+def eval_cost_table(results: Results) -> Table | None:
+    """Evaluation cost split into the item-embedding table and the ranking; None when unrecorded."""
+    oks = ok_methods(results)
+    if not any(m.eval_item_table_s.mean is not None or m.eval_rank_s.mean is not None for m in oks):
+        return None
+    headers = ["Method", "Item embeddings (all items)", "Ranking (all users of one split × all items)"]
+    rows = [[f"`{m.method}`", fmt_stat(m.eval_item_table_s, fmt_seconds), fmt_stat(m.eval_rank_s, fmt_seconds)]
+            for m in oks]
+    return Table(headers, rows, right={1, 2})
+
+
+def batch_sizes(results: Results) -> dict[str, int | None]:
+    """Effective training batch size of each ok method (None when its records do not say)."""
+    return {m.method: m.batch_size for m in ok_methods(results)}
+
+
+def batch_differs(results: Results) -> bool:
+    """True when the ok methods do not all share one known batch size (and at least one is known)."""
+    sizes = list(batch_sizes(results).values())
+    return any(b is not None for b in sizes) and len(set(sizes)) > 1
 
 
 def best_epochs(m: MethodSummary) -> str:
@@ -313,6 +354,8 @@ def summary_rows(results: Results, tp: TpmeResult) -> tuple[list[str], list[dict
             "energy_epoch_j_mean": _num(m.energy_epoch_j.mean), "energy_epoch_j_std": _num(m.energy_epoch_j.std),
             "samples_per_s_mean": _num(m.samples_per_s.mean), "setup_s_mean": _num(m.setup_s.mean),
             "eval_s_mean": _num(m.eval_s.mean), "cache_build_s_mean": _num(m.cache_build_s.mean), "mfu_mean": _num(m.mfu.mean),
+            "eval_item_table_s_mean": _num(m.eval_item_table_s.mean), "eval_rank_s_mean": _num(m.eval_rank_s.mean),
+            "batch_size": _num(m.batch_size),
             "alpha_time": cfg.alpha_time, "alpha_params": cfg.alpha_params, "alpha_memory": cfg.alpha_memory,
             "norm_time": _num(t.norm_time if t else None), "norm_params": _num(t.norm_params if t else None),
             "norm_memory": _num(t.norm_memory if t else None), "tpme": _num(t.tpme if t else None),
@@ -321,6 +364,8 @@ def summary_rows(results: Results, tp: TpmeResult) -> tuple[list[str], list[dict
             "rel_params_pct": _num(rel.params_pct if rel else None),
             "rel_memory_pct": _num(rel.memory_pct if rel else None),
             "rel_cost_pct": _num(rel.cost_pct if rel else None),
+            "paper_time_pct": _num(pf.time.pct if (pf := paper_figures(m.method)) else None),
+            "paper_memory_pct": _num(pf.memory.pct if pf else None),
             "best_epochs": ";".join(str(b) for b in m.best_epochs),
             "cv_threshold": CV_THRESHOLD,
         }

@@ -243,11 +243,11 @@ class IsolatedRunner:
     def _crash_record(self, name: str, repeat: int, rc: int, stderr: str, partial: dict | None) -> dict[str, Any]:
         from methods.registry import get_method_for
 
-        from .runner import new_record
+        from .runner import method_config, new_record
 
         env = {"device": self.device.type, "python": sys.version.split()[0], "torch": torch.__version__,
                "cuda": torch.version.cuda}
-        rec = new_record(self.cfg, name, get_method_for(name, self.cfg).description, self.prep, env, repeat)
+        rec = new_record(method_config(self.cfg, name), name, get_method_for(name, self.cfg).description, self.prep, env, repeat)
         if partial and partial.get("status") in ("failed", "oom"):  # the child caught it before run_method
             rec.update(status=partial["status"], error=partial.get("error"),
                        traceback=partial.get("traceback") or stderr)
@@ -265,7 +265,8 @@ class IsolatedRunner:
         # carries the parent's high-water mark across exec: recorded, never the headline)
         hwm = child.get("hwm_mb")
         ru = max((v for v in (child.get("ru_maxrss_mb"), os_peak) if v is not None), default=None)
-        mem.update(rss_peak_mb=rss, hwm_mb=hwm, ru_maxrss_mb=ru, samples_csv=None)
+        mem.update(rss_peak_mb=rss, hwm_mb=hwm, ru_maxrss_mb=ru, samples_csv=None,
+                   sample_interval_s=self.interval if self.sample else None)
         if self.device.type == "cuda":
             proc_peak, dev_peak = sampler.peak("process_mb"), sampler.peak("device_mb")
             mem.update(nvml_process_peak_mb=proc_peak, nvml_device_peak_mb=dev_peak)

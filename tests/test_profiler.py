@@ -294,12 +294,21 @@ def test_energy_is_null_where_the_counter_is_unsupported(nv, fake_cuda):
 
 
 def test_cpu_headline_is_the_sampled_or_kernel_peak_never_the_inherited_ru_maxrss():
-    runner = types.SimpleNamespace(device=torch.device("cpu"), nvml=None)
+    runner = types.SimpleNamespace(device=torch.device("cpu"), nvml=None, sample=True, interval=0.05)
     sampler = types.SimpleNamespace(peak={"rss_mb": 500.0}.get)
     rec = {"memory": {"peak_mb": 3900.0, "source": "cpu-rss"}}
     # a child of a 3.9 GB parent: ru_maxrss (and wait4's) says 3.9 GB, the child's own VmHWM 520 MB
     IsolatedRunner._merge_memory(runner, rec, sampler, {"ru_maxrss_mb": 3900.0, "hwm_mb": 520.0}, 3900.0)
     assert rec["memory"]["peak_mb"] == 520 and rec["memory"]["ru_maxrss_mb"] == 3900
+    assert rec["memory"]["sample_interval_s"] == 0.05
+
+
+def test_sampling_interval_by_device_unless_configured():
+    # GPU: NVML is the only per-process view, sampled densely; CPU: the kernel's VmHWM gives the
+    # peak and samples only draw the timeline (docs/results/sampler-overhead-cpu.json)
+    assert profiler.default_interval_s("cuda") == 0.01
+    assert profiler.default_interval_s("cpu") == 0.05
+    assert profiler.default_interval_s("cpu", 20) == 0.02 and profiler.default_interval_s("cuda", 5) == 0.005
 
 
 def test_in_process_profiler_resets_the_kernel_peak():
@@ -317,7 +326,7 @@ def test_in_process_profiler_resets_the_kernel_peak():
 
 
 def test_parent_merges_nvml_peaks_and_falls_back_when_the_child_died_early(nv):
-    runner = types.SimpleNamespace(device=torch.device("cuda", 0), nvml=Nvml(nv))
+    runner = types.SimpleNamespace(device=torch.device("cuda", 0), nvml=Nvml(nv), sample=True, interval=0.01)
     sampler = types.SimpleNamespace(peak={"rss_mb": 900.0, "process_mb": 6400.0, "device_mb": 7400.0}.get)
     rec = {"memory": {"peak_mb": 6300.0, "source": "cuda", "reserved_peak_mb": 6000.0, "context_mb": 300.0}}
     IsolatedRunner._merge_memory(runner, rec, sampler, {"ru_maxrss_mb": 950.0, "hwm_mb": 880.0}, 960.0)

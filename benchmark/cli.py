@@ -53,12 +53,15 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="Rerun runs already in OUT/results.jsonl (default: skip them).")
 @click.option("--out", help="Output folder for results.jsonl and the report.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def run(config_path: str | None, no_progress: bool, force: bool, **flags: Any) -> None:
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any config key, e.g. --set train.max_steps_per_epoch=2 (repeatable; "
+                   "the flags above win over it).")
+def run(config_path: str | None, no_progress: bool, force: bool, sets: tuple[str, ...], **flags: Any) -> None:
     """Train and evaluate the selected methods; write OUT/results.jsonl and the report."""
-    from .config import load_config
+    from .config import load_config, merge, parse_sets
     from .runner import run_benchmark
 
-    cfg = load_config(config_path, _overrides(**flags))
+    cfg = load_config(config_path, merge(parse_sets(sets), _overrides(**flags)))
     results = run_benchmark(cfg, progress=not no_progress, echo=click.echo, force=force)
     click.echo(f"results: {results}")
     try:

@@ -31,6 +31,7 @@ class RunConfig:
     out: str = "runs/default"
     repeats: int = 1
     isolate: bool = True
+    sample_interval_ms: float = 0.0  # 0 = by device: 10 ms on GPU, 50 ms on CPU
 
 
 @dataclass
@@ -79,6 +80,8 @@ class TrainConfig:
     num_heads: int = 2
     dropout: float = 0.1
     num_workers: int = 0
+    paper_protocol: bool = False  # True: each method's batch size from the paper (32 FFT/Adapter/LoRA/BitFit, 64 IISAN)
+    profile_steps: int = 0  # >0: after training, trace this many steps with torch.profiler (OUT/traces/)
 
 
 @dataclass
@@ -115,7 +118,7 @@ class BenchConfig:
     def hash_for(self, method: str) -> str:
         """Stable hash of everything that determines one method's run (resume key)."""
         d = self.to_dict()
-        d["run"] = {k: v for k, v in d["run"].items() if k not in ("methods", "out", "repeats")}
+        d["run"] = {k: v for k, v in d["run"].items() if k not in ("methods", "out", "repeats", "sample_interval_ms")}
         d["methods"] = {method: d["methods"].get(method, {})}
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -168,6 +171,30 @@ def build_dataclass(cls: type, data: dict[str, Any], where: str, prefix: str) ->
             )
         kwargs[key] = float(value) if tp is float else value
     return cls(**kwargs)
+
+
+def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``--set section.key=VALUE`` pairs as a nested override dict. VALUE is read as a TOML value
+    (``2``, ``true``, ``[5, 10]``, ``"x"``); anything TOML cannot read is taken as a plain string.
+    Unknown keys and wrong types are then rejected by ``load_config`` like keys in a file."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        parts = [p.strip() for p in key.split(".")]
+        if not sep or not all(parts):
+            raise BenchError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.max_steps_per_epoch=2")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        node = out
+        for i, p in enumerate(parts[:-1]):
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                where = ".".join(parts[:i + 1])
+                raise BenchError(f"--set {item!r}: '{where}' was already set to a value, not a section")
+        node[parts[-1]] = value
+    return out
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -68,7 +68,9 @@ def inbatch_loss(user: torch.Tensor, item_emb: torch.Tensor, ids: torch.Tensor, 
     mask, target_col, valid = inbatch_logits_mask(ids)
     logits = torch.einsum("bld,cd->blc", user, item_emb).float() - log_pop[ids.reshape(-1)].view(1, 1, -1)
     logits = logits.masked_fill(mask, NEG)
-    return F.cross_entropy(logits[valid], target_col[valid])
+    # invalid rows are ignored rather than dropped by boolean indexing, which would sync with the host
+    target = target_col.masked_fill(~valid, -100)
+    return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
 
 
 class SeqRecommender(nn.Module):
@@ -79,13 +81,18 @@ class SeqRecommender(nn.Module):
         self.item_tower = item_tower
         self.user_encoder = SASRec(dim, max_len, blocks, heads, dropout)
 
-    def encode_items(self, ids: torch.Tensor) -> torch.Tensor:
-        """Embeddings for arbitrary item ids, running the tower once per distinct item."""
-        uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
-        return self.item_tower(uniq)[inverse]
+    def encode_items(self, ids: torch.Tensor, distinct: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Embeddings [B*(L+1), d] for item ids, running the tower once per distinct item.
 
-    def loss(self, ids: torch.Tensor, log_pop: torch.Tensor) -> torch.Tensor:
-        emb = self.encode_items(ids)  # [B*(L+1), d]
+        ``distinct`` = (distinct ids, inverse index) of ``ids.reshape(-1)`` when the caller already has
+        them (the trainer builds them on the host: ``torch.unique`` on the GPU waits for the host).
+        """
+        uniq, inverse = distinct if distinct is not None else torch.unique(ids.reshape(-1), return_inverse=True)
+        return self.item_tower(uniq)[inverse.reshape(-1)]
+
+    def loss(self, ids: torch.Tensor, log_pop: torch.Tensor,
+             distinct: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        emb = self.encode_items(ids, distinct)  # [B*(L+1), d]
         B, L1 = ids.shape
         seq_emb = emb.view(B, L1, -1)[:, :-1]
         user = self.user_encoder(seq_emb, (ids[:, :-1] != 0).to(seq_emb.dtype))

@@ -7,6 +7,7 @@ checked first, so bad input never leaves a half-written results folder.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import random
@@ -118,6 +119,18 @@ def count_params(model: torch.nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "total": total}
 
 
+def method_config(cfg: BenchConfig, name: str) -> BenchConfig:
+    """``cfg`` as method ``name`` runs it: under ``[train] paper_protocol`` with the batch size the
+    paper used for that kind of method (its class's ``paper_batch_size``). The result's resolved
+    config and config hash carry the batch size actually used."""
+    from methods.registry import get_method_for
+
+    bs = get_method_for(name, cfg).paper_batch_size if cfg.train.paper_protocol else None
+    if not bs or bs == cfg.train.batch_size:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=bs))
+
+
 def new_record(cfg: BenchConfig, name: str, description: str, prep: Prepared, env: dict[str, Any],
                repeat: int) -> dict[str, Any]:
     """The record every run starts from (also the one a crashed child's parent fills in)."""
@@ -143,17 +156,19 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
 
     from .backbones import load_backbones
     from .flops import flops_record
-    from .profiler import MemoryProfiler
+    from .profiler import MemoryProfiler, default_interval_s
     from .recommender import SeqRecommender
     from .trainer import Trainer
 
+    cfg = method_config(cfg, name)
     cls = get_method_for(name, cfg)
     record = new_record(cfg, name, cls.description, prep, {**env_info(device), "pid": os.getpid()}, repeat)
     profiler = None
     try:
         seed_everything(cfg.run.seed + repeat)
         # before the build: an OOM while building still has its memory timeline
-        profiler = MemoryProfiler(device, sample=sample_memory)
+        profiler = MemoryProfiler(device, sample=sample_memory,
+                                  interval=default_interval_s(device, cfg.run.sample_interval_ms))
         t0 = time.perf_counter()
         backbones = load_backbones(cfg.backbone, cfg.data)
         record["backbone"] = backbones.info
@@ -167,6 +182,10 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
         trainer = Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, device, cfg.run.seed + repeat,
                           callbacks=[profiler], progress=progress)
         outcome = trainer.fit(cfg.run.epochs, t.patience)
+        if t.profile_steps > 0 and out_dir is not None:  # after the measured epochs: never in their times
+            from .trace import trace_steps
+
+            record["trace"] = trace_steps(trainer, t.profile_steps, Path(out_dir), f"{_safe(name)}-{repeat}")
         extra = method.extra_timings()  # e.g. iisan-cached's cache_build_s: reported apart, not in setup_s
         record["time"] = {**outcome.timing(), "setup_s": setup_s - extra.get("cache_build_s", 0.0), **extra}
         record["metrics"].update(valid=outcome.valid, test=outcome.test, best_epoch=outcome.best_epoch,
@@ -267,7 +286,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     results = out / "results.jsonl"
     done = set() if force else finished_runs(results)
     runs = [(n, r) for n in names for r in range(cfg.run.repeats)]
-    todo = [(n, r) for n, r in runs if (n, r, cfg.hash_for(n)) not in done]
+    todo = [(n, r) for n, r in runs if (n, r, method_config(cfg, n).hash_for(n)) not in done]
     echo(f"dataset {prep.data.name}: {prep.data.n_users} users, {prep.data.n_items} items, "
          f"{prep.data.n_interactions} interactions; device {device}; methods {', '.join(names)}; "
          f"{cfg.run.repeats} repeat(s); {'a fresh child process per run' if cfg.run.isolate else 'in-process'}")
@@ -278,8 +297,10 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     isolated = None
     if cfg.run.isolate and todo:
         from .isolation import IsolatedRunner
+        from .profiler import default_interval_s
 
-        isolated = IsolatedRunner(cfg, prep, device, out, progress=progress, echo=echo)
+        isolated = IsolatedRunner(cfg, prep, device, out, progress=progress, echo=echo,
+                                  interval=default_interval_s(device, cfg.run.sample_interval_ms))
     try:
         for name, repeat in todo:
             if isolated is not None:

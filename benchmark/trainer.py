@@ -42,6 +42,8 @@ class TrainOutcome:
     warmup_s: float = 0.0
     samples: int = 0
     eval_s: list[float] = field(default_factory=list)
+    item_table_s: list[float] = field(default_factory=list)  # per evaluation: all item embeddings
+    rank_s: list[float] = field(default_factory=list)  # per split ranked: all its users x all items
     losses: list[float] = field(default_factory=list)
     valid: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
@@ -57,6 +59,8 @@ class TrainOutcome:
             "epoch_s_median": statistics.median(self.epoch_s) if self.epoch_s else None,
             "samples_per_s": self.samples / total if total > 0 else None,
             "eval_s": statistics.mean(self.eval_s) if self.eval_s else None,
+            "eval_item_table_s": statistics.mean(self.item_table_s) if self.item_table_s else None,
+            "eval_rank_s": statistics.mean(self.rank_s) if self.rank_s else None,
             "step_p50_s": q(0.5), "step_p90_s": q(0.9), "warmup_s": self.warmup_s,
         }
 
@@ -69,8 +73,12 @@ class Trainer:
         self.cfg, self.eval_cfg, self.device, self.seed = train, evaluation, device, seed
         self.callbacks = callbacks or []
         self.progress = progress
-        self.train_ids = split.train.to(device)
+        self.train_ids = split.train  # batches are cut on the host (see _epoch_batches)
         self.log_pop = split.log_pop.to(device)
+        # evaluation inputs live on the device: ranking time is ranking, not host-to-device copies
+        self.eval_sets = [tuple(t.to(device) for t in ts) for ts in
+                          ((split.valid_input, split.valid_target, split.valid_history),
+                           (split.test_input, split.test_target, split.test_history))]
         lrs = {"backbone": train.lr_backbone, "peft": train.lr_peft, "head": train.lr_head}
         groups = [{"params": ps, "lr": lrs[name], "name": name}
                   for name, ps in model.param_groups().items() if ps]
@@ -89,14 +97,40 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, hook)(*args)
 
-    def train_epoch(self, epoch: int, out: TrainOutcome) -> None:
+    def _epoch_batches(self, order: torch.Tensor, n_steps: int) -> list[tuple[torch.Tensor, ...]]:
+        """Every step's (ids, distinct ids, inverse index), built on the host and sent to the device
+        in one pinned, non-blocking copy: the step never waits for the host, and ``torch.unique``
+        (whose output size the host must know) never runs on the GPU."""
+        bs = self.cfg.batch_size
+        parts: list[torch.Tensor] = []
+        shapes: list[tuple[torch.Size, int]] = []
+        for step in range(n_steps):
+            ids = self.train_ids[order[step * bs:(step + 1) * bs]]
+            uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+            parts += [ids.reshape(-1), uniq, inverse]
+            shapes.append((ids.shape, uniq.numel()))
+        flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        if self.device.type == "cuda":
+            flat = flat.pin_memory()
+        flat = flat.to(self.device, non_blocking=True)
+        batches, pos = [], 0
+        for shape, n_uniq in shapes:
+            n = shape.numel()
+            ids, uniq, inverse = (flat[pos:pos + n].view(shape), flat[pos + n:pos + n + n_uniq],
+                                  flat[pos + n + n_uniq:pos + 2 * n + n_uniq])
+            batches.append((ids, uniq, inverse))
+            pos += 2 * n + n_uniq
+        return batches
+
+    def train_epoch(self, epoch: int, out: TrainOutcome, max_steps: int = 0) -> None:
+        """One epoch (at most ``max_steps`` steps, else ``train.max_steps_per_epoch``, if set)."""
         self.model.train()
         g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-        order = torch.randperm(self.train_ids.size(0), generator=g).to(self.device)
+        order = torch.randperm(self.train_ids.size(0), generator=g)
         bs = self.cfg.batch_size
         n_steps = (len(order) + bs - 1) // bs
-        if self.cfg.max_steps_per_epoch:
-            n_steps = min(n_steps, self.cfg.max_steps_per_epoch)
+        if max_steps or self.cfg.max_steps_per_epoch:
+            n_steps = min(n_steps, max_steps or self.cfg.max_steps_per_epoch)
         cuda = self.device.type == "cuda"
         events = [torch.cuda.Event(enable_timing=True) for _ in range(n_steps + 1)] if cuda else []
         stamps: list[float] = []
@@ -104,14 +138,15 @@ class Trainer:
         self._fire("on_epoch_start", epoch)
         synchronize(self.device)
         t0 = time.perf_counter()
+        batches = self._epoch_batches(order, n_steps)  # data loading counts as training time
         for step in tqdm(range(n_steps), desc=f"epoch {epoch}", leave=False, disable=not self.progress):
             if cuda:
                 events[step].record()
             else:
                 stamps.append(time.perf_counter())
-            batch = self.train_ids[order[step * bs:(step + 1) * bs]]
+            batch, uniq, inverse = batches[step]
             with self.autocast():
-                loss = self.model.loss(batch, self.log_pop)
+                loss = self.model.loss(batch, self.log_pop, (uniq, inverse))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -135,22 +170,34 @@ class Trainer:
         out.losses.append(loss_sum.item() / max(n_steps, 1))
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[dict[str, float], dict[str, float]]:
-        """Valid and test metrics from one table of item embeddings."""
+    def evaluate(self, out: TrainOutcome | None = None) -> tuple[dict[str, float], dict[str, float]]:
+        """Valid and test metrics from one table of item embeddings.
+
+        With ``out``, the table's time and each split's ranking time (all its users against all
+        items, given the table) are recorded apart, each synchronised at its edges.
+        """
         self.model.eval()
+        synchronize(self.device)
+        t0 = time.perf_counter()
         with self.autocast():
             table = self.model.item_table(self.n_items, self.eval_cfg.item_batch_size)
-        s, bs = self.split, self.eval_cfg.eval_batch_size
+        synchronize(self.device)
+        if out is not None:
+            out.item_table_s.append(time.perf_counter() - t0)
+        bs = self.eval_cfg.eval_batch_size
         results = []
-        for inputs, target, history in ((s.valid_input, s.valid_target, s.valid_history),
-                                        (s.test_input, s.test_target, s.test_history)):
+        for inputs, target, history in self.eval_sets:
+            t0 = time.perf_counter()
             ranks = []
             for i in tqdm(range(0, inputs.size(0), bs), desc="eval", leave=False, disable=not self.progress):
                 sl = slice(i, i + bs)
                 with self.autocast():
-                    scores = self.model.score(table, inputs[sl].to(self.device))
-                ranks.append(target_ranks(scores, target[sl].to(self.device), history[sl].to(self.device)).cpu())
-            results.append(metrics_from_ranks(torch.cat(ranks), self.eval_cfg.ks))
+                    scores = self.model.score(table, inputs[sl])
+                ranks.append(target_ranks(scores, target[sl], history[sl]))
+            all_ranks = torch.cat(ranks).cpu()  # waits for the device: the ranking is done
+            if out is not None:
+                out.rank_s.append(time.perf_counter() - t0)
+            results.append(metrics_from_ranks(all_ranks, self.eval_cfg.ks))
         return results[0], results[1]
 
     def fit(self, epochs: int, patience: int) -> TrainOutcome:
@@ -160,7 +207,7 @@ class Trainer:
         for epoch in range(1, epochs + 1):
             self.train_epoch(epoch, out)
             t0 = time.perf_counter()
-            valid, test = self.evaluate()
+            valid, test = self.evaluate(out)
             out.eval_s.append(time.perf_counter() - t0)
             out.history.append({"epoch": epoch, "loss": out.losses[-1], "valid": valid, "test": test})
             if valid[self.key] > best:

@@ -40,6 +40,7 @@ class AdapterOptions:
 @register_method("adapter")
 class Adapter(Method):
     description = "Houlsby bottleneck adapters (AdapterHub) after attention and FFN in both encoders."
+    paper_batch_size = 32
     Options = AdapterOptions
 
     def build(self, ctx: BuildContext) -> ItemTower:

@@ -53,6 +53,9 @@ class Method:
     # Training FLOPs as a multiple of the encoders' forward FLOPs, where that is exact: 3.0 when
     # every weight trains (forward + backward for activations and weights). None: MFU not stated.
     train_flops_multiplier: ClassVar[float | None] = None
+    # The batch size the IISAN paper trained this kind of method with ([train] paper_protocol):
+    # 32 for the fine-tuning baselines (their memory), 64 for IISAN. None: the configured one.
+    paper_batch_size: ClassVar[int | None] = None
 
     def __init__(self, options: Any):
         self.opts = options

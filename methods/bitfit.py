@@ -15,6 +15,7 @@ from .registry import register_method
 @register_method("bitfit")
 class BitFit(Method):
     description = "BitFit: only the encoders' biases (plus projections, fusion and SASRec) train."
+    paper_batch_size = 32
 
     def build(self, ctx: BuildContext) -> ItemTower:
         encs = encoders(ctx.backbones, ctx.data)

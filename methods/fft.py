@@ -9,6 +9,7 @@ from .registry import register_method
 @register_method("fft")
 class FullFineTuning(Method):
     description = "Full fine-tuning: both encoders and all heads train (the reference)."
+    paper_batch_size = 32
     train_flops_multiplier = 3.0
 
     def build(self, ctx: BuildContext) -> ItemTower:

@@ -250,6 +250,7 @@ def build_side(opts: IISANOptions, models: dict[str, nn.Module], item_dim: int) 
 @register_method("iisan")
 class IISAN(Method):
     description = "IISAN: side network over frozen encoders' tapped CLS states (encoders run every step)."
+    paper_batch_size = 64
     Options = IISANOptions
 
     def build(self, ctx: BuildContext) -> ItemTower:
@@ -262,6 +263,7 @@ class IISAN(Method):
 @register_method("iisan-cached")
 class IISANCached(Method):
     description = "IISAN trained from a cache of the tapped CLS states (encoders run once, at cache build)."
+    paper_batch_size = 64
     Options = IISANCachedOptions
 
     def __init__(self, options):

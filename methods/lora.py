@@ -42,6 +42,7 @@ class LoraOptions:
 @register_method("lora")
 class LoRA(Method):
     description = "LoRA (peft) on query/value of both encoders; starts from the backbone's weights."
+    paper_batch_size = 32
     Options = LoraOptions
 
     def build(self, ctx: BuildContext) -> ItemTower:

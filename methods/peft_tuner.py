@@ -89,6 +89,7 @@ class PeftOptions:
 @register_method("peft")
 class PeftTuner(Method):
     description = "Any HF peft tuner configured as [methods.NAME] peft_type = \"...\" on both encoders."
+    paper_batch_size = 32
     Options = PeftOptions
 
     def build(self, ctx: BuildContext) -> ItemTower:

@@ -51,3 +51,26 @@ def test_hash_depends_on_method_options_only_for_that_method():
     b = load_config(None, {"methods": {"lora": {"r": 8}}})
     assert a.hash_for("lora") != b.hash_for("lora")
     assert a.hash_for("fft") == b.hash_for("fft")
+
+
+def test_set_overrides_read_toml_values_and_flags_win():
+    from benchmark.config import merge, parse_sets
+
+    sets = parse_sets(["train.max_steps_per_epoch=2", "eval.ks=[5, 10]", "data.synthetic.users=64",
+                       "run.device=cpu", "train.paper_protocol=true", "run.out=runs/x"])
+    assert sets == {"train": {"max_steps_per_epoch": 2, "paper_protocol": True}, "eval": {"ks": [5, 10]},
+                    "data": {"synthetic": {"users": 64}}, "run": {"device": "cpu", "out": "runs/x"}}
+    cfg = load_config(None, merge(sets, {"run": {"out": "runs/flag"}}))
+    assert cfg.train.max_steps_per_epoch == 2 and cfg.eval.ks == [5, 10] and cfg.data.synthetic.users == 64
+    assert cfg.train.paper_protocol is True and cfg.run.out == "runs/flag"
+    with pytest.raises(BenchError, match="'data.synthetic' was already set"):
+        parse_sets(["data.synthetic=1", "data.synthetic.users=2"])
+
+
+def test_paper_config_is_the_issue_setting():
+    cfg = load_config("configs/paper.toml")
+    assert (cfg.backbone.preset, cfg.backbone.init, cfg.backbone.attn_implementation) == ("base", "random", "sdpa")
+    assert (cfg.data.image_size, cfg.data.text_tokens, cfg.data.max_seq_len, cfg.data.images) == (224, 30, 10, "synthetic")
+    assert cfg.data.dataset.endswith("shared/datasets/Scientific")
+    assert (cfg.train.batch_size, cfg.train.precision, cfg.run.epochs, cfg.run.device) == (64, "bf16", 1, "cuda")
+    assert cfg.train.paper_protocol is False and cfg.run.isolate is True

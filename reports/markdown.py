@@ -56,8 +56,10 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
 
     devices = []
     for r in runs:
-        d = " ".join(str(x) for x in (r.get("env", "device"), f"({r.get('env', 'device_name')})"
-                                      if r.get("env", "device_name") else None) if x)
+        detail = [str(v) for v in (r.get("env", "device_name"),) if v]
+        if r.get("env", "device") == "cpu" and r.get("env", "torch_threads"):  # CPU times scale with it
+            detail.append(f"{r.get('env', 'torch_threads')} torch threads")
+        d = " ".join(str(x) for x in (r.get("env", "device"), f"({', '.join(detail)})" if detail else None) if x)
         if d and d not in devices:
             devices.append(d)
     versions = ", ".join(f"{name} {_join(_uniq(runs, 'env', name))}"

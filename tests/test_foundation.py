@@ -38,6 +38,7 @@ def test_record_is_complete_and_seeded_runs_repeat(tmp_path):
     assert rec["data"] == {"name": "synthetic", "users": 240, "items": 120,
                            "interactions": rec["data"]["interactions"], "images": "synthetic"}
     assert rec["backbone"]["init"] == "random" and rec["env"]["torch"]
+    assert rec["env"]["torch_threads"] == __import__("torch").get_num_threads() >= 1
     assert rec["config"]["resolved"]["train"]["batch_size"] == 64
     # fft states its model FLOPs (3x the encoders' forward over the distinct items of 3 steps); MFU only on a GPU
     assert rec["flops"]["model_per_epoch"] == 3 * rec["flops"]["forward_per_item"] * rec["flops"]["items_per_epoch"]

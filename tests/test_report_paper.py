@@ -148,3 +148,11 @@ def test_no_batch_column_when_batch_sizes_agree_or_are_unknown(tmp_path: Path) -
 
     md = build_report(write(tmp_path / "unknown", paper_methods())).read_text()
     assert "Batch size" not in md and "| Batch |" not in md
+
+
+def test_cpu_device_line_states_the_torch_threads(tmp_path):
+    recs = [record("fft", 10.0), record("iisan", 4.0)]
+    for r in recs:
+        r["env"]["torch_threads"] = 2
+    md = build_report(write(tmp_path / "r", recs)).read_text()
+    assert "- **Device:** cpu (Intel Xeon, 2 torch threads)" in md

@@ -355,7 +355,7 @@ def test_mfu_column_when_records_carry_it(tmp_path: Path) -> None:
     assert "MFU (bf16 peak)" in text and "41%" in text
     assert float(read_csv(tmp_path / "summary.csv")[recs[0]["method"]]["mfu_mean"]) == pytest.approx(0.4123)
     build_report(write(tmp_path, four_methods(failed=False)))  # no flops anywhere: no column
-    assert "MFU" not in (tmp_path / "report.md").read_text()
+    assert "MFU (bf16 peak)" not in (tmp_path / "report.md").read_text()
 
 
 def test_header_states_text_only_and_bounded_training(tmp_path: Path) -> None:

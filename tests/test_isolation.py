@@ -36,7 +36,9 @@ def quiet(*_):
 def test_isolated_runs_get_fresh_children_and_deaths_become_results(tmp_path):
     """One sweep, three children: an OOM, a SIGKILLed child, then a method that runs fine."""
     out = tmp_path / "iso"
-    run_benchmark(cfg_for(out, ["t-oom", "t-crash", "t-tiny"], True), progress=False, echo=quiet)
+    # 5 ms samples (the CPU default is 50 ms): a tiny run's training phase lasts only a few tens of ms
+    run_benchmark(cfg_for(out, ["t-oom", "t-crash", "t-tiny"], True, sample_interval_ms=5), progress=False,
+                  echo=quiet)
     oom, crash, ok = records(out)
 
     pids = {r["env"]["pid"] for r in (oom, crash, ok)}
@@ -60,6 +62,7 @@ def test_isolated_runs_get_fresh_children_and_deaths_become_results(tmp_path):
     assert mem["samples_csv"] == "memory/t-tiny-0.csv" and rows and {"t_s", "mb", "phase"} <= set(rows[0])
     assert {"startup", "train"} <= {r["phase"] for r in rows}
     assert ok["isolation"]["child_startup_s"] > 0 and ok["isolation"]["overhead_s"] is not None
+    assert mem["sample_interval_s"] == 0.005
     assert not list(out.glob(".isolate-*"))  # the payload folder is cleaned up
 
 

@@ -82,6 +82,7 @@ class TrainConfig:
     num_workers: int = 0
     paper_protocol: bool = False  # True: each method's batch size from the paper (32 FFT/Adapter/LoRA/BitFit, 64 IISAN)
     profile_steps: int = 0  # >0: after training, trace this many steps with torch.profiler (OUT/traces/)
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"  # torch.compile the loss
 
 
 @dataclass

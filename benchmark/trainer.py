@@ -22,6 +22,7 @@ from .metrics import metrics_from_ranks, target_ranks
 from .recommender import SeqRecommender
 
 WARMUP_STEPS = 3
+COMPILE_BUCKET = 64  # compiled runs pad each step's distinct items to a multiple: few shapes, few graphs
 
 
 class Callback(Protocol):
@@ -40,6 +41,7 @@ class TrainOutcome:
     epoch_s: list[float] = field(default_factory=list)
     step_s: list[float] = field(default_factory=list)  # steady-state steps (warm-up excluded)
     warmup_s: float = 0.0
+    compile_s: float = 0.0  # torch.compile's first compilation, before the first timed step
     samples: int = 0
     eval_s: list[float] = field(default_factory=list)
     item_table_s: list[float] = field(default_factory=list)  # per evaluation: all item embeddings
@@ -62,6 +64,7 @@ class TrainOutcome:
             "eval_item_table_s": statistics.mean(self.item_table_s) if self.item_table_s else None,
             "eval_rank_s": statistics.mean(self.rank_s) if self.rank_s else None,
             "step_p50_s": q(0.5), "step_p90_s": q(0.9), "warmup_s": self.warmup_s,
+            "compile_s": self.compile_s or None,
         }
 
 
@@ -86,6 +89,10 @@ class Trainer:
         self.optimizer = torch.optim.Adam(groups, weight_decay=train.weight_decay, **kwargs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "fp16" and device.type == "cuda")
         self.key = f"ndcg@{10 if 10 in evaluation.ks else evaluation.ks[0]}"
+        self.loss_fn = model.loss
+        if train.compile != "off":  # dynamic: the number of distinct items changes from step to step
+            self.loss_fn = torch.compile(model.loss, mode=None if train.compile == "default" else train.compile,
+                                         dynamic=True)
 
     def autocast(self):
         if self.cfg.precision == "fp32":
@@ -107,6 +114,8 @@ class Trainer:
         for step in range(n_steps):
             ids = self.train_ids[order[step * bs:(step + 1) * bs]]
             uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+            if self.cfg.compile != "off":  # pad with the padding item 0: its extra rows are never read
+                uniq = torch.cat([uniq, uniq.new_zeros(-uniq.numel() % COMPILE_BUCKET)])
             parts += [ids.reshape(-1), uniq, inverse]
             shapes.append((ids.shape, uniq.numel()))
         flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
@@ -118,6 +127,8 @@ class Trainer:
             n = shape.numel()
             ids, uniq, inverse = (flat[pos:pos + n].view(shape), flat[pos + n:pos + n + n_uniq],
                                   flat[pos + n + n_uniq:pos + 2 * n + n_uniq])
+            if self.cfg.compile != "off":  # compiled graphs guard on storage offsets: own storage per step
+                ids, uniq, inverse = ids.clone(), uniq.clone(), inverse.clone()
             batches.append((ids, uniq, inverse))
             pos += 2 * n + n_uniq
         return batches
@@ -146,7 +157,7 @@ class Trainer:
                 stamps.append(time.perf_counter())
             batch, uniq, inverse = batches[step]
             with self.autocast():
-                loss = self.model.loss(batch, self.log_pop, (uniq, inverse))
+                loss = self.loss_fn(batch, self.log_pop, (uniq, inverse))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -200,9 +211,27 @@ class Trainer:
             results.append(metrics_from_ranks(all_ranks, self.eval_cfg.ks))
         return results[0], results[1]
 
+    def compile_warmup(self, out: TrainOutcome) -> None:
+        """Compile before the clock starts: one forward and backward on the first batch of epoch 1,
+        gradients dropped, no optimizer step, so the weights are untouched."""
+        if self.cfg.compile == "off":
+            return
+        self.model.train()
+        order = torch.randperm(self.train_ids.size(0), generator=torch.Generator().manual_seed(self.seed * 1000 + 1))
+        batch, uniq, inverse = self._epoch_batches(order, 1)[0]
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        with self.autocast():
+            loss = self.loss_fn(batch, self.log_pop, (uniq, inverse))
+        self.scaler.scale(loss).backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        synchronize(self.device)
+        out.compile_s = time.perf_counter() - t0
+
     def fit(self, epochs: int, patience: int) -> TrainOutcome:
         out = TrainOutcome()
         best, since_best = float("-inf"), 0
+        self.compile_warmup(out)
         self._fire("on_train_start")
         for epoch in range(1, epochs + 1):
             self.train_epoch(epoch, out)

@@ -12,15 +12,14 @@ from tests.test_methods import build, small
 CPU = torch.device("cpu")
 
 
-def trainer_for(name="fft", **train):
-    cfg = small(**{})
-    model, _, prep = build(cfg, name)
-    t = cfg.train
-    if train:
-        import dataclasses
+def trainer_for(name="fft", cache_dir=None, **train):
+    """A CPU trainer for a small model; ``train`` overrides TrainConfig fields (the model sees them too)."""
+    import dataclasses
 
-        t = dataclasses.replace(t, **train)
-    return Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, CPU, seed=1, progress=False), prep
+    cfg = small(cache_dir)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
+    model, _, prep = build(cfg, name)
+    return Trainer(model, prep.split, prep.data.n_items, cfg.train, cfg.eval, CPU, seed=1, progress=False), prep
 
 
 def test_epoch_batches_are_the_shuffled_rows_with_their_distinct_items():
@@ -113,3 +112,24 @@ def test_resident_memory_counts_item_inputs_and_parameters():
     assert r["buffers_mb"] == (nbytes(d.tokens) + nbytes(d.attention_mask) + nbytes(d.images) + own) / 2**20
     assert d.images.dtype == torch.uint8 and d.images.shape[1:] == (3, 32, 32)
     assert r["params_mb"] == sum(nbytes(p) for p in model.parameters()) / 2**20
+
+
+def test_compiled_loss_equals_eager_and_is_compiled_before_the_clock(tmp_path):
+    """torch.compile (inductor on CPU here; CUDA graphs with reduce-overhead on a GPU) must give the
+    eager loss, on padded distinct-item batches, and compile outside the timed epoch."""
+    eager, prep = trainer_for("iisan-cached", tmp_path, dropout=0.0, batch_size=16, compile="off")
+    compiled, _ = trainer_for("iisan-cached", tmp_path, dropout=0.0, batch_size=16, compile="default")
+    compiled.model.load_state_dict(eager.model.state_dict())
+    out = TrainOutcome()
+    compiled.compile_warmup(out)
+    assert out.compile_s > 0
+    order = torch.randperm(prep.split.train.size(0), generator=torch.Generator().manual_seed(5))
+    for (ids, uniq, inv), (ids_c, uniq_c, inv_c) in zip(eager._epoch_batches(order, 2), compiled._epoch_batches(order, 2)):
+        assert torch.equal(ids, ids_c) and torch.equal(inv, inv_c)
+        assert uniq_c.numel() % 64 == 0 and torch.equal(uniq_c[:uniq.numel()], uniq) and not uniq_c[uniq.numel():].any()
+        a = eager.loss_fn(ids, eager.log_pop, (uniq, inv))
+        b = compiled.loss_fn(ids_c, compiled.log_pop, (uniq_c, inv_c))
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), (float(a), float(b))
+    # the warm-up left the weights as they were (no optimizer step)
+    for (n, p), q in zip(compiled.model.state_dict().items(), eager.model.state_dict().values()):
+        assert torch.equal(p, q), n

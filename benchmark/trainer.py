@@ -85,8 +85,12 @@ class Trainer:
         lrs = {"backbone": train.lr_backbone, "peft": train.lr_peft, "head": train.lr_head}
         groups = [{"params": ps, "lr": lrs[name], "name": name}
                   for name, ps in model.param_groups().items() if ps]
-        kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
-        self.optimizer = torch.optim.Adam(groups, weight_decay=train.weight_decay, **kwargs)
+        # fused Adam on GPU and CPU alike: one kernel per group (on CPU, 80 matrices of 768x64: 1.8 ms a
+        # step fused, 4.4 ms one tensor at a time, 11 ms "foreach", which CPU runs as a slow loop)
+        try:
+            self.optimizer = torch.optim.Adam(groups, weight_decay=train.weight_decay, fused=True)
+        except RuntimeError:  # a torch without fused Adam for this device
+            self.optimizer = torch.optim.Adam(groups, weight_decay=train.weight_decay, foreach=device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "fp16" and device.type == "cuda")
         self.key = f"ndcg@{10 if 10 in evaluation.ks else evaluation.ks[0]}"
         self.loss_fn = model.loss

@@ -41,8 +41,9 @@ SAMPLE_INTERVAL_S = 0.01  # GPU: NVML is the only per-process view of the GPU, s
 # CPU: the peak is the kernel's own VmHWM (exact); samples only draw the timeline. On a 2-core box
 # every wake-up of the sampler preempts a training thread: at 10 ms that cost +0.9..2% of epoch
 # time, at 50 ms it is below the noise (docs/results/sampler-overhead-cpu.json).
+# (SCHED_IDLE for the sampler was tried too: it starved the samples without a measurable gain.)
 CPU_SAMPLE_INTERVAL_S = 0.05
-CPU_SAMPLER_POLICY = "normal"  # SCHED_IDLE starved the samples without a measurable gain
+CSV_MAX_ROWS = 4000  # longer timelines are decimated keeping each bucket's maximum
 
 
 def default_interval_s(device: torch.device | str, configured_ms: float = 0.0) -> float:
@@ -50,27 +51,6 @@ def default_interval_s(device: torch.device | str, configured_ms: float = 0.0) -
     if configured_ms > 0:
         return configured_ms / 1000.0
     return SAMPLE_INTERVAL_S if torch.device(device).type == "cuda" else CPU_SAMPLE_INTERVAL_S
-
-
-def default_policy(device: torch.device | str) -> str:
-    """Scheduling policy of the sampler thread for a run on ``device``: normal or idle."""
-    return "normal" if torch.device(device).type == "cuda" else CPU_SAMPLER_POLICY
-
-
-def lower_sampler_priority() -> str | None:
-    """Put the calling thread in SCHED_IDLE (Linux), else nice 19: it then runs on spare cycles and
-    does not preempt the training threads. Returns what was applied, None if nothing could be."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0 = this thread on Linux
-        return "SCHED_IDLE"
-    except (AttributeError, OSError):
-        pass
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        return "nice 19"
-    except (AttributeError, OSError):
-        return None
-CSV_MAX_ROWS = 4000  # longer timelines are decimated keeping each bucket's maximum
 
 
 def ru_maxrss_mb() -> float:
@@ -215,11 +195,8 @@ class ProcessSampler:
     """
 
     def __init__(self, pid: int, interval: float = SAMPLE_INTERVAL_S, nvml: Nvml | None = None,
-                 handle: Any = None, handle_source: Callable[[], Any] | None = None,
-                 lower_priority: bool = False):
+                 handle: Any = None, handle_source: Callable[[], Any] | None = None):
         self.pid, self.interval, self.nvml = pid, interval, nvml
-        self.lower_priority = lower_priority
-        self.priority: str | None = None  # what lower_priority achieved
         self.handle, self.handle_source = handle, handle_source
         self.samples: list[Sample] = []
         self.errors: list[str] = []
@@ -267,8 +244,6 @@ class ProcessSampler:
         return s
 
     def _loop(self) -> None:
-        if self.lower_priority:
-            self.priority = lower_sampler_priority()
         while True:
             c0 = time.thread_time()
             try:

@@ -36,11 +36,12 @@ def trace_steps(trainer: Trainer, n_steps: int, out_dir: Path, stem: str) -> dic
     folder = Path(out_dir) / "traces"
     folder.mkdir(parents=True, exist_ok=True)
     sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    averages = prof.key_averages()
     try:
-        table = prof.key_averages().table(sort_by=sort, row_limit=40)
+        table = averages.table(sort_by=sort, row_limit=40)
     except (AttributeError, KeyError, ValueError):  # torch before 2.4 names device time "cuda"
         sort = "self_cuda_time_total"
-        table = prof.key_averages().table(sort_by=sort, row_limit=40)
+        table = averages.table(sort_by=sort, row_limit=40)
     txt, chrome = folder / f"{stem}.txt", folder / f"{stem}.json"
     header = (f"# torch.profiler: {n_steps} training steps after training and evaluation, "
               f"device {trainer.device}, torch {torch.__version__}; sorted by {sort}\n")

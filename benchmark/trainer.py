@@ -108,6 +108,10 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, hook)(*args)
 
+    def _order(self, epoch: int) -> torch.Tensor:
+        """The seeded shuffle of training rows for ``epoch`` (on the host)."""
+        return torch.randperm(self.train_ids.size(0), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+
     def _epoch_batches(self, order: torch.Tensor, n_steps: int) -> list[tuple[torch.Tensor, ...]]:
         """Every step's (ids, distinct ids, inverse index), built on the host and sent to the device
         in one pinned, non-blocking copy: the step never waits for the host, and ``torch.unique``
@@ -140,8 +144,7 @@ class Trainer:
     def train_epoch(self, epoch: int, out: TrainOutcome, max_steps: int = 0) -> None:
         """One epoch (at most ``max_steps`` steps, else ``train.max_steps_per_epoch``, if set)."""
         self.model.train()
-        g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-        order = torch.randperm(self.train_ids.size(0), generator=g)
+        order = self._order(epoch)
         bs = self.cfg.batch_size
         n_steps = (len(order) + bs - 1) // bs
         if max_steps or self.cfg.max_steps_per_epoch:
@@ -221,8 +224,7 @@ class Trainer:
         if self.cfg.compile == "off":
             return
         self.model.train()
-        order = torch.randperm(self.train_ids.size(0), generator=torch.Generator().manual_seed(self.seed * 1000 + 1))
-        batch, uniq, inverse = self._epoch_batches(order, 1)[0]
+        batch, uniq, inverse = self._epoch_batches(self._order(1), 1)[0]
         synchronize(self.device)
         t0 = time.perf_counter()
         with self.autocast():

@@ -44,18 +44,18 @@ def main(argv: list[str]) -> int:
     from .results import atomic_write
 
     child: dict = {"t_enter": t_enter, "marks": []}
+    out: dict = {}
     try:
         import torch
 
-        from .isolation import import_extra_modules
-        from .profiler import cuda_start, ru_maxrss_mb, vmhwm_mb
+        from .isolation import import_extra_modules, load_payload
+        from .profiler import cuda_start, ru_maxrss_mb
         from .runner import run_method
 
         import_extra_modules()
         t0 = time.time()
-        payload = torch.load(spec["payload"], weights_only=False)  # our own file, written by the parent
+        cfg, prep = load_payload(Path(spec["payload"]))
         child["payload_load_s"] = time.time() - t0
-        cfg, prep = payload["cfg"], payload["prep"]
         # what an in-process sweep imports once: here it counts as isolation overhead, not setup_s
         import peft  # noqa: F401
         import transformers  # noqa: F401
@@ -71,20 +71,21 @@ def main(argv: list[str]) -> int:
         child["t_ready"] = time.time()
         record = run_method(cfg, spec["method"], prep, device, spec["repeat"], Path(spec["out"]),
                             spec["progress"], sample_memory=False)
-        timeline = record.pop("_timeline", None) or {}
-        child["marks"] = [list(m) for m in timeline.get("marks", [])]
+        if record.timeline is not None:
+            child["marks"] = [list(m) for m in record.timeline.marks]
         if len(child["marks"]) >= 2:  # from the profiler's 'setup' mark to its 'done' mark
             child["run_s"] = child["marks"][-1][0] - child["marks"][0][0]
         child["ru_maxrss_mb"] = ru_maxrss_mb()  # includes the parent's peak (see profiler.ru_maxrss_mb)
-        child["hwm_mb"] = vmhwm_mb()  # this child's own peak RSS since exec, by the kernel
+        out = {"record": record.to_dict(), "traceback": record.traceback}
     except BenchError as exc:  # a user error: the parent stops the sweep with this message
-        record = {"bench_error": str(exc)}
-    except Exception as exc:
-        err = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}".strip()
-        oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-        record = {"status": "oom" if oom else "failed", "error": err, "traceback": traceback.format_exc()}
-    record["_child"] = child
-    atomic_write(Path(spec["result"]), json.dumps(record, default=str))
+        out = {"bench_error": str(exc)}
+    except Exception as exc:  # caught before run_method had a record: the parent builds one
+        from .record import classify
+
+        status, error = classify(exc)
+        out = {"early": {"status": status, "error": error, "traceback": traceback.format_exc()}}
+    out["child"] = child
+    atomic_write(Path(spec["result"]), json.dumps(out, default=str))
     return 0
 
 

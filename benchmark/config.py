@@ -79,10 +79,13 @@ class TrainConfig:
     num_blocks: int = 2
     num_heads: int = 2
     dropout: float = 0.1
-    num_workers: int = 0
     paper_protocol: bool = False  # True: each method's batch size from the paper (32 FFT/Adapter/LoRA/BitFit, 64 IISAN)
     profile_steps: int = 0  # >0: after training, trace this many steps with torch.profiler (OUT/traces/)
-    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"  # torch.compile the loss
+    # torch.compile the loss; auto = the method's own choice on a GPU (iisan-cached: reduce-overhead,
+    # i.e. CUDA graphs), off on CPU
+    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
+    item_bucket: int = 64  # each step's distinct items padded up to a multiple: few shapes (cuDNN plans, graphs)
+    sdpa_backend: Literal["auto", "default", "cudnn", "flash", "efficient", "math"] = "auto"  # attention kernel
 
 
 @dataclass
@@ -244,7 +247,7 @@ def validate(cfg: BenchConfig) -> None:
         "data.max_seq_len": cfg.data.max_seq_len, "data.text_tokens": cfg.data.text_tokens,
         "data.image_size": cfg.data.image_size, "train.batch_size": cfg.train.batch_size,
         "train.item_dim": cfg.train.item_dim, "eval.eval_batch_size": cfg.eval.eval_batch_size,
-        "eval.item_batch_size": cfg.eval.item_batch_size,
+        "eval.item_batch_size": cfg.eval.item_batch_size, "train.item_bucket": cfg.train.item_bucket,
     }
     for key, val in positive.items():
         if val <= 0:

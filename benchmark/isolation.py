@@ -7,8 +7,9 @@ earlier one. A fresh process per run measures each method alone.
 How:
 
 * The parent prepares the dataset once (load + tokenise), and writes it with the resolved config
-  to ``OUT/.isolate-*/payload.pt`` (``torch.save``; deleted at the end). Each child loads it
-  (no re-tokenising, no tokenizer) — the overhead is recorded per run in ``isolation``.
+  to ``OUT/.isolate-*/payload.pt`` (``torch.save``; deleted at the end). Each child memory-maps it
+  (``torch.load(mmap=True)``: pages are read when touched and shared through the page cache, so a
+  2.9 GB image table costs a child milliseconds, not a 15-21 s read)  (no re-tokenising, no tokenizer) — the overhead is recorded per run in ``isolation``.
 * The child is ``python -m benchmark.child SPEC`` (``subprocess``, not ``multiprocessing``: a clean
   interpreter, environment set before torch is imported, a pid the parent can watch, and an exit
   code that says how it died). It imports the modules that registered the selected methods (the
@@ -41,7 +42,10 @@ import torch
 from .config import BenchConfig
 from .errors import BenchError
 from .nvml import Nvml
+from .phases import apply_samples, settle
 from .profiler import MB, SAMPLE_INTERVAL_S, ProcessSampler, warn
+from .record import Memory, RunRecord, Timeline
+from .util import safe_name
 
 ENV_IMPORTS = "IISAN_BENCH_IMPORTS"  # comma list of modules a child imports first (e.g. test methods)
 STDERR_TAIL = 64 * 1024
@@ -110,6 +114,32 @@ def exit_reason(rc: int) -> str:
     return f"child process exited with code {rc} without a result"
 
 
+ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+ALLOC_DEFAULT = "expandable_segments:True"
+
+
+def alloc_env(env: dict[str, str]) -> dict[str, str]:
+    """The caching allocator's settings for a child: ``expandable_segments`` unless the user chose.
+
+    Why: with fixed-size segments the allocator kept 65.6 GB reserved for FFT's 33.4 GB allocated
+    on an H100 (fragmentation from a different item count every step); expandable segments held
+    33.9 GB. The setting a run trained under is in its record (``memory.alloc_conf``).
+    """
+    if env.get(ALLOC_ENV) or env.get("PYTORCH_ALLOC_CONF"):
+        return {}
+    return {ALLOC_ENV: ALLOC_DEFAULT}
+
+
+def save_payload(path: Path, cfg: BenchConfig, prep) -> None:
+    torch.save({"cfg": cfg, "prep": prep}, path)
+
+
+def load_payload(path: Path):
+    """(cfg, prep) from the parent's payload, memory-mapped: tensors are read when first touched."""
+    payload = torch.load(path, weights_only=False, mmap=True)  # our own file, written by the parent
+    return payload["cfg"], payload["prep"]
+
+
 def extra_modules() -> list[str]:
     return [m.strip() for m in os.environ.get(ENV_IMPORTS, "").split(",") if m.strip()]
 
@@ -145,7 +175,7 @@ class IsolatedRunner:
         self.tmp = Path(tempfile.mkdtemp(prefix=".isolate-", dir=self.out))
         self.payload = self.tmp / "payload.pt"
         t0 = time.perf_counter()
-        torch.save({"cfg": cfg, "prep": prep}, self.payload)
+        save_payload(self.payload, cfg, prep)
         self.payload_save_s = time.perf_counter() - t0
         self.payload_mb = self.payload.stat().st_size / MB
         self.nvml = Nvml.open() if device.type == "cuda" else None
@@ -163,6 +193,7 @@ class IsolatedRunner:
         env[ENV_IMPORTS] = ",".join(imports)
         env["PYTHONFAULTHANDLER"] = "1"  # a segfault leaves a Python traceback in the log
         env["IISAN_BENCH_PARENT_PID"] = str(os.getpid())  # the child dies with us (child.die_with_parent)
+        env.update(alloc_env(env))
         return subprocess.Popen([sys.executable, "-m", "benchmark.child", str(spec_path)], env=env,
                                 stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -177,9 +208,8 @@ class IsolatedRunner:
         peak = usage.ru_maxrss / MB if sys.platform == "darwin" else usage.ru_maxrss / 1024
         return proc.returncode, peak
 
-    def run(self, name: str, repeat: int) -> dict[str, Any]:
-        run_dir = Path(tempfile.mkdtemp(prefix=f"{''.join(c if c.isalnum() else '_' for c in name)}-{repeat}-",
-                                        dir=self.tmp))
+    def run(self, name: str, repeat: int) -> RunRecord:
+        run_dir = Path(tempfile.mkdtemp(prefix=f"{safe_name(name)}-{repeat}-", dir=self.tmp))
         result_path, ready_path = run_dir / "result.json", run_dir / "ready.json"
         spec = {"payload": str(self.payload), "method": name, "repeat": repeat, "out": str(self.out),
                 "device": str(self.device), "progress": self.progress, "result": str(result_path),
@@ -208,24 +238,17 @@ class IsolatedRunner:
             sampler.stop()
             tee.join(5)
         wall_s = time.time() - t_spawn
-        rec = None
-        if result_path.exists():
-            try:
-                rec = json.loads(result_path.read_text())
-            except (OSError, ValueError):
-                rec = None
+        out = _read_json(result_path)
         shutil.rmtree(run_dir, ignore_errors=True)
-        if rec is not None and "bench_error" in rec:
-            raise BenchError(rec["bench_error"])
-        child = rec.pop("_child", {}) if rec is not None else {}
-        if rec is None or "method" not in rec:
-            rec = self._crash_record(name, repeat, rc, tee.text(), rec)
-        elif rc != 0 and rec.get("status") == "ok":  # wrote a record, then died on the way out
-            rec.update(status="failed", error=exit_reason(rc))
-        self._merge_memory(rec, sampler, child, os_peak)
-        rec.setdefault("env", {}).update(pid=proc.pid, parent_pid=os.getpid())
+        if "bench_error" in out:
+            raise BenchError(out["bench_error"])
+        child = out.get("child") or {}
+        rec = self._record(name, repeat, rc, tee.text(), out)
+        marks = [(t_spawn, "startup")] + [tuple(m) for m in child.get("marks", [])]
+        self._merge_memory(rec, sampler, marks, child, os_peak)
+        rec.env.update(pid=proc.pid, parent_pid=os.getpid())
         t_ready = child.get("t_ready")
-        rec["isolation"] = {
+        rec.isolation = {
             "exit_code": rc, "wall_s": wall_s,
             # what isolation costs this run: the child's life minus setup + training + evaluation
             # (interpreter start, imports, payload load, CUDA start, exit)
@@ -236,11 +259,17 @@ class IsolatedRunner:
             "sampler_cpu_s": sampler.cpu_s, "samples": len(sampler.samples),
             "gpu_uuid": ready.uuid if ready is not None else None,
         }
-        marks = [(t_spawn, "startup")] + [tuple(m) for m in child.get("marks", [])]
-        rec["_timeline"] = {"t0": t_spawn, "marks": marks, "samples": sampler.samples}
+        rec.timeline = Timeline(t_spawn, marks, sampler.samples)
         return rec
 
-    def _crash_record(self, name: str, repeat: int, rc: int, stderr: str, partial: dict | None) -> dict[str, Any]:
+    def _record(self, name: str, repeat: int, rc: int, stderr: str, out: dict[str, Any]) -> RunRecord:
+        """The child's record; or, when it wrote none, one that says how it died."""
+        if "record" in out:
+            rec = RunRecord.from_dict(out["record"])
+            rec.traceback = out.get("traceback")
+            if rc != 0 and rec.status == "ok":  # wrote a record, then died on the way out
+                rec.status, rec.error = "failed", exit_reason(rc)
+            return rec
         from methods.registry import get_method_for
 
         from .runner import method_config, new_record
@@ -248,40 +277,35 @@ class IsolatedRunner:
         env = {"device": self.device.type, "python": sys.version.split()[0], "torch": torch.__version__,
                "cuda": torch.version.cuda}
         rec = new_record(method_config(self.cfg, name), name, get_method_for(name, self.cfg).description, self.prep, env, repeat)
-        if partial and partial.get("status") in ("failed", "oom"):  # the child caught it before run_method
-            rec.update(status=partial["status"], error=partial.get("error"),
-                       traceback=partial.get("traceback") or stderr)
+        early = out.get("early")
+        if early:  # the child caught it before run_method
+            rec.status, rec.error = early["status"], early["error"]
+            rec.traceback = early.get("traceback") or stderr
         else:
-            rec.update(status="failed", error=exit_reason(rc),
-                       traceback=f"{exit_reason(rc)}\n--- last {STDERR_TAIL // 1024} KiB of the child's stderr ---\n{stderr}")
+            rec.status, rec.error = "failed", exit_reason(rc)
+            rec.traceback = f"{exit_reason(rc)}\n--- last {STDERR_TAIL // 1024} KiB of the child's stderr ---\n{stderr}"
         return rec
 
-    def _merge_memory(self, rec: dict[str, Any], sampler: ProcessSampler, child: dict[str, Any],
-                      os_peak: float | None) -> None:
-        """Add what the parent saw to what the child measured; pick the headline."""
-        mem = rec.get("memory") or {"warnings": []}
-        rss = sampler.peak("rss_mb")
-        # the kernel's peak for the child: VmHWM since exec (ru_maxrss, from the child or wait4, also
-        # carries the parent's high-water mark across exec: recorded, never the headline)
-        hwm = child.get("hwm_mb")
-        ru = max((v for v in (child.get("ru_maxrss_mb"), os_peak) if v is not None), default=None)
-        mem.update(rss_peak_mb=rss, hwm_mb=hwm, ru_maxrss_mb=ru, samples_csv=None,
-                   sample_interval_s=self.interval if self.sample else None)
-        if self.device.type == "cuda":
-            proc_peak, dev_peak = sampler.peak("process_mb"), sampler.peak("device_mb")
-            mem.update(nvml_process_peak_mb=proc_peak, nvml_device_peak_mb=dev_peak)
-            if mem.get("reserved_peak_mb") is None:  # died before the child's profiler could say
-                if proc_peak is not None:
-                    mem.update(peak_mb=proc_peak, source="nvml-process")
-                elif dev_peak is not None:
-                    mem.update(peak_mb=dev_peak, source="nvml-device")
-                else:
-                    mem.update(peak_mb=None, source=None)
-            if self.nvml is None:
-                note = "NVML unavailable in the parent: no NVML peaks or timeline"
-                mem.setdefault("warnings", []).append(note)
-                warn(note)
-        else:
-            vals = [v for v in (rss, hwm) if v is not None]
-            mem.update(peak_mb=max(vals) if vals else None, source="cpu-rss")
-        rec["memory"] = mem
+    def _merge_memory(self, rec: RunRecord, sampler: ProcessSampler, marks: list[tuple[float, str]],
+                      child: dict[str, Any], os_peak: float | None) -> None:
+        """Add what the parent saw (phase-tagged samples, the OS's peaks) to what the child measured,
+        then settle the headline (``phases.settle``, the one place that decides it)."""
+        mem = rec.memory or Memory()
+        apply_samples(mem, sampler.samples, marks)
+        # ru_maxrss (from the child or wait4) carries the parent's high-water mark across exec:
+        # recorded, never the headline
+        mem.ru_maxrss_mb = max((v for v in (child.get("ru_maxrss_mb"), os_peak) if v is not None), default=None)
+        mem.sample_interval_s = self.interval if self.sample else None
+        if self.device.type == "cuda" and self.nvml is None:
+            note = "NVML unavailable in the parent: no NVML peaks or timeline"
+            mem.warnings.append(note)
+            warn(note)
+        rec.memory = settle(mem, self.device.type == "cuda")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}

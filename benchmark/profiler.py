@@ -1,28 +1,20 @@
-"""Memory and energy measurement, decoupled from training: it only sees processes and devices.
+"""Memory measurement that knows nothing of training: it only sees processes and devices.
 
-Two halves:
-
-* ``MemoryProfiler`` runs where training runs (the isolated child, or the benchmark process with
-  ``[run] isolate = false``). It is a trainer callback: it resets the allocator's peaks once the
-  model is built and before the first step (Adam's state is born at the first step: it counts),
-  reads the GPU energy counter at each epoch's edges, marks phases (setup/train/eval) for the
-  memory timeline, and at the end reads the allocator's peaks and the OS's own peak RSS.
+* ``cuda_start`` starts CUDA in a process and measures the CUDA context (what the driver holds for
+  the process outside the caching allocator), once per process and device.
 * ``ProcessSampler`` watches one process from outside (or its own process, in-process mode):
-  RSS through psutil and, on a GPU, NVML per-process and device memory, every ~10 ms.
+  RSS and, on a GPU, NVML per-process and device memory, every 10 ms on GPU and 50 ms on CPU.
+* ``write_timeline_csv`` writes the samples with their phases.
 
-The CUDA context (what the driver holds for the process, outside the caching allocator) is
-measured once per process right after CUDA starts (``cuda_start``); the headline GPU number is the
-allocator's reserved peak plus that context.
+The trainer-facing half (phases, the headline, cross-checks) is ``benchmark.phases``.
 """
 
 from __future__ import annotations
 
 import csv
-import gc
 import io
 import os
 import resource
-import statistics
 import sys
 import threading
 import time
@@ -321,98 +313,3 @@ def write_timeline_csv(path: Path, samples: list[Sample], t0: float, marks: list
         w.writerow([f"{s.t - t0:.3f}", fmt(mb), phase, fmt(s.rss_mb), fmt(s.process_mb), fmt(s.device_mb)])
     atomic_write(path, buf.getvalue())
     return COLUMN_SOURCE[col]
-
-
-# --------------------------------------------------------------------------- the trainer callback
-
-
-def gpu_memory(reserved_mb: float, allocated_mb: float, context_mb: float | None) -> dict[str, Any]:
-    """Headline GPU memory: the allocator's reserved peak plus the CUDA context."""
-    return {"peak_mb": reserved_mb + (context_mb or 0.0), "source": "cuda" if context_mb is not None else "cuda-reserved",
-            "allocated_peak_mb": allocated_mb, "reserved_peak_mb": reserved_mb, "context_mb": context_mb}
-
-
-class MemoryProfiler:
-    """Trainer callback measuring peak memory from the first training step on, and energy per epoch.
-
-    ``sample=True`` also samples this process from a thread (in-process runs); an isolated child
-    passes ``sample=False`` because its parent samples it from outside.
-    """
-
-    def __init__(self, device: torch.device, sample: bool = True, interval: float = SAMPLE_INTERVAL_S):
-        self.device = device
-        self.t0 = time.time()
-        self.marks: list[tuple[float, str]] = [(self.t0, "setup")]
-        self.cuda = cuda_start(device) if device.type == "cuda" else None
-        if self.cuda is not None:  # in-process runs: what an earlier method left cached is not ours
-            gc.collect()
-            torch.cuda.empty_cache()
-        self.sampler: ProcessSampler | None = None
-        # in-process: the kernel's peak counts from here (an isolated child keeps its whole life)
-        self._hwm_reset = reset_hwm() if sample else False
-        if sample:
-            nvml, handle = (self.cuda.nvml, self.cuda.handle) if self.cuda else (None, None)
-            self.sampler = ProcessSampler(os.getpid(), interval, nvml=nvml, handle=handle).start()
-        self.epoch_j: list[float | None] = []
-        self._energy0: int | None = None
-        self._result: dict[str, Any] | None = None
-
-    def mark(self, phase: str) -> None:
-        self.marks.append((time.time(), phase))
-
-    def _energy(self) -> int | None:
-        if self.cuda is None or self.cuda.nvml is None or self.cuda.handle is None:
-            return None
-        return self.cuda.nvml.energy_mj(self.cuda.handle)
-
-    def on_train_start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def on_epoch_start(self, epoch: int) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # earlier work must not count in this epoch's energy
-        self._energy0 = self._energy()
-        self.mark("train")
-
-    def on_epoch_end(self, epoch: int) -> None:
-        # the trainer synchronised the device before calling this
-        end = self._energy()
-        self.epoch_j.append((end - self._energy0) / 1000 if end is not None and self._energy0 is not None else None)
-        self.mark("eval")
-
-    def energy(self) -> dict[str, Any]:
-        """``epoch_j``: median joules per epoch; ``per_epoch_j``: every epoch (null when unknown)."""
-        per = self.epoch_j if self.epoch_j and all(j is not None for j in self.epoch_j) else None
-        return {"epoch_j": statistics.median(per) if per else None, "per_epoch_j": per}
-
-    def result(self) -> dict[str, Any]:
-        """The memory section of the record (idempotent: the sampler stops at the first call)."""
-        if self._result is not None:
-            return self._result
-        self.mark("done")
-        if self.sampler is not None:
-            self.sampler.stop()
-        ru = ru_maxrss_mb()
-        hwm = vmhwm_mb() if (self._hwm_reset or self.sampler is None) else None
-        rss = self.sampler.peak("rss_mb") if self.sampler else None
-        if self.device.type == "cuda":
-            mem = gpu_memory(torch.cuda.max_memory_reserved(self.device) / MB,
-                             torch.cuda.max_memory_allocated(self.device) / MB, self.cuda.context_mb)
-            mem.update(context_source=self.cuda.context_source,
-                       nvml_process_peak_mb=self.sampler.peak("process_mb") if self.sampler else None,
-                       nvml_device_peak_mb=self.sampler.peak("device_mb") if self.sampler else None,
-                       warnings=list(self.cuda.warnings))
-        else:
-            # the sampled peak and the kernel's (reset at the start in-process); never ru_maxrss,
-            # which spans the whole process (earlier methods too) and, in a child, its parent
-            vals = [v for v in (rss, hwm) if v is not None]
-            mem = {"peak_mb": max(vals) if vals else None, "source": "cpu-rss", "warnings": []}
-        mem.update(rss_peak_mb=rss, hwm_mb=hwm, ru_maxrss_mb=ru, samples_csv=None,
-                   sample_interval_s=self.sampler.interval if self.sampler else None)
-        self._result = mem
-        return mem
-
-    def samples(self) -> list[Sample]:
-        return list(self.sampler.samples) if self.sampler else []

@@ -98,6 +98,15 @@ class SeqRecommender(nn.Module):
         user = self.user_encoder(seq_emb, (ids[:, :-1] != 0).to(seq_emb.dtype))
         return inbatch_loss(user, emb, ids, log_pop)
 
+    def prefetch(self, host_ids: torch.Tensor, device_ids: torch.Tensor) -> None:
+        """Let the item tower stage the inputs of these (distinct) items ahead of use, e.g. copy
+        their images to the GPU while the current step computes (any submodule with a
+        ``stage_items(host_ids, device_ids)``); nothing for towers with nothing to stage."""
+        for m in self.item_tower.modules():
+            stage = getattr(m, "stage_items", None)
+            if callable(stage):
+                stage(host_ids, device_ids)
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by group name; the tower declares its own groups."""
         groups = {k: list(v) for k, v in self.item_tower.param_groups().items()}

@@ -8,11 +8,9 @@ checked first, so bad input never leaves a half-written results folder.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import os
 import random
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,9 @@ from .config import BenchConfig
 from .data import SeqDataset, Split, load_dataset, make_split, tokenize
 from .errors import BenchError, nearest
 from .metrics import metrics_from_ranks, target_ranks
+from .record import Memory, Params, RunRecord, Timing
 from .results import append_result, env_info
+from .util import safe_name
 
 MB = 1024 * 1024
 
@@ -145,33 +145,24 @@ def method_config(cfg: BenchConfig, name: str) -> BenchConfig:
 
 
 def new_record(cfg: BenchConfig, name: str, description: str, prep: Prepared, env: dict[str, Any],
-               repeat: int) -> dict[str, Any]:
+               repeat: int) -> RunRecord:
     """The record every run starts from (also the one a crashed child's parent fills in)."""
-    return {
-        "method": name, "description": description, "status": "ok", "error": None, "repeat": repeat,
-        "config_hash": cfg.hash_for(name), "seed": cfg.run.seed,
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "data": prep.data.summary(), "env": env, "config": {"resolved": cfg.to_dict()},
-        "params": None, "time": None, "memory": None, "energy": {"epoch_j": None},
-        "metrics": {"popularity": prep.popularity}, "backbone": None,
-    }
+    return RunRecord(method=name, description=description, repeat=repeat, config_hash=cfg.hash_for(name),
+                     seed=cfg.run.seed, data=prep.data.summary(), env=env, config={"resolved": cfg.to_dict()},
+                     metrics={"popularity": prep.popularity})
 
 
 def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device, repeat: int = 0,
-               out_dir: Path | None = None, progress: bool = True, *, sample_memory: bool = True) -> dict[str, Any]:
+               out_dir: Path | None = None, progress: bool = True, *, sample_memory: bool = True) -> RunRecord:
     """Build, train and evaluate one method; failures become a result, never a crash.
 
-    ``sample_memory=False`` in an isolated child: its parent samples it from outside. Keys starting
-    with '_' (the memory timeline) and ``traceback`` are for the runner and never reach results.jsonl.
+    ``sample_memory=False`` in an isolated child: its parent samples it from outside. The record's
+    transient ``timeline`` and ``traceback`` are for the runner and never reach results.jsonl.
     """
-    from methods.base import BuildContext
-    from methods.registry import get_method_for, options_for
+    from methods.registry import get_method_for
 
-    from .backbones import load_backbones
-    from .flops import flops_record
-    from .profiler import MemoryProfiler, default_interval_s
-    from .recommender import SeqRecommender
-    from .trainer import Trainer
+    from .phases import MemoryProfiler
+    from .profiler import default_interval_s
 
     cfg = method_config(cfg, name)
     cls = get_method_for(name, cfg)
@@ -182,66 +173,102 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
         # before the build: an OOM while building still has its memory timeline
         profiler = MemoryProfiler(device, sample=sample_memory,
                                   interval=default_interval_s(device, cfg.run.sample_interval_ms))
-        t0 = time.perf_counter()
-        backbones = load_backbones(cfg.backbone, cfg.data)
-        record["backbone"] = backbones.info
-        method = cls(options_for(name, cfg))
-        ctx = BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=device, out_dir=out_dir)
-        tower = method.build(ctx)
-        t = cfg.train
-        model = SeqRecommender(tower, t.item_dim, cfg.data.max_seq_len, t.num_blocks, t.num_heads, t.dropout).to(device)
-        setup_s = time.perf_counter() - t0
-        record["params"] = count_params(model)
-        record["resident"] = resident_mb(model)
-        trainer = Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, device, cfg.run.seed + repeat,
-                          callbacks=[profiler], progress=progress)
-        outcome = trainer.fit(cfg.run.epochs, t.patience)
-        if t.profile_steps > 0 and out_dir is not None:  # after the measured epochs: never in their times
-            from .trace import trace_steps
-
-            record["trace"] = trace_steps(trainer, t.profile_steps, Path(out_dir), f"{_safe(name)}-{repeat}")
-        extra = method.extra_timings()  # e.g. iisan-cached's cache_build_s: reported apart, not in setup_s
-        record["time"] = {**outcome.timing(), "setup_s": setup_s - extra.get("cache_build_s", 0.0), **extra}
-        record["metrics"].update(valid=outcome.valid, test=outcome.test, best_epoch=outcome.best_epoch,
-                                 history=outcome.history)
-        record["energy"] = profiler.energy()
-        epoch1 = outcome.epoch_s[0] if outcome.epoch_s else None
-        record["flops"] = flops_record(cls.train_flops_multiplier, backbones.text, backbones.vision,
-                                       cfg.data.text_tokens, prep.split.train, t.batch_size, cfg.run.seed + repeat,
-                                       t.max_steps_per_epoch, epoch1, record["env"].get("device_name") or "")
-    except (torch.OutOfMemoryError, MemoryError) as exc:  # the peak reached is still recorded below
-        record.update(status="oom", error=_last_line(exc), traceback=traceback.format_exc())
+        _train_and_evaluate(cfg, name, cls, prep, device, repeat, out_dir, progress, profiler, record)
     except BenchError:
         if profiler is not None:
             profiler.result()  # stop the sampler thread
         raise
-    except Exception as exc:  # a failing method is a result, not a crash
-        record.update(status="failed", error=_last_line(exc), traceback=traceback.format_exc())
+    except Exception as exc:  # a failing method (or an OOM: its peak is still recorded) is a result
+        record.fail(exc)
     if profiler is not None:
-        record["memory"] = profiler.result()
-        record["_timeline"] = {"t0": profiler.t0, "marks": profiler.marks, "samples": profiler.samples()}
+        record.memory = profiler.result()
+        record.timeline = profiler.timeline()
     return record
 
 
-def _last_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".strip()
+def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device: torch.device, repeat: int,
+                        out_dir: Path | None, progress: bool, profiler, record: RunRecord) -> None:
+    from methods.base import BuildContext
+    from methods.registry import options_for
+
+    from .backbones import load_backbones
+    from .flops import flops_record
+    from .recommender import SeqRecommender
+    from .trainer import Trainer
+
+    t0 = time.perf_counter()
+    backbones = load_backbones(cfg.backbone, cfg.data)
+    record.backbone = backbones.info
+    method = cls(options_for(name, cfg))
+    ctx = BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=device, out_dir=out_dir,
+                       phase=profiler.phase)
+    tower = method.build(ctx)
+    t = cfg.train
+    model = SeqRecommender(tower, t.item_dim, cfg.data.max_seq_len, t.num_blocks, t.num_heads, t.dropout).to(device)
+    setup_s = time.perf_counter() - t0
+    record.params = Params(**count_params(model))
+    record.resident = resident_mb(model)
+    t, sdpa = resolve_runtime(t, cls, backbones, prep, device)
+    record.env.update(compile=t.compile, item_bucket=t.item_bucket, sdpa=dataclasses.asdict(sdpa))
+    trainer = Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, device, cfg.run.seed + repeat,
+                      callbacks=[profiler], progress=progress, sdpa_backend=sdpa.backend)
+    outcome = trainer.fit(cfg.run.epochs, t.patience)
+    if t.profile_steps > 0 and out_dir is not None:  # after the measured epochs: never in their times
+        from .trace import trace_steps
+
+        profiler.phase("trace")
+        record.trace = trace_steps(trainer, t.profile_steps, Path(out_dir), f"{safe_name(name)}-{repeat}")
+    record.cache = method.one_off()  # e.g. iisan-cached's cache: reported apart, not in setup_s
+    one_off_s = (record.cache.build_s + record.cache.load_s) if record.cache else 0.0
+    record.time = Timing(**outcome.timing(), setup_s=setup_s - one_off_s,
+                         cache_build_s=record.cache.build_s if record.cache else None,
+                         cache_load_s=record.cache.load_s if record.cache else None)
+    record.metrics.update(valid=outcome.valid, test=outcome.test, best_epoch=outcome.best_epoch,
+                          history=outcome.history)
+    record.energy = profiler.energy()
+    epoch1 = outcome.epoch_s[0] if outcome.epoch_s else None
+    record.flops = flops_record(cls.train_flops_multiplier, backbones.text, backbones.vision,
+                                cfg.data.text_tokens, prep.split.train, t.batch_size, cfg.run.seed + repeat,
+                                t.max_steps_per_epoch, epoch1, record.env.get("device_name") or "")
 
 
-def summary_line(rec: dict[str, Any]) -> str:
-    mem = rec.get("memory") or {}
-    if rec["status"] != "ok":
-        peak = f" (peak {mem['peak_mb']:.0f} MB {mem.get('source')})" if mem.get("peak_mb") is not None else ""
-        log = f"; log {rec['log']}" if rec.get("log") else ""
-        return f"{rec['method']} r{rec['repeat']}: {rec['status']} -- {rec['error']}{peak}{log}"
-    m, pop = rec["metrics"], rec["metrics"]["popularity"]["test"]
+def resolve_runtime(t, cls, backbones, prep: Prepared, device: torch.device):
+    """``train.compile`` and ``train.sdpa_backend`` as this method runs on this device: ``auto``
+    compile is the method's own choice on a GPU (``Method.auto_compile``) and off on CPU; ``auto``
+    attention is measured on the encoders' attention shapes (``kernels.choose_sdpa_backend``)."""
+    from .kernels import AttnShape, choose_sdpa_backend
+
+    mode = t.compile
+    if mode == "auto":
+        mode = (cls.auto_compile or "off") if device.type == "cuda" else "off"
+    shapes = []
+    for kind, enc in (("text", backbones.text), ("vision", backbones.vision)):
+        c = getattr(enc, "config", None)
+        if c is None:
+            continue
+        tokens = prep.data.tokens.size(1) if kind == "text" else (c.image_size // c.patch_size) ** 2 + 1
+        shapes.append(AttnShape(c.num_attention_heads, tokens, c.hidden_size // c.num_attention_heads))
+    typical = torch.unique(prep.split.train[:t.batch_size]).numel()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision, torch.float32)
+    sdpa = choose_sdpa_backend(t.sdpa_backend, device, dtype, shapes, t.item_bucket, typical)
+    return dataclasses.replace(t, compile=mode), sdpa
+
+
+def summary_line(rec: RunRecord) -> str:
+    mem = rec.memory or Memory()
+    if rec.status != "ok":
+        peak = f" (peak {mem.peak_mb:.0f} MB {mem.source}, {mem.phase})" if mem.peak_mb is not None else ""
+        log = f"; log {rec.log}" if rec.log else ""
+        return f"{rec.method} r{rec.repeat}: {rec.status} -- {rec.error}{peak}{log}"
+    m, pop = rec.metrics, rec.metrics["popularity"]["test"]
     k = next(iter(m["test"])).split("@")[1]
-    iso = rec.get("isolation") or {}
+    iso = rec.isolation or {}
     start = f"  child start {iso['child_startup_s']:.1f}s" if iso.get("child_startup_s") is not None else ""
-    return (f"{rec['method']} r{rec['repeat']}: ok  test HR@{k} {m['test'][f'hr@{k}']:.4f} (popularity {pop[f'hr@{k}']:.4f})  "
+    flagged = f"  {len(mem.violations)} memory check(s) failed" if mem.violations else ""
+    return (f"{rec.method} r{rec.repeat}: ok  test HR@{k} {m['test'][f'hr@{k}']:.4f} (popularity {pop[f'hr@{k}']:.4f})  "
             f"NDCG@{k} {m['test'][f'ndcg@{k}']:.4f} (popularity {pop[f'ndcg@{k}']:.4f})  "
-            f"epoch {rec['time']['epoch_s_median']:.2f}s  peak {mem['peak_mb']:.0f} MB "
-            f"({mem['source']})  trainable {rec['params']['trainable'] / 1e6:.2f}M{start}")
+            f"epoch {rec.time.epoch_s_median:.2f}s  train peak {mem.peak_mb:.0f} MB "
+            f"({mem.source})  trainable {rec.params.trainable / 1e6:.2f}M{start}{flagged}")
 
 
 def finished_runs(results: Path) -> set[tuple[str, int, str]]:
@@ -255,30 +282,23 @@ def finished_runs(results: Path) -> set[tuple[str, int, str]]:
     return {(r.get("method"), r.get("repeat", 0), r.get("config_hash")) for r in recs if r.get("status") == "ok"}
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def finish_record(rec: dict[str, Any], out: Path, device: torch.device) -> dict[str, Any]:
-    """Write the run's side files (traceback log, memory timeline CSV) and drop runner-only keys."""
+def finish_record(rec: RunRecord, out: Path, device: torch.device) -> dict[str, Any]:
+    """Write the run's side files (traceback log, memory timeline CSV); the record as JSON-ready dict."""
     from .profiler import write_timeline_csv
 
-    stem = f"{_safe(rec['method'])}-{rec['repeat']}"
-    tb = rec.pop("traceback", None)
-    if tb:
+    stem = f"{safe_name(rec.method)}-{rec.repeat}"
+    if rec.traceback:
         log = out / "logs" / f"{stem}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(tb)
-        rec["log"] = os.path.relpath(log, out)
-    timeline = rec.pop("_timeline", None)
-    for key in [k for k in rec if k.startswith("_")]:
-        rec.pop(key)
-    if timeline and timeline["samples"] and isinstance(rec.get("memory"), dict):
+        log.write_text(rec.traceback)
+        rec.log = os.path.relpath(log, out)
+    tl = rec.timeline
+    if tl is not None and tl.samples and rec.memory is not None:
         csv_path = out / "memory" / f"{stem}.csv"
-        rec["memory"]["samples_source"] = write_timeline_csv(
-            csv_path, timeline["samples"], timeline["t0"], [tuple(m) for m in timeline["marks"]], device.type == "cuda")
-        rec["memory"]["samples_csv"] = os.path.relpath(csv_path, out)
-    return rec
+        rec.memory.samples_source = write_timeline_csv(csv_path, tl.samples, tl.t0, [tuple(m) for m in tl.marks],
+                                                       device.type == "cuda")
+        rec.memory.samples_csv = os.path.relpath(csv_path, out)
+    return rec.to_dict()
 
 
 def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bool = False) -> Path:
@@ -289,6 +309,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     run in flight. With ``[run] isolate`` every run is a fresh child process.
     """
     from .isolation import import_extra_modules
+    from .outdir import check_comparable, comparable_settings
 
     import_extra_modules()  # IISAN_BENCH_IMPORTS: modules registering methods of one's own
     names = method_names(cfg)
@@ -296,8 +317,9 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     device = resolve_device(cfg.run.device)
     out = Path(cfg.run.out)
     prep = prepare(cfg)  # data errors surface before the output folder is touched
-    check_out_dir(out)
     results = out / "results.jsonl"
+    check_comparable(results, comparable_settings(cfg.to_dict(), device.type), force, echo)
+    check_out_dir(out)
     done = set() if force else finished_runs(results)
     runs = [(n, r) for n in names for r in range(cfg.run.repeats)]
     todo = [(n, r) for n, r in runs if (n, r, method_config(cfg, n).hash_for(n)) not in done]

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 
 from .config import EvalConfig, TrainConfig
 from .data import Split
+from .kernels import sdpa_context
 from .metrics import metrics_from_ranks, target_ranks
 from .recommender import SeqRecommender
 
 WARMUP_STEPS = 3
-COMPILE_BUCKET = 64  # compiled runs pad each step's distinct items to a multiple: few shapes, few graphs
 
 
 class Callback(Protocol):
@@ -39,9 +39,11 @@ def synchronize(device: torch.device) -> None:
 @dataclass
 class TrainOutcome:
     epoch_s: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)  # optimizer steps of each epoch
     step_s: list[float] = field(default_factory=list)  # steady-state steps (warm-up excluded)
     warmup_s: float = 0.0
-    compile_s: float = 0.0  # torch.compile's first compilation, before the first timed step
+    compile_s: float = 0.0  # torch.compile of every step shape, before the first timed step
+    compiled_shapes: int = 0
     samples: int = 0
     eval_s: list[float] = field(default_factory=list)
     item_table_s: list[float] = field(default_factory=list)  # per evaluation: all item embeddings
@@ -58,21 +60,34 @@ class TrainOutcome:
         total = sum(self.epoch_s)
         return {
             "epoch_s": self.epoch_s,
+            "steps_per_epoch": max(self.steps) if self.steps else None,
             "epoch_s_median": statistics.median(self.epoch_s) if self.epoch_s else None,
             "samples_per_s": self.samples / total if total > 0 else None,
             "eval_s": statistics.mean(self.eval_s) if self.eval_s else None,
             "eval_item_table_s": statistics.mean(self.item_table_s) if self.item_table_s else None,
             "eval_rank_s": statistics.mean(self.rank_s) if self.rank_s else None,
             "step_p50_s": q(0.5), "step_p90_s": q(0.9), "warmup_s": self.warmup_s,
-            "compile_s": self.compile_s or None,
+            "compile_s": self.compile_s or None, "compiled_shapes": self.compiled_shapes or None,
         }
+
+
+@dataclass
+class Batch:
+    """One step's input on the device, and its distinct items on the host (for prefetching)."""
+
+    ids: torch.Tensor  # [B, L+1] item ids
+    uniq: torch.Tensor  # distinct ids, padded to the bucket
+    inverse: torch.Tensor  # ids.reshape(-1) == uniq[inverse]
+    host_uniq: torch.Tensor  # uniq on the host
 
 
 class Trainer:
     def __init__(self, model: SeqRecommender, split: Split, n_items: int, train: TrainConfig,
                  evaluation: EvalConfig, device: torch.device, seed: int,
-                 callbacks: list[Callback] | None = None, progress: bool = True):
+                 callbacks: list[Callback] | None = None, progress: bool = True, sdpa_backend: str = "default"):
+        """``train.compile`` and ``sdpa_backend`` as resolved by the runner (never ``auto`` here)."""
         self.model, self.split, self.n_items = model, split, n_items
+        self.sdpa_backend = sdpa_backend
         self.cfg, self.eval_cfg, self.device, self.seed = train, evaluation, device, seed
         self.callbacks = callbacks or []
         self.progress = progress
@@ -94,15 +109,26 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "fp16" and device.type == "cuda")
         self.key = f"ndcg@{10 if 10 in evaluation.ks else evaluation.ks[0]}"
         self.loss_fn = model.loss
-        if train.compile != "off":  # dynamic: the number of distinct items changes from step to step
+        self.graphs = train.compile == "reduce-overhead" and device.type == "cuda"  # CUDA graph trees
+        if train.compile not in ("off", "auto"):
+            # static shapes when items are bucketed: one graph per bucket size, all compiled before the clock
             self.loss_fn = torch.compile(model.loss, mode=None if train.compile == "default" else train.compile,
-                                         dynamic=True)
+                                         dynamic=train.item_bucket <= 1)
 
     def autocast(self):
-        if self.cfg.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        """Mixed precision (when configured) and the attention kernel the runner chose."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(sdpa_context(self.sdpa_backend))
+        if self.cfg.precision != "fp32":
+            dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+            stack.enter_context(torch.autocast(self.device.type, dtype=dtype))
+        return stack
+
+    def _loss(self, batch: "Batch") -> torch.Tensor:
+        if self.graphs:  # a new iteration: outputs of the last replay may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.autocast():
+            return self.loss_fn(batch.ids, self.log_pop, (batch.uniq, batch.inverse))
 
     def _fire(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -112,32 +138,35 @@ class Trainer:
         """The seeded shuffle of training rows for ``epoch`` (on the host)."""
         return torch.randperm(self.train_ids.size(0), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
 
-    def _epoch_batches(self, order: torch.Tensor, n_steps: int) -> list[tuple[torch.Tensor, ...]]:
+    def _epoch_batches(self, order: torch.Tensor, n_steps: int) -> list[Batch]:
         """Every step's (ids, distinct ids, inverse index), built on the host and sent to the device
         in one pinned, non-blocking copy: the step never waits for the host, and ``torch.unique``
-        (whose output size the host must know) never runs on the GPU."""
-        bs = self.cfg.batch_size
+        (whose output size the host must know) never runs on the GPU. The distinct ids are padded
+        with the padding item 0 up to a multiple of ``train.item_bucket``: a few shapes instead of
+        one per step (cuDNN attention plans per shape; compiled graphs too). The padded rows are
+        encoded but never indexed, so the loss and its gradients are those of the unpadded batch."""
+        bs, bucket = self.cfg.batch_size, self.cfg.item_bucket
         parts: list[torch.Tensor] = []
-        shapes: list[tuple[torch.Size, int]] = []
+        hosts: list[tuple[torch.Size, torch.Tensor]] = []
         for step in range(n_steps):
             ids = self.train_ids[order[step * bs:(step + 1) * bs]]
             uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
-            if self.cfg.compile != "off":  # pad with the padding item 0: its extra rows are never read
-                uniq = torch.cat([uniq, uniq.new_zeros(-uniq.numel() % COMPILE_BUCKET)])
+            if bucket > 1:
+                uniq = torch.cat([uniq, uniq.new_zeros(-uniq.numel() % bucket)])
             parts += [ids.reshape(-1), uniq, inverse]
-            shapes.append((ids.shape, uniq.numel()))
+            hosts.append((ids.shape, uniq))
         flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
         if self.device.type == "cuda":
             flat = flat.pin_memory()
         flat = flat.to(self.device, non_blocking=True)
         batches, pos = [], 0
-        for shape, n_uniq in shapes:
-            n = shape.numel()
+        for shape, host_uniq in hosts:
+            n, n_uniq = shape.numel(), host_uniq.numel()
             ids, uniq, inverse = (flat[pos:pos + n].view(shape), flat[pos + n:pos + n + n_uniq],
                                   flat[pos + n + n_uniq:pos + 2 * n + n_uniq])
-            if self.cfg.compile != "off":  # compiled graphs guard on storage offsets: own storage per step
+            if self.cfg.compile not in ("off", "auto"):  # compiled graphs guard on storage offsets
                 ids, uniq, inverse = ids.clone(), uniq.clone(), inverse.clone()
-            batches.append((ids, uniq, inverse))
+            batches.append(Batch(ids, uniq, inverse, host_uniq))
             pos += 2 * n + n_uniq
         return batches
 
@@ -145,10 +174,7 @@ class Trainer:
         """One epoch (at most ``max_steps`` steps, else ``train.max_steps_per_epoch``, if set)."""
         self.model.train()
         order = self._order(epoch)
-        bs = self.cfg.batch_size
-        n_steps = (len(order) + bs - 1) // bs
-        if max_steps or self.cfg.max_steps_per_epoch:
-            n_steps = min(n_steps, max_steps or self.cfg.max_steps_per_epoch)
+        n_steps = self.n_steps(max_steps)
         cuda = self.device.type == "cuda"
         events = [torch.cuda.Event(enable_timing=True) for _ in range(n_steps + 1)] if cuda else []
         stamps: list[float] = []
@@ -157,24 +183,28 @@ class Trainer:
         synchronize(self.device)
         t0 = time.perf_counter()
         batches = self._epoch_batches(order, n_steps)  # data loading counts as training time
+        if batches:
+            self.model.prefetch(batches[0].host_uniq, batches[0].uniq)
         for step in tqdm(range(n_steps), desc=f"epoch {epoch}", leave=False, disable=not self.progress):
             if cuda:
                 events[step].record()
             else:
                 stamps.append(time.perf_counter())
-            batch, uniq, inverse = batches[step]
-            with self.autocast():
-                loss = self.loss_fn(batch, self.log_pop, (uniq, inverse))
+            batch = batches[step]
+            if step + 1 < n_steps:  # the next step's item inputs travel while this one computes
+                self.model.prefetch(batches[step + 1].host_uniq, batches[step + 1].uniq)
+            loss = self._loss(batch)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             loss_sum += loss.detach().float()
-            out.samples += batch.size(0)
+            out.samples += batch.ids.size(0)
         if cuda:
             events[n_steps].record()
         synchronize(self.device)
         out.epoch_s.append(time.perf_counter() - t0)
+        out.steps.append(n_steps)
         self._fire("on_epoch_end", epoch)
         if cuda:
             step_s = [events[i].elapsed_time(events[i + 1]) / 1000 for i in range(n_steps)]
@@ -218,26 +248,47 @@ class Trainer:
             results.append(metrics_from_ranks(all_ranks, self.eval_cfg.ks))
         return results[0], results[1]
 
-    def compile_warmup(self, out: TrainOutcome) -> None:
-        """Compile before the clock starts: one forward and backward on the first batch of epoch 1,
-        gradients dropped, no optimizer step, so the weights are untouched."""
-        if self.cfg.compile == "off":
+    def n_steps(self, max_steps: int = 0) -> int:
+        """Steps of an epoch: every batch, or at most ``max_steps`` (else ``train.max_steps_per_epoch``)."""
+        n = (self.train_ids.size(0) + self.cfg.batch_size - 1) // self.cfg.batch_size
+        bound = max_steps or self.cfg.max_steps_per_epoch
+        return min(n, bound) if bound else n
+
+    def step_shapes(self, epochs: int) -> dict[tuple[int, int], Batch]:
+        """One batch of every (sequences, distinct items) shape the planned epochs will train on."""
+        shapes: dict[tuple[int, int], Batch] = {}
+        for epoch in range(1, epochs + 1):
+            for b in self._epoch_batches(self._order(epoch), self.n_steps()):
+                shapes.setdefault((b.ids.size(0), b.uniq.numel()), b)
+        return shapes
+
+    def compile_warmup(self, out: TrainOutcome, epochs: int = 1) -> None:
+        """Compile (and, with reduce-overhead on a GPU, capture) every step shape of the planned
+        epochs before the clock starts: one forward and backward each, gradients dropped, no
+        optimizer step, and the random state restored, so training is what it would have been."""
+        if self.cfg.compile in ("off", "auto"):
             return
         self.model.train()
-        batch, uniq, inverse = self._epoch_batches(self._order(1), 1)[0]
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         synchronize(self.device)
         t0 = time.perf_counter()
-        with self.autocast():
-            loss = self.loss_fn(batch, self.log_pop, (uniq, inverse))
-        self.scaler.scale(loss).backward()
-        self.optimizer.zero_grad(set_to_none=True)
+        shapes = self.step_shapes(epochs)
+        for batch in shapes.values():
+            self.model.prefetch(batch.host_uniq, batch.uniq)
+            self.scaler.scale(self._loss(batch)).backward()
+            self.optimizer.zero_grad(set_to_none=True)
         synchronize(self.device)
         out.compile_s = time.perf_counter() - t0
+        out.compiled_shapes = len(shapes)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self.device)
 
     def fit(self, epochs: int, patience: int) -> TrainOutcome:
         out = TrainOutcome()
         best, since_best = float("-inf"), 0
-        self.compile_warmup(out)
+        self.compile_warmup(out, epochs)
         self._fire("on_train_start")
         for epoch in range(1, epochs + 1):
             self.train_epoch(epoch, out)

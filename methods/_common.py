@@ -28,6 +28,25 @@ def freeze(*modules: nn.Module | None) -> None:
             m.requires_grad_(False)
 
 
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def frozen_in_compute_dtype(models: dict[str, nn.Module], precision: str) -> torch.dtype:
+    """Cast frozen encoders to the compute dtype once, and return the dtype they now run in.
+
+    Why: under autocast every matmul casts its fp32 weight to bf16/fp16 again at every call; a
+    frozen encoder never needs its fp32 copy (no optimizer step reads it). On an H100 the frozen
+    forward of 277 items with bf16 weights took 44.8 ms; that is the floor of every method that
+    runs the frozen encoders each step. Only for decoupled methods: weights that train keep fp32.
+    """
+    dtype = COMPUTE_DTYPES.get(precision, torch.float32)
+    for m in models.values():
+        if any(p.requires_grad for p in m.parameters()):
+            raise ValueError("frozen_in_compute_dtype: the encoder has trainable weights")
+        m.to(dtype)
+    return dtype
+
+
 def is_meta(module: nn.Module) -> bool:
     """True for a model built on the meta device (parameter counting without weights)."""
     return any(p.is_meta for p in module.parameters())

@@ -17,6 +17,7 @@ from torch import nn
 from benchmark.backbones import Backbones
 from benchmark.config import BenchConfig
 from benchmark.data import SeqDataset
+from benchmark.record import CacheCost
 
 
 @dataclass
@@ -28,6 +29,9 @@ class BuildContext:
     backbones: Backbones
     device: torch.device
     out_dir: Any = None  # run output folder (for caches, logs)
+    # marks a memory phase of the run (``"cache_build"`` while a one-off cache is computed, then
+    # ``"setup"`` again), so the profiler reports its peak apart from training's
+    phase: Callable[[str], None] = lambda name: None
 
 
 class ItemTower(nn.Module):
@@ -56,6 +60,8 @@ class Method:
     # The batch size the IISAN paper trained this kind of method with ([train] paper_protocol):
     # 32 for the fine-tuning baselines (their memory), 64 for IISAN. None: the configured one.
     paper_batch_size: ClassVar[int | None] = None
+    # The torch.compile mode ``train.compile = "auto"`` picks for this method on a GPU (None: eager).
+    auto_compile: ClassVar[str | None] = None
 
     def __init__(self, options: Any):
         self.opts = options
@@ -63,9 +69,9 @@ class Method:
     def build(self, ctx: BuildContext) -> ItemTower:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def extra_timings(self) -> dict[str, float]:
-        """Setup timings to report apart from epoch time (e.g. a cache build)."""
-        return {}
+    def one_off(self) -> CacheCost | None:
+        """A one-off cost paid before training (a cache build or load), reported apart from setup."""
+        return None
 
 
 def pixel_values(images_u8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -74,20 +80,60 @@ def pixel_values(images_u8: torch.Tensor, dtype: torch.dtype = torch.float32) ->
 
 
 class ItemInputs(nn.Module):
-    """Holds the per-item token ids, attention masks and uint8 images as buffers on the device."""
+    """Per-item inputs: token ids and masks as buffers on the device; uint8 images on the host.
+
+    Why images stay on the host: the table is every item's 224x224 image (2.9 GB on Scientific),
+    and a step needs only its few hundred distinct items. ``stage_items`` (called by the trainer
+    one step ahead) gathers those into a pinned buffer and copies them to the GPU on a side stream
+    while the current step computes; ``pixels`` then uses the staged copy. Unstaged calls (the
+    evaluation's item table, a cache build) gather and copy on the spot. On CPU nothing moves.
+    """
 
     def __init__(self, data: SeqDataset):
         super().__init__()
         self.register_buffer("tokens", data.tokens, persistent=False)
         self.register_buffer("attention_mask", data.attention_mask, persistent=False)
         self.has_images = data.images is not None
-        self.register_buffer("images", data.images if data.images is not None else torch.zeros(0), persistent=False)
+        self.images = data.images if data.images is not None else torch.zeros(0, dtype=torch.uint8)
+        self._staged: tuple[torch.Tensor, torch.Tensor, Any] | None = None  # (device ids, images, event)
+        self._pinned: list[torch.Tensor | None] = [None, None]  # two buffers: one filling, one in flight
+        self._done: list[Any] = [None, None]  # the copy event of each buffer
+        self._slot = 0
+        self._stream: Any = None
 
     def text(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"input_ids": self.tokens[ids], "attention_mask": self.attention_mask[ids]}
 
+    def stage_items(self, host_ids: torch.Tensor, device_ids: torch.Tensor) -> None:
+        """Start copying the images of ``host_ids`` to the device; ``pixels(device_ids)`` takes them."""
+        if not self.has_images or device_ids.device.type != "cuda":
+            return
+        n, slot = host_ids.numel(), self._slot
+        buf = self._pinned[slot]
+        if self._done[slot] is not None:
+            self._done[slot].synchronize()  # the copy out of this buffer two steps ago is over
+        if buf is None or buf.size(0) < n:
+            buf = self._pinned[slot] = torch.empty((max(n, 64), *self.images.shape[1:]), dtype=torch.uint8).pin_memory()
+        torch.index_select(self.images, 0, host_ids, out=buf[:n])
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device_ids.device)
+        with torch.cuda.stream(self._stream):
+            staged = buf[:n].to(device_ids.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self._stream)
+        self._staged, self._done[slot], self._slot = (device_ids, staged, event), event, 1 - slot
+
     def pixels(self, ids: torch.Tensor) -> torch.Tensor:
-        return pixel_values(self.images[ids])
+        if self.images.device == ids.device:
+            return pixel_values(self.images[ids])
+        staged = self._staged
+        if staged is not None and staged[0] is ids:
+            stream = torch.cuda.current_stream(ids.device)
+            stream.wait_event(staged[2])
+            staged[1].record_stream(stream)  # allocated on the side stream, used on this one
+            self._staged = None
+            return pixel_values(staged[1])
+        return pixel_values(self.images[ids.cpu()].to(ids.device))
 
 
 class EncoderTower(ItemTower):

@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 from benchmark.errors import BenchError
+from benchmark.record import CacheCost
 
-from ._common import encoders, freeze, is_meta
+from ._common import encoders, freeze, frozen_in_compute_dtype, is_meta
 from .base import BuildContext, ItemInputs, ItemTower, Method
 from .registry import register_method
 
@@ -60,6 +61,12 @@ class IISANOptions:
 class IISANCachedOptions(IISANOptions):
     cache_dir: str = ""  # "" = $IISAN_BENCH_CACHE, else $XDG_CACHE_HOME/iisan-bench, else ~/.cache/iisan-bench
     cache_dtype: Literal["fp16", "fp32"] = "fp16"  # storage type of the cached states
+    build_batch_size: int = 0  # items encoded at once while building; 0 = sized to build in <= 4 GB
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.build_batch_size < 0:
+            raise BenchError(f"'methods.iisan-cached.build_batch_size' must be >= 0 (0 = auto), got {self.build_batch_size}")
 
 
 def default_taps(n_layers: int) -> list[int]:
@@ -170,6 +177,44 @@ class SideNetwork(nn.Module):
 # --------------------------------------------------------------------------- where the states come from
 
 
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a BERT- or ViT-family encoder, in order."""
+    enc = getattr(model, "encoder", None)
+    for name in ("layer", "layers"):
+        layers = getattr(enc, name, None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise BenchError(f"{type(model).__name__}: no encoder.layer(s) to tap; IISAN needs a BERT- or ViT-family encoder")
+
+
+class TapCLS:
+    """Forward hooks that keep only the CLS vector of the tapped hidden states.
+
+    Why hooks rather than ``output_hidden_states=True``: that keeps every layer's full hidden states
+    ([N, tokens, H] x (L + 1)) alive until the forward ends, 13 x 197 x 768 floats an image for
+    ViT-base; the side network needs one vector of each tapped layer. Hidden state 0 is the
+    embeddings' output and state i the i-th block's output, exactly as in ``hidden_states``.
+    """
+
+    def __init__(self, model: nn.Module, taps: list[int]):
+        self.taps = taps
+        self.out: dict[int, torch.Tensor] = {}
+        modules = [model.embeddings, *encoder_layers(model)]
+        self.handles = [modules[t].register_forward_hook(self._hook(t)) for t in taps]
+
+    def _hook(self, tap: int):
+        def keep(module, args, output):
+            h = output[0] if isinstance(output, (tuple, list)) else output
+            self.out[tap] = h[:, 0]
+        return keep
+
+    def collect(self) -> torch.Tensor:
+        """[N, taps, H] of the forward just run."""
+        got = torch.stack([self.out[t] for t in self.taps], dim=1)
+        self.out.clear()
+        return got
+
+
 class BackboneTaps(nn.Module):
     """CLS vectors of the tapped hidden states, computed by the frozen backbones without gradients."""
 
@@ -180,6 +225,9 @@ class BackboneTaps(nn.Module):
         self.inputs = inputs
         self.taps = taps
         freeze(self.text, self.vision)
+        self._tap = {"text": TapCLS(self.text, taps["text"])}
+        if self.vision is not None:
+            self._tap["vision"] = TapCLS(self.vision, taps["vision"])
         self.train(False)
 
     def train(self, mode: bool = True) -> "BackboneTaps":
@@ -191,13 +239,12 @@ class BackboneTaps(nn.Module):
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        hs = self.text(**self.inputs.text(ids), output_hidden_states=True).hidden_states
-        text = torch.stack([hs[i][:, 0] for i in self.taps["text"]], dim=1)
+        self.text(**self.inputs.text(ids))
+        text = self._tap["text"].collect()
         image = None
         if self.vision is not None:
-            pixels = self.inputs.pixels(ids).to(text.dtype)
-            hs = self.vision(pixel_values=pixels, output_hidden_states=True).hidden_states
-            image = torch.stack([hs[i][:, 0] for i in self.taps["vision"]], dim=1)
+            self.vision(pixel_values=self.inputs.pixels(ids).to(text.dtype))
+            image = self._tap["vision"].collect()
         return text, image
 
 
@@ -257,6 +304,7 @@ class IISAN(Method):
         models = encoders(ctx.backbones, ctx.data)
         freeze(*models.values())
         side, taps = build_side(self.opts, models, ctx.cfg.train.item_dim)
+        frozen_in_compute_dtype(models, ctx.cfg.train.precision)
         return IISANTower(BackboneTaps(models, ItemInputs(ctx.data), taps), side)
 
 
@@ -264,6 +312,9 @@ class IISAN(Method):
 class IISANCached(Method):
     description = "IISAN trained from a cache of the tapped CLS states (encoders run once, at cache build)."
     paper_batch_size = 64
+    # a step is ~3 ms of GPU work behind ~1,000 kernel launches: CUDA graphs (torch.compile's
+    # cudagraph trees, one graph per bucketed step shape, all captured before the clock)
+    auto_compile = "reduce-overhead"
     Options = IISANCachedOptions
 
     def __init__(self, options):
@@ -276,6 +327,7 @@ class IISANCached(Method):
         models = encoders(ctx.backbones, ctx.data)
         freeze(*models.values())
         side, taps = build_side(self.opts, models, ctx.cfg.train.item_dim)  # before the cache: same init as iisan
+        frozen_in_compute_dtype(models, ctx.cfg.train.precision)  # the cache holds what live iisan computes
         if is_meta(models["text"]):  # parameter counting on the meta device: no states to cache
             n = ctx.data.n_items + 1
             caches = {k: (torch.empty(n, len(taps[k]), m.config.hidden_size, device="meta"),
@@ -287,10 +339,12 @@ class IISANCached(Method):
             release_backbones(ctx)
         return IISANTower(CachedTaps(caches["text"], caches.get("vision")), side)
 
-    def extra_timings(self) -> dict[str, float]:
-        if self.cache_info is None:
-            return {}
-        return {"cache_build_s": self.cache_info.build_s, "cache_load_s": self.cache_info.load_s}
+    def one_off(self) -> CacheCost | None:
+        i = self.cache_info
+        if i is None:
+            return None
+        return CacheCost(status="built" if i.built else "loaded", reason=i.reason, build_s=i.build_s,
+                         load_s=i.load_s, batch_size=i.batch_size if i.built else None, path=str(i.path))
 
 
 def release_backbones(ctx: BuildContext) -> None:

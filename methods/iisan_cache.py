@@ -49,7 +49,7 @@ from torch import nn
 from reports.atomic import atomic_write, atomic_write_text
 
 CACHE_FORMAT = 2  # 2: {"states", "offset"} per file
-PREPROCESS = "cls=hidden_states[tap][:,0]; pixels=uint8/127.5-1; encoders in eval mode, fp32, no grad"
+PREPROCESS = "cls=hidden_states[tap][:,0]; pixels=uint8/127.5-1; encoders in eval mode, no grad, in their weights' dtype"
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 FILES = {"text": "text.pt", "vision": "image.pt"}
 
@@ -146,6 +146,7 @@ class CacheInfo:
     build_s: float  # seconds spent computing and writing the states (0.0 when reused)
     load_s: float  # seconds spent fingerprinting, verifying and loading
     shapes: dict[str, list[int]]
+    batch_size: int | None = None  # items encoded at once while building
 
 
 def _changed(old: dict[str, str], new: dict[str, str]) -> str:
@@ -238,6 +239,29 @@ def compute_states(source: nn.Module, n_items: int, device: torch.device, batch:
 
 
 
+BUILD_BUDGET_MB = 4096  # a cache build of the base backbones fits a 4 GB card
+
+
+def auto_build_batch(models: dict[str, nn.Module], data, budget_mb: float = BUILD_BUDGET_MB) -> int:
+    """Items encoded at once so that the build stays within ``budget_mb``: the encoders' weights
+    plus, per item, one block's working set (hidden state, Q/K/V, attention scores, the MLP's
+    4H intermediate: 8·T·H + heads·T² values; only the CLS of tapped layers is kept, see
+    ``TapCLS``), with half the budget left as slack for the CUDA context and allocator rounding.
+    A power of two in [16, 1024]. BERT-base + ViT-base (224 px) in fp32: 128 items."""
+    weights = sum(p.numel() * p.element_size() for m in models.values() for p in m.parameters()) / 2**20
+    per_item = 0.0
+    for kind, m in models.items():
+        c = m.config
+        tokens = data.tokens.size(1) if kind == "text" else (c.image_size // c.patch_size) ** 2 + 1
+        elem = next(m.parameters()).element_size()
+        per_item = max(per_item, (8 * tokens * c.hidden_size + c.num_attention_heads * tokens**2) * elem / 2**20)
+    room = max(budget_mb / 2 - weights, 0.0)
+    n = 16
+    while n * 2 <= 1024 and (n * 2) * per_item <= room:
+        n *= 2
+    return n
+
+
 def ensure_cache(ctx, source: nn.Module, taps: dict[str, list[int]], opts, rebuild: bool = False):
     """Load the cache for this run's data, weights and taps, building it when missing or untrusted.
 
@@ -255,10 +279,12 @@ def ensure_cache(ctx, source: nn.Module, taps: dict[str, list[int]], opts, rebui
     if tensors is not None:
         return tensors, CacheInfo(path, fingerprint_of(parts), False, reason, 0.0, time.perf_counter() - t0,
                                   {k: list(v[0].shape) for k, v in tensors.items()})
-    log(f"{reason}; building {path}")
+    batch = opts.build_batch_size or auto_build_batch(models, ctx.data)
+    log(f"{reason}; building {path} ({batch} items at a time)")
     load_s = time.perf_counter() - t0
+    ctx.phase("cache_build")  # its peak memory is reported apart: a one-off cost, not training's
     t1 = time.perf_counter()
-    tensors = compute_states(source, ctx.data.n_items, ctx.device, ctx.cfg.eval.item_batch_size, dtype)
+    tensors = compute_states(source, ctx.data.n_items, ctx.device, batch, dtype)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     build_s = time.perf_counter() - t1
@@ -267,9 +293,10 @@ def ensure_cache(ctx, source: nn.Module, taps: dict[str, list[int]], opts, rebui
     except OSError as exc:  # an unwritable cache folder costs a rebuild next time, not this run
         log(f"could not write {path}: {exc.strerror or exc}; training from the states in memory")
     build_s = time.perf_counter() - t1
+    ctx.phase("setup")
     log(f"built {', '.join(f'{k} {list(v[0].shape)} {v[0].dtype}' for k, v in tensors.items())} in {build_s:.1f}s")
     return tensors, CacheInfo(path, fingerprint_of(parts), True, reason, build_s, load_s,
-                              {k: list(v[0].shape) for k, v in tensors.items()})
+                              {k: list(v[0].shape) for k, v in tensors.items()}, batch)
 
 
 def cache_command(cfg, rebuild: bool = False, echo=print) -> CacheInfo:
@@ -281,7 +308,7 @@ def cache_command(cfg, rebuild: bool = False, echo=print) -> CacheInfo:
     from benchmark.backbones import load_backbones
     from benchmark.runner import check_methods, prepare, resolve_device, seed_everything
 
-    from ._common import encoders, freeze
+    from ._common import encoders, freeze, frozen_in_compute_dtype
     from .base import BuildContext, ItemInputs
     from .iisan import BackboneTaps, resolve_taps
     from .registry import options_for
@@ -295,6 +322,7 @@ def cache_command(cfg, rebuild: bool = False, echo=print) -> CacheInfo:
     models = encoders(backbones, prep.data)
     freeze(*models.values())
     taps = resolve_taps(opts, models)
+    frozen_in_compute_dtype(models, cfg.train.precision)  # as run builds it: the same cache
     ctx = BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=device)
     _, info = ensure_cache(ctx, BackboneTaps(models, ItemInputs(prep.data), taps), taps, opts, rebuild=rebuild)
     shapes = ", ".join(f"{'image' if k == 'vision' else k} {v}" for k, v in info.shapes.items())

@@ -23,7 +23,7 @@ def build_report(out_dir: Path | str, reference: str | None = None) -> Path:
     """
     from .markdown import render
     from .plots import build_plots
-    from .tables import write_summary_csv
+    from .summary import write_summary_csv
     from .tpme import compute_tpme
 
     out = Path(out_dir)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CV_THRESHOLD = 0.05  # coefficient of variation above which repeats are flagged as noisy
+CV_THRESHOLD = 0.05
+SCHEMA_VERSION = 2  # the newest record version this reporter reads (benchmark.record.SCHEMA_VERSION)  # coefficient of variation above which repeats are flagged as noisy
 
 
 class ReportError(Exception):
@@ -85,7 +86,12 @@ class MethodSummary:
     params_trainable: int | None = None
     params_total: int | None = None
     time_epoch_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
-    peak_mb: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    peak_mb: Stat = field(default_factory=lambda: Stat(None, None, 0))  # training phase (schema 1: whole run)
+    eval_peak_mb: Stat = field(default_factory=lambda: Stat(None, None, 0))  # evaluation phase
+    cache_build_peak_mb: Stat = field(default_factory=lambda: Stat(None, None, 0))  # one-off cache build
+    cache_status: str | None = None  # built | loaded (methods with a one-off cache)
+    memory_phase: str | None = None  # the phase the headline comes from; None = whole run (schema 1)
+    check_failures: list[str] = field(default_factory=list)  # memory cross-checks that failed
     energy_epoch_j: Stat = field(default_factory=lambda: Stat(None, None, 0))
     samples_per_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
     setup_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
@@ -171,9 +177,14 @@ def read_runs(path: Path) -> list[Run]:
         repeat = obj.get("repeat", 0)
         if isinstance(repeat, bool) or not isinstance(repeat, int):
             raise _fail(path, lineno, f"'repeat' must be an integer, got {repeat!r}")
-        for section in ("params", "time", "memory", "energy", "flops", "metrics", "data", "backbone", "env", "config"):
+        for section in ("params", "time", "memory", "energy", "flops", "metrics", "data", "backbone", "env", "config",
+                        "cache"):
             if obj.get(section) is not None and not isinstance(obj[section], dict):
                 raise _fail(path, lineno, f"'{section}' must be an object")
+        version = obj.get("schema_version", 1)
+        if isinstance(version, bool) or not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise _fail(path, lineno, f"schema_version {version!r} is newer than this reporter reads "
+                                      f"({SCHEMA_VERSION}); update iisan-bench")
         runs.append(Run(lineno, method, status, repeat, obj))
     if not runs:
         raise ReportError(f"{path}: results file is empty (no finished runs)")
@@ -236,6 +247,13 @@ def summarise(path: Path, method: str, runs: list[Run]) -> MethodSummary:
     num = lambda r, *k: _number(path, r.line, r.get(*k), ".".join(k))  # noqa: E731
     s.time_epoch_s = Stat.of([_epoch_time(path, r) for r in ok])
     s.peak_mb = Stat.of([num(r, "memory", "peak_mb") for r in ok])
+    s.eval_peak_mb = Stat.of([num(r, "memory", "phases", "eval", "peak_mb") for r in ok])
+    s.cache_build_peak_mb = Stat.of([num(r, "memory", "phases", "cache_build", "peak_mb") for r in ok])
+    s.cache_status = next((str(v) for r in ok if (v := r.get("cache", "status"))), None)
+    s.memory_phase = first.get("memory", "phase")
+    s.check_failures = [f"repeat {r.repeat}, {c.get('phase')}: {c.get('check')} ({c.get('detail')})"
+                        for r in ok for c in (r.get("memory", "checks") or [])
+                        if isinstance(c, dict) and c.get("ok") is False]
     s.energy_epoch_j = Stat.of([num(r, "energy", "epoch_j") for r in ok])
     s.samples_per_s = Stat.of([num(r, "time", "samples_per_s") for r in ok])
     s.setup_s = Stat.of([num(r, "time", "setup_s") for r in ok])

@@ -104,6 +104,7 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
         f"- **Dataset:** {_join(datasets)}",
         f"- **Images:** {_join(images)}",
         f"- **Backbone:** {_join(backbones)}",
+        *_training_line(runs),
         *_bounded_steps(runs),
         *_batch_line(results),
         f"- **Memory source:** {src_text}",
@@ -125,9 +126,29 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
     return lines
 
 
+def _memory_meaning(results: Results) -> str:
+    """One line: what the peak memory column is (and what the other memory columns are)."""
+    oks = ok_methods(results)
+    if oks and all(m.memory_phase for m in oks):
+        return ("Peak memory is the **training** phase's peak: what the device must hold to train (model, "
+                "optimizer state, activations), each phase's peaks reset at its edges; evaluation (the item table "
+                "of all items, then ranking) and one-off cache builds are in their own columns and not in TPME.")
+    return ("Peak memory spans the **whole run**, evaluation included, for records written before phases were "
+            "measured (schema 1); re-run them for the training phase's peak.")
+
+
+def _checks(results: Results) -> list[str]:
+    """Failed memory cross-checks, shown rather than hidden."""
+    bad = [(m.method, c) for m in ok_methods(results) for c in m.check_failures]
+    if not bad:
+        return []
+    return ["**Memory cross-checks failed** (allocated ≤ NVML process ≤ reserved + context):", ""] + [
+        f"- `{method}` {c}" for method, c in bad] + [""]
+
+
 def _efficiency(results: Results, tp: TpmeResult) -> list[str]:
     c = tp.config
-    lines = ["## Efficiency", "", efficiency_table(results, tp).markdown(), ""]
+    lines = ["## Efficiency", "", efficiency_table(results, tp).markdown(), "", _memory_meaning(results)]
     lines.append(
         f"TPME (lower is better) = {c.alpha_time:g}·time + {c.alpha_params:g}·params + {c.alpha_memory:g}·memory, "
         "each term min-max normalised over the methods that ran ok (a term equal for all methods counts 0). "
@@ -148,6 +169,7 @@ def _efficiency(results: Results, tp: TpmeResult) -> list[str]:
         lines.append("Not shown (see [Failed runs](#failed-runs)): "
                      + ", ".join(f"`{m.method}` ({m.status})" for m in failed) + ".")
     lines.append("")
+    lines += _checks(results)
     rel = relative_table(results, tp)
     if rel is not None:
         lines += [f"### Relative to `{c.reference}`", "", rel.markdown(), ""]
@@ -251,6 +273,19 @@ def _batch_line(results: Results) -> list[str]:
     why = " (paper protocol)" if any(m.paper_protocol for m in ok_methods(results)) else ""
     per = ", ".join(f"{k} {'unknown' if b is None else b}" for k, b in sizes.items())
     return [f"- **Batch size:** per method{why}: {per}"]
+
+
+def _training_line(runs) -> list[str]:
+    """Epochs (with early stopping) and optimizer steps per epoch, so a reader sees the budget."""
+    epochs = _uniq(runs, "config", "resolved", "run", "epochs")
+    patience = _uniq(runs, "config", "resolved", "train", "patience")
+    steps = sorted({int(v) for r in runs if r.status == "ok" and isinstance(v := r.get("time", "steps_per_epoch"), int)})
+    if not epochs:
+        return []
+    stop = f", early stopping after {_join(patience)} epochs without a better validation metric" if patience and patience != [0] else ""
+    per = (f"; {steps[0]:,} steps per epoch" if len(steps) == 1 else
+           f"; {steps[0]:,}–{steps[-1]:,} steps per epoch (by method)" if steps else "")
+    return [f"- **Training:** up to {_join(epochs)} epochs{stop}{per}"]
 
 
 def _bounded_steps(runs) -> list[str]:

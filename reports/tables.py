@@ -1,20 +1,13 @@
-"""Tables: human-formatted cells for report.md and raw rows for summary.csv.
-
-Why both from one module: the CSV must contain every number the markdown tables show (unformatted),
-so the two are built side by side from the same summaries and cannot drift apart.
-"""
+"""Tables: human-formatted cells for report.md (the raw rows of summary.csv are ``reports.summary``,
+built from the same summaries, so the two cannot drift apart)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .atomic import atomic_write_text
-from .load import CV_THRESHOLD, MethodSummary, Results, Stat
+from .load import MethodSummary, Results, Stat
 from .paper import PAPER_REFERENCE, paper_figures
 from .tpme import TpmeResult
 
@@ -65,11 +58,11 @@ def fmt_params(n: float | None) -> str:
     return _sig(n / scale) + suffix
 
 
-def _fmt_unit(mean: float | None, std: float | None, units: Units) -> str:
-    """``mean`` in a readable unit, with ``± std`` in the same unit and precision when known."""
+def _fmt_unit(mean: float | None, std: float | None, units: Units, fixed: tuple[float, str] | None = None) -> str:
+    """``mean`` in a readable unit (``fixed``: this one), with ``± std`` in the same unit and precision."""
     if mean is None:
         return DASH
-    scale, suffix = _scaled(mean, units)
+    scale, suffix = fixed or _scaled(mean, units)
     m = _sig(mean / scale)
     if std is None:
         return m + suffix
@@ -80,9 +73,16 @@ def _fmt_unit(mean: float | None, std: float | None, units: Units) -> str:
     return f"{m} ± {s}{suffix}"
 
 
-def fmt_mb(mb: float | None, std: float | None = None) -> str:
-    """812 -> 812 MB, 1843 -> 1.80 GB (binary: 1 GB = 1024 MB, as peak_mb is reported)."""
-    return _fmt_unit(mb, std, _MB_UNITS)
+def fmt_mb(mb: float | None, std: float | None = None, unit: tuple[float, str] | None = None) -> str:
+    """812 -> 812 MB, 1843 -> 1.80 GB (binary: 1 GB = 1024 MB, as peak_mb is reported); ``unit``
+    (from ``mb_unit``) fixes the unit, so one table's column reads in one unit."""
+    return _fmt_unit(mb, std, _MB_UNITS, unit)
+
+
+def mb_unit(values: list[float | None]) -> tuple[float, str] | None:
+    """The unit the largest of ``values`` reads best in (None when there is none)."""
+    vals = [abs(v) for v in values if v is not None]
+    return _scaled(max(vals), _MB_UNITS) if vals else None
 
 
 def fmt_seconds(s: float | None, std: float | None = None) -> str:
@@ -191,17 +191,38 @@ def _params_cell(m: MethodSummary) -> str:
     return text
 
 
+def memory_unit(results: Results) -> tuple[float, str] | None:
+    """One unit for every memory figure of the efficiency table."""
+    vals = [v for m in ok_methods(results) for v in (m.peak_mb.mean, m.eval_peak_mb.mean, m.cache_build_peak_mb.mean)]
+    return mb_unit(vals)
+
+
+def one_off_cell(m: MethodSummary, unit: tuple[float, str] | None) -> str:
+    """A method's one-off cache: build time and peak memory, or that an existing cache was loaded."""
+    if m.cache_status is None:
+        return DASH
+    if m.cache_status == "loaded":
+        return "loaded (built earlier)"
+    peak = m.cache_build_peak_mb.mean
+    return fmt_stat(m.cache_build_s, fmt_seconds) + (f", {fmt_mb(peak, unit=unit)} peak" if peak is not None else "")
+
+
 def efficiency_table(results: Results, tp: TpmeResult) -> Table:
     """Cost of each ok method; columns for energy, repeats and relative cost only when they exist."""
     oks = ok_methods(results)
     show_energy = any(m.energy_epoch_j.mean is not None for m in oks)
     show_mfu = any(m.mfu.mean is not None for m in oks)
     show_repeats = any(m.n_ok > 1 for m in oks)
+    show_eval = any(m.eval_peak_mb.mean is not None for m in oks)
+    show_once = any(m.cache_status for m in oks)
     ref = tp.config.reference
     show_rel = bool(tp.relative)
     show_batch = batch_differs(results)
+    unit = memory_unit(results)
+    phased = all(m.memory_phase for m in oks)
     headers = ["Method"] + (["Batch"] if show_batch else []) + [
-        "Trainable params (% of total)", "Time / epoch", "Peak memory"]
+        "Trainable params (% of total)", "Time / epoch", "Peak memory (training)" if phased else "Peak memory"]
+    headers += (["Eval peak"] if show_eval else []) + (["One-off: cache build"] if show_once else [])
     if show_energy:
         headers.append("Energy / epoch")
     if show_mfu:
@@ -213,9 +234,11 @@ def efficiency_table(results: Results, tp: TpmeResult) -> Table:
         headers.append("Repeats")
     best = min((r.tpme for r in tp.rows.values()), default=None)
     rows = []
+    mb = lambda mean, std=None: fmt_mb(mean, std, unit)  # noqa: E731
     for m in oks:
         row = [f"`{m.method}`"] + ([DASH if m.batch_size is None else str(m.batch_size)] if show_batch else []) + [
-            _params_cell(m), fmt_stat(m.time_epoch_s, fmt_seconds), fmt_stat(m.peak_mb, fmt_mb)]
+            _params_cell(m), fmt_stat(m.time_epoch_s, fmt_seconds), fmt_stat(m.peak_mb, mb)]
+        row += ([fmt_stat(m.eval_peak_mb, mb)] if show_eval else []) + ([one_off_cell(m, unit)] if show_once else [])
         if show_energy:
             row.append(fmt_stat(m.energy_epoch_j, fmt_energy))
         if show_mfu:
@@ -322,77 +345,3 @@ def quality_table(results: Results, split: str) -> Table | None:
     if pop:
         rows.append(["*popularity (floor)*", DASH] + [fmt_metric(pop.get(k)) for k in keys])
     return Table(headers, rows, right=set(range(1, len(headers))))
-
-
-# ---------------------------------------------------------------- summary.csv
-
-
-def _num(x: float | None) -> float | str:
-    return "" if x is None else x
-
-
-def summary_rows(results: Results, tp: TpmeResult) -> tuple[list[str], list[dict[str, object]]]:
-    """One raw row per method (any status) plus a popularity-floor row; enough to recompute TPME."""
-    splits = {s: metric_keys(results, s) for s in ("valid", "test")}
-    cfg = tp.config
-    rows: list[dict[str, object]] = []
-    for m in results.methods:
-        t = tp.rows.get(m.method)
-        rel = tp.relative.get(m.method)
-        pct_total = (100.0 * m.params_trainable / m.params_total
-                     if m.params_trainable is not None and m.params_total else None)
-        row: dict[str, object] = {
-            "method": m.method, "status": m.status,
-            "error": m.last_error or "", "repeats": m.n_ok, "runs": m.n_runs,
-            "params_trainable": _num(m.params_trainable), "params_total": _num(m.params_total),
-            "params_trainable_pct_of_total": _num(pct_total),
-            "time_epoch_s_mean": _num(m.time_epoch_s.mean), "time_epoch_s_std": _num(m.time_epoch_s.std),
-            "time_epoch_s_cv": _num(m.time_epoch_s.cv), "time_cv_flag": int(m.time_epoch_s.noisy),
-            "peak_mb_mean": _num(m.peak_mb.mean), "peak_mb_std": _num(m.peak_mb.std),
-            "peak_mb_cv": _num(m.peak_mb.cv), "memory_cv_flag": int(m.peak_mb.noisy),
-            "memory_source": m.memory_source or "",
-            "energy_epoch_j_mean": _num(m.energy_epoch_j.mean), "energy_epoch_j_std": _num(m.energy_epoch_j.std),
-            "samples_per_s_mean": _num(m.samples_per_s.mean), "setup_s_mean": _num(m.setup_s.mean),
-            "eval_s_mean": _num(m.eval_s.mean), "cache_build_s_mean": _num(m.cache_build_s.mean), "mfu_mean": _num(m.mfu.mean),
-            "eval_item_table_s_mean": _num(m.eval_item_table_s.mean), "eval_rank_s_mean": _num(m.eval_rank_s.mean),
-            "batch_size": _num(m.batch_size),
-            "alpha_time": cfg.alpha_time, "alpha_params": cfg.alpha_params, "alpha_memory": cfg.alpha_memory,
-            "norm_time": _num(t.norm_time if t else None), "norm_params": _num(t.norm_params if t else None),
-            "norm_memory": _num(t.norm_memory if t else None), "tpme": _num(t.tpme if t else None),
-            "reference": cfg.reference,
-            "rel_time_pct": _num(rel.time_pct if rel else None),
-            "rel_params_pct": _num(rel.params_pct if rel else None),
-            "rel_memory_pct": _num(rel.memory_pct if rel else None),
-            "rel_cost_pct": _num(rel.cost_pct if rel else None),
-            "paper_time_pct": _num(pf.time.pct if (pf := paper_figures(m.method)) else None),
-            "paper_memory_pct": _num(pf.memory.pct if pf else None),
-            "best_epochs": ";".join(str(b) for b in m.best_epochs),
-            "cv_threshold": CV_THRESHOLD,
-        }
-        for split, keys in splits.items():
-            for k in keys:
-                st = m.metrics.get(split, {}).get(k)
-                row[f"{split}_{k}"] = _num(st.mean if st else None)
-                row[f"{split}_{k}_std"] = _num(st.std if st else None)
-        row["description"] = m.description
-        rows.append(row)
-    pop = popularity(results)
-    if pop:
-        prow: dict[str, object] = {"method": "popularity", "status": "floor"}
-        for split, keys in splits.items():
-            for k in keys:
-                prow[f"{split}_{k}"] = _num((pop.get(split) or {}).get(k))
-        rows.append(prow)
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    return fields, rows
-
-
-def write_summary_csv(path: Path, results: Results, tp: TpmeResult) -> Path:
-    fields, rows = summary_rows(results, tp)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return atomic_write_text(path, buf.getvalue())

@@ -167,9 +167,12 @@ def _ranking(results: Results) -> Target:
 
 
 def applies(results: Results, reference: str) -> bool:
-    """Only against fft, and only when fft and at least one IISAN variant ran ok."""
+    """Only against fft, only when fft and at least one IISAN variant ran ok, and only for runs at
+    paper scale on a GPU: a tiny CPU run has nothing to say about paper-scale targets."""
     ok = lambda name: (m := results.method(name)) is not None and m.ok  # noqa: E731
-    return reference == REFERENCE and ok(REFERENCE) and (ok(UNCACHED) or ok(CACHED))
+    if not (reference == REFERENCE and ok(REFERENCE) and (ok(UNCACHED) or ok(CACHED))):
+        return False
+    return full_scale_gpu(_ok_runs(results, [REFERENCE, UNCACHED, CACHED])) is None
 
 
 def paper_targets(results: Results) -> list[Target]:

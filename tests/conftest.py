@@ -7,6 +7,19 @@ import importlib
 import pytest
 
 from methods import registry
+from nvml_fake import FakePynvml, install_fake_cuda
+
+
+@pytest.fixture
+def nv():
+    """A fake ``pynvml`` with two GPUs (see ``nvml_fake``)."""
+    return FakePynvml()
+
+
+@pytest.fixture
+def fake_cuda(nv, monkeypatch):
+    """'CUDA' on the fake NVML's second GPU: a 300 MB context, allocator peaks the test sets."""
+    return install_fake_cuda(nv, monkeypatch)
 
 
 @pytest.fixture

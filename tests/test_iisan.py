@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import types
 
 import pytest
 import torch
@@ -205,20 +206,50 @@ def test_random_init_backbones_are_the_same_for_the_same_seed():
     assert weights(43) != weights(42)
 
 
-def test_cache_build_time_is_reported_apart_from_setup(tmp_path, prep, monkeypatch):
+def test_cache_build_is_a_one_off_cost_with_its_own_time_and_memory_phase(tmp_path, prep, monkeypatch):
     real = iisan_cache.compute_states
+    held = []
 
     def slow(*args, **kwargs):
+        held.append(torch.ones(48 * 2**20 // 4))  # 48 MB alive during the build only
+        held[-1].add_(1)
         time.sleep(1.0)
-        return real(*args, **kwargs)
+        out = real(*args, **kwargs)
+        held.clear()
+        return out
 
     monkeypatch.setattr(iisan_cache, "compute_states", slow)
-    cfg = small(tmp_path)
+    cfg = small(tmp_path, build_batch_size=16)
     rec = run_method(cfg, "iisan-cached", prep, CPU, progress=False, sample_memory=False)
-    assert rec["status"] == "ok", rec.get("traceback")
-    assert rec["time"]["cache_build_s"] >= 1.0
-    assert rec["time"]["setup_s"] < 1.0
-    assert rec["params"]["total"] == rec["params"]["trainable"]  # the encoders are not part of the model
+    assert rec.status == "ok", rec.traceback
+    assert rec.cache.status == "built" and rec.cache.batch_size == 16
+    assert rec.time.cache_build_s == rec.cache.build_s >= 1.0
+    assert rec.time.setup_s < 1.0  # the build is not setup
+    assert rec.params.total == rec.params.trainable  # the encoders are not part of the model
+    phases = rec.memory.phases
+    assert list(phases) == ["setup", "cache_build", "train", "eval"]
+    assert phases["cache_build"].seconds >= 1.0
+    if phases["cache_build"].rss_peak_mb is not None and phases["train"].rss_peak_mb is not None:
+        assert phases["cache_build"].rss_peak_mb > phases["train"].rss_peak_mb + 24  # the build's 48 MB are not training's
+    again = run_method(cfg, "iisan-cached", prep, CPU, progress=False, sample_memory=False)
+    assert again.cache.status == "loaded" and again.cache.build_s == 0.0 and again.cache.batch_size is None
+    assert "cache_build" not in again.memory.phases
+
+
+def test_auto_build_batch_keeps_the_base_backbones_within_4_gb():
+    from benchmark.backbones import load_backbones
+
+    cfg = load_config(None, {"backbone": {"preset": "base"}, "data": {"image_size": 224}})
+    with torch.device("meta"):
+        b = load_backbones(cfg.backbone, cfg.data)
+    data = types.SimpleNamespace(tokens=torch.zeros(1, 30, dtype=torch.long))
+    models = {"text": b.text, "vision": b.vision}
+    # fp32: 748 MB of weights + 128 x 6.4 MB (one ViT block's working set an image) = 1.6 GB <= 2 GB,
+    # half the 4 GB budget (the rest is slack for the CUDA context and allocator rounding); 256 would not fit
+    assert iisan_cache.auto_build_batch(models, data) == 128
+    for m in models.values():
+        m.to(torch.bfloat16)
+    assert iisan_cache.auto_build_batch(models, data) == 512  # bf16: 374 MB + 512 x 3.2 MB = 2.0 GB
 
 
 def test_cached_options_are_strict():

@@ -11,6 +11,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.config import load_config
+from benchmark.errors import BenchError
 from benchmark.runner import run_benchmark
 
 # t-tiny, t-oom, t-fail, t-crash: registered per test (tests/conftest.py), never leaked into 'all'
@@ -55,8 +56,11 @@ def test_isolated_runs_get_fresh_children_and_deaths_become_results(tmp_path):
 
     assert ok["status"] == "ok" and ok["metrics"]["test"]
     mem = ok["memory"]
-    assert mem["peak_mb"] == max(mem["rss_peak_mb"], mem["hwm_mb"])  # never ru_maxrss: it has the parent's
-    assert mem["hwm_mb"] <= mem["ru_maxrss_mb"]
+    # the headline is the training phase's peak: the kernel's VmHWM (reset when training began) or a
+    # sample, never ru_maxrss (it carries the parent's high-water mark)
+    train = mem["phases"]["train"]
+    assert mem["phase"] == "train" and mem["peak_mb"] == train["peak_mb"] == train["rss_peak_mb"] > 0
+    assert set(mem["phases"]) == {"setup", "train", "eval"} and mem["hwm_mb"] <= mem["ru_maxrss_mb"]
     with open(out / mem["samples_csv"]) as fh:
         rows = list(csv.DictReader(fh))
     assert mem["samples_csv"] == "memory/t-tiny-0.csv" and rows and {"t_s", "mb", "phase"} <= set(rows[0])
@@ -90,15 +94,18 @@ def test_repeats_resume_and_force(tmp_path, capsys):
     assert [(r["method"], r["repeat"]) for r in records(out)[4:]] == [("t-fail", 0), ("t-fail", 1)]
     assert any("skipping 2 run(s)" in ln for ln in lines)
 
-    # a changed config is a different run: it is not skipped
-    run_benchmark(cfg_for(out, ["t-tiny"], False, seed=7), progress=False, echo=quiet)
-    assert [(r["method"], r["seed"]) for r in records(out)[6:]] == [("t-tiny", 7)]
+    # other settings (here the seed) are another comparison: refused with the key named, nothing written
+    before = (out / "results.jsonl").read_bytes()
+    with pytest.raises(BenchError, match=r"results.jsonl:1: earlier runs \(t-tiny\) used other settings: "
+                                         r"run.seed \(42 there, 7 now\); use another --out, or --force"):
+        run_benchmark(cfg_for(out, ["t-tiny"], False, seed=7), progress=False, echo=quiet)
+    assert (out / "results.jsonl").read_bytes() == before
 
-    # --force reruns (through the CLI, which also parses --no-isolate and renders the report)
+    # --force replaces them (through the CLI, which also parses --no-isolate and renders the report)
     main(["run", "--methods", "t-tiny", "--epochs", "1", "--device", "cpu", "--out", str(out), "--seed", "7",
           "--no-isolate", "--force", "--no-progress", "--config", _config_file(tmp_path)])
-    assert [(r["method"], r["seed"]) for r in records(out)[7:]] == [("t-tiny", 7)]
-    assert "report:" in capsys.readouterr().out
+    assert [(r["method"], r["seed"]) for r in records(out)] == [("t-tiny", 7)]
+    assert "removed 6 run(s) with other settings" in capsys.readouterr().out
 
 
 def _config_file(tmp_path) -> str:

@@ -247,10 +247,10 @@ def test_configured_peft_options_are_validated(table, needle):
 def test_configured_ia3_runs_through_the_trainer(tmp_path):
     cfg = small(tmp_path, ia3={"peft_type": "IA3"})
     rec = run_method(cfg, "ia3", prep_for(cfg), CPU, progress=False, sample_memory=False)
-    assert rec["status"] == "ok", rec.get("traceback")
-    assert rec["params"]["trainable"] == expected("ia3")
-    assert "hr@10" in rec["metrics"]["test"]
-    assert rec["description"].startswith("Any HF peft tuner")
+    assert rec.status == "ok", rec.traceback
+    assert rec.params.trainable == expected("ia3")
+    assert "hr@10" in rec.metrics["test"]
+    assert rec.description.startswith("Any HF peft tuner")
 
 
 # --------------------------------------------------------------------------- slow: the embedded default, once

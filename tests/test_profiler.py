@@ -7,84 +7,13 @@ import csv
 import json
 import os
 import sys
-import types
 
-import pytest
 import torch
 
-from benchmark import profiler
-from benchmark.isolation import IsolatedRunner, ReadyHandle
+from benchmark.isolation import ReadyHandle
 from benchmark.nvml import MB, Nvml, normalize_uuid
-from benchmark.profiler import MemoryProfiler, ProcessSampler, Sample, cuda_start, write_timeline_csv
-
-UUID_A = "GPU-11111111-2222-3333-4444-555555555555"
-UUID_B = "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
-OTHER_PID = 999_999
-
-
-class FakeNVMLError(Exception):
-    pass
-
-
-class FakeMismatchError(Exception):  # pynvml's NVMLLibraryMismatchError is no NVMLError
-    pass
-
-
-class FakePynvml(types.ModuleType):
-    """Enough of nvidia-ml-py's ``pynvml`` for the benchmark: devices whose state tests change."""
-
-    NVMLError = FakeNVMLError
-    NVMLLibraryMismatchError = FakeMismatchError
-    nvmlMemory_v2 = 0x02000028
-
-    def __init__(self, v2: bool = True, uuid_bytes: bool = False):
-        super().__init__("pynvml")
-        self.devices = {
-            UUID_A: {"used": 1000 * MB, "procs": [], "energy": 0},
-            UUID_B: {"used": 500 * MB, "procs": [], "energy": 0},
-        }
-        self.order = [UUID_A, UUID_B]  # NVML's (PCI bus) order
-        self.v2, self.uuid_bytes = v2, uuid_bytes
-        self.calls: list[str] = []
-
-    def nvmlInit(self):
-        self.calls.append("init")
-
-    def nvmlShutdown(self):
-        self.calls.append("shutdown")
-
-    def nvmlDeviceGetCount(self):
-        return len(self.order)
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return ("handle", self.order[i])
-
-    def nvmlDeviceGetUUID(self, handle):
-        return handle[1].encode() if self.uuid_bytes else handle[1]
-
-    def nvmlDeviceGetMemoryInfo(self, handle, version=None):
-        self.calls.append(f"mem-v{2 if version else 1}")
-        if version and not self.v2:
-            raise FakeNVMLError("Function Not Found")
-        return types.SimpleNamespace(used=self.devices[handle[1]]["used"], total=80_000 * MB)
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle):
-        procs = self.devices[handle[1]]["procs"]
-        if isinstance(procs, Exception):
-            raise procs
-        return [types.SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in procs]
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
-        energy = self.devices[handle[1]]["energy"]
-        if energy is None:
-            raise FakeNVMLError("Not Supported")
-        return energy
-
-
-@pytest.fixture
-def nv():
-    return FakePynvml()
-
+from benchmark.profiler import ProcessSampler, Sample, cuda_start, write_timeline_csv
+from nvml_fake import OTHER_PID, UUID_A, UUID_B, FakeMismatchError, FakeNVMLError, FakePynvml
 
 # ------------------------------------------------------------------------------- the NVML layer
 
@@ -220,35 +149,6 @@ def test_timeline_csv_phases_source_and_decimation_keep_the_peak(tmp_path):
 
 # ------------------------------------------------------------------------------- CUDA start, allocator, energy
 
-
-@pytest.fixture
-def fake_cuda(nv, monkeypatch):
-    """A 'CUDA' device backed by the fake NVML: the probe allocation creates a 300 MB context
-    plus a 2 MB allocator block, as seen by NVML for this process."""
-    me = os.getpid()
-    state = {"reserved": 0, "max_reserved": 6000 * MB, "max_allocated": 5000 * MB, "resets": 0}
-    dev = nv.devices[UUID_B]
-    dev["procs"] = [(OTHER_PID, 1000 * MB)]
-
-    def probe(device):
-        state["reserved"] = 2 * MB
-        dev["procs"] = dev["procs"] + [(me, 302 * MB)]
-        dev["used"] += 302 * MB
-
-    monkeypatch.setattr(profiler, "_cuda_probe", probe)
-    monkeypatch.setattr(profiler, "torch_uuid", lambda device: normalize_uuid(UUID_B))
-    monkeypatch.setattr(profiler, "_CUDA_STARTS", {})
-    monkeypatch.setattr(torch.cuda, "init", lambda: None)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: state["reserved"])
-    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: state["max_reserved"])
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: state["max_allocated"])
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
-                        lambda device=None: state.__setitem__("resets", state["resets"] + 1))
-    return state
-
-
 def test_cuda_start_measures_the_context_and_warns_about_neighbours(nv, fake_cuda, capsys):
     start = cuda_start(torch.device("cuda", 0), Nvml(nv))
     assert start.handle == ("handle", UUID_B)
@@ -264,76 +164,3 @@ def test_cuda_context_falls_back_to_the_device_delta_without_per_process_data(nv
     start = cuda_start(torch.device("cuda", 0), Nvml(nv))
     assert start.context_mb == 300 and start.context_source == "nvml-device-delta"
     assert start.warnings == []  # nobody could be listed, and the device was nearly empty
-
-
-def test_gpu_profiler_resets_peaks_reads_energy_per_epoch_and_adds_the_context(nv, fake_cuda):
-    dev = torch.device("cuda", 0)
-    cuda_start(dev, Nvml(nv))
-    prof = MemoryProfiler(dev, sample=False)
-    prof.on_train_start()
-    assert fake_cuda["resets"] == 1
-    energy = nv.devices[UUID_B]
-    for epoch, joules in ((1, 250.0), (2, 240.5)):
-        prof.on_epoch_start(epoch)
-        energy["energy"] += int(joules * 1000)
-        prof.on_epoch_end(epoch)
-    assert prof.energy() == {"epoch_j": pytest.approx(245.25), "per_epoch_j": [250.0, 240.5]}
-    mem = prof.result()
-    assert mem["source"] == "cuda" and mem["peak_mb"] == 6000 + 300
-    assert mem["reserved_peak_mb"] == 6000 and mem["allocated_peak_mb"] == 5000 and mem["context_mb"] == 300
-    assert [p for _, p in prof.marks] == ["setup", "train", "eval", "train", "eval", "done"]
-
-
-def test_energy_is_null_where_the_counter_is_unsupported(nv, fake_cuda):
-    nv.devices[UUID_B]["energy"] = None
-    prof = MemoryProfiler(torch.device("cuda", 0), sample=False)
-    prof.on_epoch_start(1)
-    prof.on_epoch_end(1)
-    assert prof.energy() == {"epoch_j": None, "per_epoch_j": None}
-    assert MemoryProfiler(torch.device("cpu"), sample=False).energy() == {"epoch_j": None, "per_epoch_j": None}
-
-
-def test_cpu_headline_is_the_sampled_or_kernel_peak_never_the_inherited_ru_maxrss():
-    runner = types.SimpleNamespace(device=torch.device("cpu"), nvml=None, sample=True, interval=0.05)
-    sampler = types.SimpleNamespace(peak={"rss_mb": 500.0}.get)
-    rec = {"memory": {"peak_mb": 3900.0, "source": "cpu-rss"}}
-    # a child of a 3.9 GB parent: ru_maxrss (and wait4's) says 3.9 GB, the child's own VmHWM 520 MB
-    IsolatedRunner._merge_memory(runner, rec, sampler, {"ru_maxrss_mb": 3900.0, "hwm_mb": 520.0}, 3900.0)
-    assert rec["memory"]["peak_mb"] == 520 and rec["memory"]["ru_maxrss_mb"] == 3900
-    assert rec["memory"]["sample_interval_s"] == 0.05
-
-
-def test_sampling_interval_by_device_unless_configured():
-    # GPU: NVML is the only per-process view, sampled densely; CPU: the kernel's VmHWM gives the
-    # peak and samples only draw the timeline (docs/results/sampler-overhead-cpu.json)
-    assert profiler.default_interval_s("cuda") == 0.01
-    assert profiler.default_interval_s("cpu") == 0.05
-    assert profiler.default_interval_s("cpu", 20) == 0.02 and profiler.default_interval_s("cuda", 5) == 0.005
-
-
-def test_in_process_profiler_resets_the_kernel_peak():
-    big = bytearray(64 * MB)
-    for i in range(0, len(big), 4096):
-        big[i] = 1
-    del big  # this process's high-water mark is now at least 64 MB above its RSS
-    before = profiler.vmhwm_mb()
-    prof = MemoryProfiler(torch.device("cpu"), sample=True)
-    mem = prof.result()
-    if mem["hwm_mb"] is None or before is None:
-        pytest.skip("no /proc/self/clear_refs here")
-    assert mem["hwm_mb"] < before - 32  # the earlier peak does not count
-    assert mem["peak_mb"] == max(mem["rss_peak_mb"], mem["hwm_mb"])
-
-
-def test_parent_merges_nvml_peaks_and_falls_back_when_the_child_died_early(nv):
-    runner = types.SimpleNamespace(device=torch.device("cuda", 0), nvml=Nvml(nv), sample=True, interval=0.01)
-    sampler = types.SimpleNamespace(peak={"rss_mb": 900.0, "process_mb": 6400.0, "device_mb": 7400.0}.get)
-    rec = {"memory": {"peak_mb": 6300.0, "source": "cuda", "reserved_peak_mb": 6000.0, "context_mb": 300.0}}
-    IsolatedRunner._merge_memory(runner, rec, sampler, {"ru_maxrss_mb": 950.0, "hwm_mb": 880.0}, 960.0)
-    mem = rec["memory"]
-    assert mem["peak_mb"] == 6300 and mem["source"] == "cuda"  # headline: reserved peak + context
-    assert mem["nvml_process_peak_mb"] == 6400 and mem["nvml_device_peak_mb"] == 7400
-    assert mem["rss_peak_mb"] == 900 and mem["ru_maxrss_mb"] == 960 and mem["hwm_mb"] == 880
-    crashed = {"memory": None}
-    IsolatedRunner._merge_memory(runner, crashed, sampler, {}, None)
-    assert crashed["memory"]["peak_mb"] == 6400 and crashed["memory"]["source"] == "nvml-process"

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from benchmark.runner import method_config, run_benchmark
@@ -22,16 +23,42 @@ def trainer_for(name="fft", cache_dir=None, **train):
     return Trainer(model, prep.split, prep.data.n_items, cfg.train, cfg.eval, CPU, seed=1, progress=False), prep
 
 
-def test_epoch_batches_are_the_shuffled_rows_with_their_distinct_items():
+def test_epoch_batches_are_the_shuffled_rows_with_their_distinct_items_bucketed():
     trainer, prep = trainer_for(batch_size=16)
     order = torch.randperm(prep.split.train.size(0), generator=torch.Generator().manual_seed(3))
     batches = trainer._epoch_batches(order, 3)
     assert len(batches) == 3
-    for step, (ids, uniq, inverse) in enumerate(batches):
+    for step, b in enumerate(batches):
         want = prep.split.train[order[step * 16:(step + 1) * 16]]
-        assert torch.equal(ids, want)
-        assert torch.equal(uniq, torch.unique(want))  # sorted, distinct, padding 0 included once
-        assert torch.equal(uniq[inverse], want.reshape(-1))
+        distinct = torch.unique(want)  # sorted, padding 0 included once
+        assert torch.equal(b.ids, want) and torch.equal(b.host_uniq, b.uniq)
+        assert b.uniq.numel() % 64 == 0 and b.uniq.numel() - distinct.numel() < 64  # the next multiple of 64
+        assert torch.equal(b.uniq[:distinct.numel()], distinct) and not b.uniq[distinct.numel():].any()
+        assert torch.equal(b.uniq[b.inverse], want.reshape(-1))
+    unbucketed, _ = trainer_for(batch_size=16, item_bucket=1)
+    assert torch.equal(unbucketed._epoch_batches(order, 1)[0].uniq, torch.unique(prep.split.train[order[:16]]))
+
+
+@pytest.mark.parametrize("name", ["fft", "iisan", "iisan-cached"])
+def test_bucket_padding_never_changes_the_loss_or_its_gradients(name, tmp_path):
+    trainer, prep = trainer_for(name, tmp_path, batch_size=16, dropout=0.0)
+    trainer.model.eval()  # no dropout anywhere: the two passes must agree
+    order = torch.randperm(prep.split.train.size(0), generator=torch.Generator().manual_seed(4))
+    padded = trainer._epoch_batches(order, 1)[0]
+    uniq, inverse = torch.unique(padded.ids.reshape(-1), return_inverse=True)
+    assert padded.uniq.numel() > uniq.numel()  # there is padding to test
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    def loss_and_grads(distinct):
+        trainer.model.zero_grad(set_to_none=True)
+        loss = trainer.model.loss(padded.ids, trainer.log_pop, distinct)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    a, ga = loss_and_grads((uniq, inverse))
+    b, gb = loss_and_grads((padded.uniq, padded.inverse))
+    assert torch.isfinite(a) and torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert all(torch.allclose(x, y, rtol=1e-5, atol=1e-7) for x, y in zip(ga, gb))
 
 
 def test_loss_with_host_distinct_items_equals_the_on_device_unique():
@@ -98,37 +125,41 @@ def test_profile_steps_writes_a_trace_after_training(tmp_path):
     assert len(rec["time"]["epoch_s"]) == 1  # the traced steps are not an epoch of the result
 
 
-def test_resident_memory_counts_item_inputs_and_parameters():
+def test_resident_memory_counts_item_inputs_and_parameters_but_not_the_host_image_table():
     from benchmark.runner import resident_mb
 
     model, encoders, prep = build(small(), "fft")
     d = prep.data
     nbytes = lambda t: t.numel() * t.element_size()  # noqa: E731
     r = resident_mb(model)
-    # an uncached tower's buffers: item token ids, masks and uint8 images, plus the encoders' own
-    # (BERT's position and token-type id rows: 2 x 64 int64 in the tiny preset)
+    # an uncached tower's buffers: item token ids and masks, plus the encoders' own (BERT's position
+    # and token-type id rows: 2 x 64 int64 in the tiny preset); the uint8 images stay on the host
     own = sum(nbytes(b) for enc in encoders if enc is not None for b in enc.buffers())
     assert own == 2 * 64 * 8
-    assert r["buffers_mb"] == (nbytes(d.tokens) + nbytes(d.attention_mask) + nbytes(d.images) + own) / 2**20
+    assert r["buffers_mb"] == (nbytes(d.tokens) + nbytes(d.attention_mask) + own) / 2**20
     assert d.images.dtype == torch.uint8 and d.images.shape[1:] == (3, 32, 32)
     assert r["params_mb"] == sum(nbytes(p) for p in model.parameters()) / 2**20
+    inputs = model.item_tower.inputs
+    assert inputs.images is d.images and all(b is not d.images for b in model.buffers())
+    model.to("meta")  # a device move takes parameters and buffers along, never the image table
+    assert inputs.images.device.type == "cpu" and inputs.tokens.is_meta
 
 
 def test_compiled_loss_equals_eager_and_is_compiled_before_the_clock(tmp_path):
     """torch.compile (inductor on CPU here; CUDA graphs with reduce-overhead on a GPU) must give the
     eager loss, on padded distinct-item batches, and compile outside the timed epoch."""
     eager, prep = trainer_for("iisan-cached", tmp_path, dropout=0.0, batch_size=16, compile="off")
-    compiled, _ = trainer_for("iisan-cached", tmp_path, dropout=0.0, batch_size=16, compile="default")
+    compiled, _ = trainer_for("iisan-cached", tmp_path, dropout=0.0, batch_size=16, compile="default",
+                              max_steps_per_epoch=2)
     compiled.model.load_state_dict(eager.model.state_dict())
     out = TrainOutcome()
-    compiled.compile_warmup(out)
-    assert out.compile_s > 0
+    compiled.compile_warmup(out, epochs=1)
+    assert out.compile_s > 0 and out.compiled_shapes == len(compiled.step_shapes(1)) >= 1
     order = torch.randperm(prep.split.train.size(0), generator=torch.Generator().manual_seed(5))
-    for (ids, uniq, inv), (ids_c, uniq_c, inv_c) in zip(eager._epoch_batches(order, 2), compiled._epoch_batches(order, 2)):
-        assert torch.equal(ids, ids_c) and torch.equal(inv, inv_c)
-        assert uniq_c.numel() % 64 == 0 and torch.equal(uniq_c[:uniq.numel()], uniq) and not uniq_c[uniq.numel():].any()
-        a = eager.loss_fn(ids, eager.log_pop, (uniq, inv))
-        b = compiled.loss_fn(ids_c, compiled.log_pop, (uniq_c, inv_c))
+    for e, c in zip(eager._epoch_batches(order, 2), compiled._epoch_batches(order, 2)):
+        assert torch.equal(e.ids, c.ids) and torch.equal(e.inverse, c.inverse) and torch.equal(e.uniq, c.uniq)
+        a = eager.loss_fn(e.ids, eager.log_pop, (e.uniq, e.inverse))
+        b = compiled.loss_fn(c.ids, compiled.log_pop, (c.uniq, c.inverse))
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), (float(a), float(b))
     # the warm-up left the weights as they were (no optimizer step)
     for (n, p), q in zip(compiled.model.state_dict().items(), eager.model.state_dict().values()):

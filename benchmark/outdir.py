@@ -1,0 +1,93 @@
+"""One out folder, one comparison: a results folder holds runs that can be compared.
+
+Why: TPME is min-max normalised over the methods in a report and "best" is picked among them, so
+a report that mixes a 4-epoch sweep with 5-epoch reruns, or two datasets, ranks incomparable
+numbers. Before anything runs, the settings that make runs comparable (dataset, backbone,
+training, evaluation, epochs, seed, device) are compared with those of every record already in
+``OUT/results.jsonl``. A difference stops the run with one line naming the keys, unless
+``--force``, which removes the incomparable records and runs anew.
+
+What may differ: the methods and their own options, repeats, isolation, the sampler interval,
+the out folder and the TPME weights (the report reads those). Under ``train.paper_protocol`` each
+method trains at its paper batch size, so ``train.batch_size`` is not compared there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import BenchError
+from .results import atomic_write
+
+IGNORED_RUN_KEYS = ("methods", "out", "repeats", "isolate", "sample_interval_ms", "device")
+COMPARED_SECTIONS = ("data", "backbone", "train", "eval")
+
+
+def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def comparable_settings(resolved: dict[str, Any], device: str | None) -> dict[str, Any]:
+    """The flattened settings two runs must share to sit in one report."""
+    out: dict[str, Any] = {}
+    for section in COMPARED_SECTIONS:
+        out.update(_flat(resolved.get(section) or {}, section))
+    out.update({f"run.{k}": v for k, v in (resolved.get("run") or {}).items() if k not in IGNORED_RUN_KEYS})
+    if out.get("train.paper_protocol"):
+        out.pop("train.batch_size", None)
+    out["device"] = device
+    return out
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key (old there, new now)`` for every key whose value differs."""
+    keys = sorted(set(old) | set(new))
+    return [f"{k} ({json.dumps(old.get(k))} there, {json.dumps(new.get(k))} now)" for k in keys
+            if old.get(k) != new.get(k)]
+
+
+def _record_settings(rec: dict[str, Any]) -> dict[str, Any] | None:
+    resolved = (rec.get("config") or {}).get("resolved")
+    if not isinstance(resolved, dict):
+        return None
+    return comparable_settings(resolved, (rec.get("env") or {}).get("device"))
+
+
+def check_comparable(results: Path, current: dict[str, Any], force: bool, echo=print) -> None:
+    """Stop (or, with ``force``, clear the way) when ``results`` holds runs with other settings."""
+    if not results.exists():
+        return
+    lines = results.read_text(encoding="utf-8", errors="replace").splitlines()
+    keep, dropped, diffs = [], 0, None
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            raise BenchError(f"{results}:{i}: malformed JSON; fix or remove that line, or use another --out") from None
+        settings = _record_settings(rec) if isinstance(rec, dict) else None
+        diff = differences(settings, current) if settings is not None else ["config.resolved (missing)"]
+        if diff:
+            diffs = diffs or (diff, rec.get("method") if isinstance(rec, dict) else "?", i)
+            dropped += 1
+        else:
+            keep.append(line)
+    if not dropped:
+        return
+    diff, method, line_no = diffs
+    if not force:
+        raise BenchError(f"{results}:{line_no}: earlier runs ({method}) used other settings: {'; '.join(diff[:4])}"
+                         f"{f' (+{len(diff) - 4} more)' if len(diff) > 4 else ''}; "
+                         "use another --out, or --force to replace them")
+    atomic_write(results, "".join(f"{ln}\n" for ln in keep))
+    echo(f"--force: removed {dropped} run(s) with other settings from {results} ({'; '.join(diff[:2])})")

@@ -1,0 +1,238 @@
+"""The one typed run record: what a (method, repeat) cost and scored, built in one place.
+
+Why typed: the record crosses a process boundary (isolated child -> parent) and is read back by a
+reporter that must never import this package, so its shape is declared once here, serialised with
+``to_dict()`` / ``from_dict()`` and versioned (``schema_version``). Free-form context (dataset
+summary, environment, resolved config, metrics, FLOPs) stays a plain dict; what the efficiency
+table is made of (time, memory per phase, params, energy, one-off cache costs) is typed.
+
+``docs/results-schema.md`` describes every field. Schema 1 records (before phases) have no
+``schema_version``: their ``memory.peak_mb`` spans the whole run, evaluation included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import traceback as tb
+import types
+from dataclasses import dataclass, field
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+SCHEMA_VERSION = 2
+# The phases a run passes through, in order. ``cache_build`` only where a method builds a cache;
+# ``trace`` only with [train] profile_steps. The headline memory is the ``train`` phase.
+PHASES = ("setup", "cache_build", "train", "eval", "trace")
+HEADLINE_PHASE = "train"
+TRANSIENT = {"transient": True}  # never serialised: runner-only state (traceback, timeline)
+
+
+@dataclass
+class Params:
+    trainable: int
+    total: int
+
+
+@dataclass
+class Timing:
+    """Seconds. ``epoch_s`` covers training steps only; evaluation and one-off costs are apart."""
+
+    epoch_s: list[float] = field(default_factory=list)
+    epoch_s_median: float | None = None
+    steps_per_epoch: int | None = None
+    samples_per_s: float | None = None
+    step_p50_s: float | None = None
+    step_p90_s: float | None = None
+    warmup_s: float | None = None
+    compile_s: float | None = None  # compiling (and capturing) every step shape, before the clock
+    compiled_shapes: int | None = None
+    eval_s: float | None = None
+    eval_item_table_s: float | None = None
+    eval_rank_s: float | None = None
+    setup_s: float | None = None  # model build, one-off costs (cache build) excluded
+    cache_build_s: float | None = None
+    cache_load_s: float | None = None
+
+
+@dataclass
+class PhaseMemory:
+    """Peaks of one phase (MB), each reset at the phase's edges; ``peak_mb`` is its headline."""
+
+    peak_mb: float | None = None  # cuda: reserved + context at the phase's end; cpu: RSS peak
+    allocated_peak_mb: float | None = None  # caching allocator: tensors
+    reserved_peak_mb: float | None = None  # caching allocator: segments held
+    context_mb: float | None = None  # CUDA context measured when the phase ended
+    nvml_process_peak_mb: float | None = None  # sampled from outside, phase-tagged
+    rss_peak_mb: float | None = None  # max(sampled RSS, the kernel's VmHWM reset at the phase start)
+    seconds: float = 0.0
+
+
+@dataclass
+class Check:
+    """A cross-check between two memory readings of one phase (kept when it fails, too)."""
+
+    phase: str
+    check: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Memory:
+    peak_mb: float | None = None  # the headline: the train phase's peak (what the card must hold to train)
+    source: str | None = None  # cuda | cuda-reserved | nvml-process | nvml-device | cpu-rss
+    phase: str | None = None  # which phase the headline comes from
+    phases: dict[str, PhaseMemory] = field(default_factory=dict)
+    context_mb: float | None = None  # CUDA context when CUDA started
+    context_end_mb: float | None = None  # ... and when training ended (lazy modules, cuBLAS/cuDNN workspaces)
+    context_source: str | None = None
+    nvml_process_peak_mb: float | None = None  # whole run
+    nvml_device_peak_mb: float | None = None
+    rss_peak_mb: float | None = None
+    hwm_mb: float | None = None
+    ru_maxrss_mb: float | None = None
+    alloc_conf: str | None = None  # PYTORCH_CUDA_ALLOC_CONF the run trained under
+    checks: list[Check] = field(default_factory=list)
+    samples_csv: str | None = None
+    samples_source: str | None = None
+    sample_interval_s: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def violations(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+
+@dataclass
+class Energy:
+    epoch_j: float | None = None
+    per_epoch_j: list[float] | None = None
+
+
+@dataclass
+class CacheCost:
+    """One-off cost of a method's cache (iisan-cached): paid once per dataset and weights."""
+
+    status: str  # built | loaded
+    reason: str
+    build_s: float  # 0 when loaded; its peak memory is memory.phases["cache_build"]
+    load_s: float
+    batch_size: int | None = None  # items encoded at once while building
+    path: str | None = None
+
+
+@dataclass
+class Timeline:
+    """Memory samples and phase marks of one run (written to memory/<run>.csv, never to JSON)."""
+
+    t0: float
+    marks: list[tuple[float, str]]
+    samples: list[Any]
+
+
+@dataclass
+class RunRecord:
+    method: str
+    description: str = ""
+    status: str = "ok"  # ok | oom | failed
+    error: str | None = None
+    repeat: int = 0
+    config_hash: str | None = None
+    seed: int | None = None
+    timestamp: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    data: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    backbone: dict[str, Any] | None = None
+    params: Params | None = None
+    resident: dict[str, float] | None = None
+    time: Timing | None = None
+    memory: Memory | None = None
+    energy: Energy = field(default_factory=Energy)
+    cache: CacheCost | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    flops: dict[str, Any] | None = None
+    trace: dict[str, Any] | None = None
+    isolation: dict[str, Any] | None = None
+    log: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    traceback: str | None = field(default=None, metadata=TRANSIENT)
+    timeline: Timeline | None = field(default=None, metadata=TRANSIENT)
+
+    def fail(self, exc: BaseException, trace: str | None = None) -> "RunRecord":
+        """The one place an exception becomes a result: ``oom`` (the peak reached is still
+        recorded) or ``failed``, with the exception's last line and the traceback for the log."""
+        self.status, self.error = classify(exc)
+        self.traceback = trace if trace is not None else "".join(tb.format_exception(exc))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunRecord":
+        return _from_plain(cls, d)
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """(status, error) of a run that raised ``exc``: ``oom`` for out-of-memory, else ``failed``."""
+    oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+    return ("oom" if oom else "failed"), last_line(exc)
+
+
+def last_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".strip()
+
+
+def finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.metadata.get("transient")}
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _strip_optional(tp: Any) -> Any:
+    """``X | None`` -> ``X``."""
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    """A plain JSON value as the annotated type: dataclasses, and dicts/lists of them, rebuilt."""
+    tp = _strip_optional(tp)
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return _from_plain(tp, value)
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is dict and dataclasses.is_dataclass(args[1]) and isinstance(value, dict):
+        return {k: _from_plain(args[1], v) for k, v in value.items()}
+    if origin is list and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
+        return [_from_plain(args[0], v) for v in value]
+    if origin is list and args and get_origin(args[0]) is tuple and isinstance(value, list):
+        return [tuple(v) for v in value]
+    return value
+
+
+def _from_plain(cls: type, d: dict[str, Any]) -> Any:
+    """Build ``cls`` from a plain dict; keys this version does not know are ignored (newer records)."""
+    hints = get_type_hints(cls)
+    kwargs = {f.name: _convert(hints[f.name], d[f.name]) for f in dataclasses.fields(cls)
+              if f.name in d and not f.metadata.get("transient")}
+    return cls(**kwargs)

@@ -1,0 +1,8 @@
+"""Small helpers every layer may use (nothing here imports the rest of the package)."""
+
+from __future__ import annotations
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a method name ('peft:ia3' -> 'peft_ia3')."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,0 +1,126 @@
+"""The GPU speed paths (#12), tested for their logic on CPU: the allocator setting a child gets,
+the attention-kernel choice and its context, compile/capture of every step shape before the clock
+(and the clean CPU fallback), frozen encoders in the compute dtype, the memory-mapped payload."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmark import isolation, kernels
+from benchmark.config import load_config
+from benchmark.runner import prepare, resolve_runtime
+from benchmark.trainer import TrainOutcome
+from methods.registry import get_method_for
+from tests.test_methods import build, small
+from tests.test_trainer import trainer_for
+
+CPU = torch.device("cpu")
+
+
+def test_children_train_with_expandable_segments_unless_the_user_chose(monkeypatch, tmp_path):
+    assert isolation.alloc_env({}) == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    assert isolation.alloc_env({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}) == {}
+    assert isolation.alloc_env({"PYTORCH_ALLOC_CONF": "expandable_segments:False"}) == {}
+    seen = {}
+    monkeypatch.setattr(subprocess, "Popen", lambda args, env, **kw: seen.update(env) or types.SimpleNamespace())
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    isolation.IsolatedRunner._spawn(types.SimpleNamespace(), tmp_path / "spec.json", [])
+    assert seen["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "garbage_collection_threshold:0.6")
+    isolation.IsolatedRunner._spawn(types.SimpleNamespace(), tmp_path / "spec.json", [])
+    assert seen["PYTORCH_CUDA_ALLOC_CONF"] == "garbage_collection_threshold:0.6"
+
+
+def test_the_attention_kernel_context_restricts_sdpa():
+    q = torch.randn(2, 2, 8, 16)
+    with kernels.sdpa_context("math"):
+        assert torch.allclose(F.scaled_dot_product_attention(q, q, q),
+                              torch.softmax(q @ q.transpose(-1, -2) / 4, -1) @ q, atol=1e-6)
+    with kernels.sdpa_context("cudnn"), pytest.raises(RuntimeError):
+        F.scaled_dot_product_attention(q, q, q)  # no cuDNN attention on CPU: the context is in force
+    shapes = [kernels.AttnShape(2, 8, 16)]
+    assert kernels._time_backend("cudnn", shapes, [4], CPU, torch.float32, 1) is None
+    assert kernels._time_backend("math", shapes, [4], CPU, torch.float32, 1) > 0
+
+
+def test_sdpa_backend_is_chosen_on_a_gpu_only_and_recorded():
+    auto = kernels.choose_sdpa_backend("auto", CPU, torch.float32, [kernels.AttnShape(2, 8, 16)], 64, 200)
+    assert (auto.backend, auto.chosen_by) == ("default", "auto-fallback")
+    named = kernels.choose_sdpa_backend("math", torch.device("cuda"), torch.bfloat16, [], 64, 200)
+    assert (named.backend, named.chosen_by) == ("math", "config")
+
+
+def test_auto_compile_is_the_methods_choice_on_a_gpu_and_off_on_cpu(tmp_path):
+    cfg = small(tmp_path)
+    prep = prepare(cfg)
+    cuda = torch.device("cuda")  # resolving needs no GPU: the attention backend is named, not measured
+    t = dataclasses.replace(cfg.train, sdpa_backend="default")
+    for name, gpu_mode in (("iisan-cached", "reduce-overhead"), ("fft", "off"), ("iisan", "off")):
+        _, (text, vision), _ = build(cfg, name)
+        backbones = types.SimpleNamespace(text=text, vision=vision)
+        cls = get_method_for(name, cfg)
+        assert resolve_runtime(t, cls, backbones, prep, cuda)[0].compile == gpu_mode, name
+        assert resolve_runtime(t, cls, backbones, prep, CPU)[0].compile == "off", name
+    forced = dataclasses.replace(t, compile="default")
+    assert resolve_runtime(forced, get_method_for("fft", cfg), backbones, prep, CPU)[0].compile == "default"
+
+
+def test_every_step_shape_is_compiled_before_the_clock_and_the_random_state_kept(tmp_path):
+    trainer, _ = trainer_for("iisan-cached", tmp_path, batch_size=16, compile="default", max_steps_per_epoch=6)
+    calls = []
+    eager = trainer.model.loss
+
+    def counting(ids, log_pop, distinct):
+        calls.append((ids.size(0), distinct[0].numel()))
+        return eager(ids, log_pop, distinct)
+
+    trainer.loss_fn = counting  # stands in for the compiled function: what matters is what it sees
+    shapes = trainer.step_shapes(3)
+    rng = torch.get_rng_state()
+    out = TrainOutcome()
+    trainer.compile_warmup(out, epochs=3)
+    assert sorted(calls) == sorted(shapes) and len(calls) == len(set(calls)) == out.compiled_shapes
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout draws of the warm-up are undone
+    steps = [(b.ids.size(0), b.uniq.numel()) for e in (1, 2, 3)
+             for b in trainer._epoch_batches(trainer._order(e), trainer.n_steps())]
+    assert set(steps) == set(shapes)  # no step of the three epochs meets an uncompiled shape
+    off, _ = trainer_for("iisan-cached", tmp_path, batch_size=16, compile="off")
+    off.compile_warmup(out2 := TrainOutcome(), epochs=3)
+    assert out2.compile_s == 0 and out2.compiled_shapes == 0
+
+
+def test_decoupled_methods_hold_frozen_encoders_in_the_compute_dtype(tmp_path):
+    cfg = load_config(None, {"data": {"synthetic": {"users": 64, "items": 40}},
+                             "train": {"precision": "bf16"},
+                             "methods": {"iisan-cached": {"cache_dir": str(tmp_path), "cache_dtype": "fp32"}}})
+    live, encoders, prep = build(cfg, "iisan")
+    assert all(p.dtype == torch.bfloat16 for enc in encoders for p in enc.parameters())
+    assert all(p.dtype == torch.float32 for p in live.item_tower.side.parameters())  # what trains stays fp32
+    ids = torch.arange(1, 41)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = live.loss(prep.split.train[:8], torch.zeros(prep.data.n_items + 1))
+        states = live.item_tower.source(ids)
+    assert torch.isfinite(loss) and states[0].dtype == torch.bfloat16
+    cached, _, _ = build(cfg, "iisan-cached")  # its cache is computed by bf16 encoders too
+    text, image = cached.item_tower.source(ids)
+    assert torch.equal(text, states[0].float()) and torch.equal(image, states[1].float())
+    _, fft_encoders, _ = build(cfg, "fft")  # weights that train keep fp32
+    assert all(p.dtype == torch.float32 for enc in fft_encoders for p in enc.parameters())
+
+
+def test_a_child_memory_maps_the_payload(tmp_path):
+    cfg = small()
+    prep = prepare(cfg)
+    path = tmp_path / "payload.pt"
+    isolation.save_payload(path, cfg, prep)
+    cfg2, prep2 = isolation.load_payload(path)
+    with open("/proc/self/maps") as fh:
+        assert str(path) in fh.read()  # mapped, not read into private memory
+    assert torch.equal(prep2.data.images, prep.data.images) and cfg2 == cfg

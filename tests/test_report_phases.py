@@ -1,0 +1,71 @@
+"""Reporter on phase-resolved records (#11): the training peak as the headline, evaluation and the
+one-off cache build in their own columns, one unit per column, failed cross-checks shown, the
+training budget in the header, old (schema 1) records still read and labelled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reports import ReportError, build_report
+from test_reports import record, write  # tests/ is on sys.path
+
+
+def phased(method: str, time_s: float, train_mb: float, eval_mb: float, **cache) -> dict:
+    r = record(method, time_s, 1_000_000, train_mb)
+    r["schema_version"] = 2
+    r["memory"].update(source="cuda", phase="train", phases={
+        "setup": {"peak_mb": 900.0}, "train": {"peak_mb": train_mb}, "eval": {"peak_mb": eval_mb}})
+    r["config"]["resolved"].update(run={"epochs": 4}, train={"patience": 3})
+    r["time"]["steps_per_epoch"] = 189
+    if cache:
+        r["cache"] = {"status": cache["status"], "reason": "no cache yet", "build_s": cache.get("build_s", 0.0),
+                      "load_s": 0.1}
+        if cache["status"] == "built":
+            r["memory"]["phases"]["cache_build"] = {"peak_mb": cache["peak_mb"]}
+        r["time"]["cache_build_s"] = cache.get("build_s")
+    return r
+
+
+def test_phase_columns_one_unit_and_the_headline_line(tmp_path: Path) -> None:
+    recs = [phased("fft", 28.9, 34_000.0, 34_600.0),
+            phased("iisan", 13.5, 9_000.0, 18_800.0),
+            phased("iisan-cached", 0.6, 1_400.0, 3_100.0, status="built", build_s=22.0, peak_mb=3_900.0)]
+    md = build_report(write(tmp_path, recs)).read_text()
+    assert ("| Method | Trainable params (% of total) | Time / epoch | Peak memory (training) | Eval peak "
+            "| One-off: cache build |") in md
+    # every memory figure of the table in GB, whatever its size (the largest sets the unit)
+    assert "| `fft` | 1.00M (1.0%) | 28.9 s | 33.2 GB | 33.8 GB | — |" in md
+    assert "| `iisan-cached` | 1.00M (1.0%) | 600 ms | 1.37 GB | 3.03 GB | 22.0 s, 3.81 GB peak |" in md
+    assert "Peak memory is the **training** phase's peak" in md
+    assert "- **Training:** up to 4 epochs, early stopping after 3 epochs without a better validation metric; " \
+           "189 steps per epoch" in md
+    # TPME uses the training peak: iisan-cached's larger evaluation and build do not count
+    assert "| `iisan-cached` | 1.00M (1.0%) | 600 ms | 1.37 GB | 3.03 GB | 22.0 s, 3.81 GB peak | **0.000** |" in md
+
+
+def test_a_loaded_cache_says_so_and_failed_checks_are_listed(tmp_path: Path) -> None:
+    cached = phased("iisan-cached", 0.6, 1_400.0, 3_100.0, status="loaded")
+    fft = phased("fft", 28.9, 34_000.0, 34_600.0)
+    fft["memory"]["checks"] = [{"phase": "train", "check": "nvml_process <= reserved + context", "ok": False,
+                                "detail": "NVML process 34296 MB, reserved 33400 + context 600 = 34000 MB"},
+                               {"phase": "train", "check": "allocated <= nvml_process", "ok": True, "detail": "x"}]
+    md = build_report(write(tmp_path, [fft, cached])).read_text()
+    assert "| loaded (built earlier) |" in md
+    assert "**Memory cross-checks failed**" in md
+    assert "- `fft` repeat 0, train: nvml_process <= reserved + context (NVML process 34296 MB" in md
+    assert md.count("allocated <= nvml_process (") == 0  # passed checks are not listed
+
+
+def test_schema_1_records_are_read_and_labelled_whole_run(tmp_path: Path) -> None:
+    md = build_report(write(tmp_path, [record("fft", 10.0), record("lora", 6.0)])).read_text()
+    assert "| Peak memory |" in md and "Eval peak" not in md
+    assert "spans the **whole run**, evaluation included, for records written before phases" in md
+
+
+def test_a_record_from_a_newer_schema_is_refused_with_its_line(tmp_path: Path) -> None:
+    newer = record("fft")
+    newer["schema_version"] = 99
+    with pytest.raises(ReportError, match=r"results.jsonl:2: schema_version 99 is newer than this reporter"):
+        build_report(write(tmp_path, [record("lora"), newer]))

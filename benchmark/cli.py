@@ -131,6 +131,28 @@ def cache(config_path: str | None, rebuild: bool, **flags: Any) -> None:
 
 
 @cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: embedded bench.toml).")
+@click.option("--dataset", help="'synthetic' or a folder in IISAN's TSV format.")
+@click.option("--backbone", help="Backbone preset: tiny, minilm or base.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]))
+@click.option("--images", type=click.Choice(["real", "synthetic", "none"]))
+@click.option("--out", help="Folder for floors.json (default: the config's run.out).")
+@click.option("--steps", type=int, default=10, show_default=True, help="Timed steps per floor (after 3 warm-up steps).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key.")
+def floors(config_path: str | None, steps: int, sets: tuple[str, ...], **flags: Any) -> None:
+    """Time the plain-PyTorch floor of the run's work (FFT step, frozen forward, cached side-network
+    step) on this machine, for the config's shapes; the report shows each method against it."""
+    from pathlib import Path
+
+    from .config import load_config, merge, parse_sets
+    from .floors import floors_command
+
+    cfg = load_config(config_path, merge(parse_sets(sets), _overrides(**flags)))
+    click.echo(f"floors: {floors_command(cfg, Path(cfg.run.out), steps)}")
+
+
+@cli.command()
 @click.argument("out_dir", type=click.Path(file_okay=False))
 def report(out_dir: str) -> None:
     """(Re)build OUT_DIR/report.md, summary.csv and plots from OUT_DIR/results.jsonl."""

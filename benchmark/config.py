@@ -32,6 +32,7 @@ class RunConfig:
     repeats: int = 1
     isolate: bool = True
     sample_interval_ms: float = 0.0  # 0 = by device: 10 ms on GPU, 50 ms on CPU
+    floors: Literal["auto", "on", "off"] = "auto"  # time the plain-PyTorch floors after the sweep; auto = on a GPU
 
 
 @dataclass
@@ -122,7 +123,8 @@ class BenchConfig:
     def hash_for(self, method: str) -> str:
         """Stable hash of everything that determines one method's run (resume key)."""
         d = self.to_dict()
-        d["run"] = {k: v for k, v in d["run"].items() if k not in ("methods", "out", "repeats", "sample_interval_ms")}
+        d["run"] = {k: v for k, v in d["run"].items()
+                    if k not in ("methods", "out", "repeats", "sample_interval_ms", "floors")}
         d["methods"] = {method: d["methods"].get(method, {})}
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -10,29 +10,27 @@ How:
   to ``OUT/.isolate-*/payload.pt`` (``torch.save``; deleted at the end). Each child memory-maps it
   (``torch.load(mmap=True)``: pages are read when touched and shared through the page cache, so a
   2.9 GB image table costs a child milliseconds, not a 15-21 s read)  (no re-tokenising, no tokenizer) — the overhead is recorded per run in ``isolation``.
-* The child is ``python -m benchmark.child SPEC`` (``subprocess``, not ``multiprocessing``: a clean
-  interpreter, environment set before torch is imported, a pid the parent can watch, and an exit
-  code that says how it died). It imports the modules that registered the selected methods (the
+* The child is forked from a warm zygote that imported torch, transformers and peft once (Linux;
+  elsewhere a fresh ``python -m benchmark.child SPEC``; see ``benchmark.launch``): a fresh process
+  with the environment set before torch sees CUDA, a pid the parent can watch, and an exit code
+  that says how it died. It imports the modules that registered the selected methods (the
   class's module, plus ``IISAN_BENCH_IMPORTS``, with the parent's ``sys.path``), runs
   ``runner.run_method`` and writes its record as JSON to a file the parent reads.
-* While it runs the parent samples it (RSS via psutil; NVML per-process and device memory once the
-  child announces its GPU's UUID), tees its stderr (progress bars stay visible; the tail is kept
-  for the log of a child that dies), and reaps it with ``os.wait4`` for the OS's own peak RSS of
-  that child even when it was killed. A child that dies without a record becomes status
+* While it runs the parent samples it (RSS; NVML per-process and device memory once the child
+  announces its GPU's UUID), tees its stderr file (progress bars stay visible; the tail is kept
+  for the log of a child that dies), and learns its exit status and ``wait4`` peak RSS even when
+  it was killed. A child that dies without a record becomes status
   ``failed`` with its exit code.
 """
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,46 +39,13 @@ import torch
 
 from .config import BenchConfig
 from .errors import BenchError
+from .launch import ENV_IMPORTS, STDERR_TAIL, FileTee, child_env, launcher
 from .nvml import Nvml
 from .phases import apply_samples, settle
 from .profiler import MB, SAMPLE_INTERVAL_S, ProcessSampler, warn
 from .record import Memory, RunRecord, Timeline
 from .util import safe_name
 
-ENV_IMPORTS = "IISAN_BENCH_IMPORTS"  # comma list of modules a child imports first (e.g. test methods)
-STDERR_TAIL = 64 * 1024
-
-
-class StderrTee(threading.Thread):
-    """Copies a child's stderr to ours as it comes and keeps its last ``STDERR_TAIL`` bytes."""
-
-    def __init__(self, pipe, sink=None):
-        super().__init__(daemon=True, name="stderr-tee")
-        self.pipe, self.sink = pipe, sink
-        self.tail = bytearray()
-
-    def run(self) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        fd = self.pipe.fileno()
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            self.tail += chunk
-            del self.tail[:-STDERR_TAIL]
-            sink = self.sink or sys.stderr
-            try:
-                sink.write(decoder.decode(chunk))
-                sink.flush()
-            except (OSError, ValueError):
-                pass
-        self.pipe.close()
-
-    def text(self) -> str:
-        return bytes(self.tail).decode("utf-8", "replace")
 
 
 class ReadyHandle:
@@ -112,22 +77,6 @@ def exit_reason(rc: int) -> str:
         hint = " (the OS out-of-memory killer?)" if -rc == signal.SIGKILL else ""
         return f"child process killed by {name}{hint} (exit code {rc})"
     return f"child process exited with code {rc} without a result"
-
-
-ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"
-ALLOC_DEFAULT = "expandable_segments:True"
-
-
-def alloc_env(env: dict[str, str]) -> dict[str, str]:
-    """The caching allocator's settings for a child: ``expandable_segments`` unless the user chose.
-
-    Why: with fixed-size segments the allocator kept 65.6 GB reserved for FFT's 33.4 GB allocated
-    on an H100 (fragmentation from a different item count every step); expandable segments held
-    33.9 GB. The setting a run trained under is in its record (``memory.alloc_conf``).
-    """
-    if env.get(ALLOC_ENV) or env.get("PYTORCH_ALLOC_CONF"):
-        return {}
-    return {ALLOC_ENV: ALLOC_DEFAULT}
 
 
 def save_payload(path: Path, cfg: BenchConfig, prep) -> None:
@@ -179,34 +128,16 @@ class IsolatedRunner:
         self.payload_save_s = time.perf_counter() - t0
         self.payload_mb = self.payload.stat().st_size / MB
         self.nvml = Nvml.open() if device.type == "cuda" else None
-        echo(f"isolation: dataset payload {self.payload_mb:.1f} MB written once in {self.payload_save_s:.2f}s")
+        self.launcher = launcher(child_env())
+        echo(f"isolation: dataset payload {self.payload_mb:.1f} MB written once in {self.payload_save_s:.2f}s; "
+             f"{type(self.launcher).__name__} ready in {self.launcher.start_s:.1f}s")
 
     def close(self) -> None:
+        self.launcher.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
         if self.nvml is not None:
             self.nvml.close()
             self.nvml = None
-
-    def _spawn(self, spec_path: Path, imports: list[str]) -> subprocess.Popen:
-        env = dict(os.environ)
-        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # device indices as NVML and nvidia-smi count them
-        env[ENV_IMPORTS] = ",".join(imports)
-        env["PYTHONFAULTHANDLER"] = "1"  # a segfault leaves a Python traceback in the log
-        env["IISAN_BENCH_PARENT_PID"] = str(os.getpid())  # the child dies with us (child.die_with_parent)
-        env.update(alloc_env(env))
-        return subprocess.Popen([sys.executable, "-m", "benchmark.child", str(spec_path)], env=env,
-                                stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    @staticmethod
-    def _reap(proc: subprocess.Popen) -> tuple[int, float | None]:
-        """Wait for the child; its exit code and the OS's peak RSS for it (MB), even if it was killed."""
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except ChildProcessError:  # already reaped elsewhere
-            return proc.wait(), None
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        peak = usage.ru_maxrss / MB if sys.platform == "darwin" else usage.ru_maxrss / 1024
-        return proc.returncode, peak
 
     def run(self, name: str, repeat: int) -> RunRecord:
         run_dir = Path(tempfile.mkdtemp(prefix=f"{safe_name(name)}-{repeat}-", dir=self.tmp))
@@ -216,27 +147,23 @@ class IsolatedRunner:
                 "ready": str(ready_path), "sys_path": [p for p in sys.path if p]}
         spec_path = run_dir / "spec.json"
         spec_path.write_text(json.dumps(spec))
+        stderr_path = run_dir / "stderr.log"
         t_spawn = time.time()
-        proc = self._spawn(spec_path, _modules_for(name, self.cfg))
-        tee = StderrTee(proc.stderr)
+        pid = self.launcher.spawn(spec_path, _modules_for(name, self.cfg), stderr_path)
+        tee = FileTee(stderr_path)
         tee.start()
         ready = ReadyHandle(ready_path, self.nvml) if self.nvml is not None else None
-        sampler = ProcessSampler(proc.pid, self.interval, nvml=self.nvml, handle_source=ready)
+        sampler = ProcessSampler(pid, self.interval, nvml=self.nvml, handle_source=ready)
         if self.sample:
             sampler.start()
         try:
-            rc, os_peak = self._reap(proc)
+            rc, os_peak = self.launcher.wait(pid)
         except BaseException:  # Ctrl-C: take the child down with us, record nothing for it
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            self._terminate(pid)
             raise
         finally:
             sampler.stop()
-            tee.join(5)
+            tee.stop()
         wall_s = time.time() - t_spawn
         out = _read_json(result_path)
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -246,7 +173,7 @@ class IsolatedRunner:
         rec = self._record(name, repeat, rc, tee.text(), out)
         marks = [(t_spawn, "startup")] + [tuple(m) for m in child.get("marks", [])]
         self._merge_memory(rec, sampler, marks, child, os_peak)
-        rec.env.update(pid=proc.pid, parent_pid=os.getpid())
+        rec.env.update(pid=pid, parent_pid=os.getpid())
         t_ready = child.get("t_ready")
         rec.isolation = {
             "exit_code": rc, "wall_s": wall_s,
@@ -261,6 +188,20 @@ class IsolatedRunner:
         }
         rec.timeline = Timeline(t_spawn, marks, sampler.samples)
         return rec
+
+    def _terminate(self, pid: int) -> None:
+        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.time() + grace
+            while time.time() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.05)
 
     def _record(self, name: str, repeat: int, rc: int, stderr: str, out: dict[str, Any]) -> RunRecord:
         """The child's record; or, when it wrote none, one that says how it died."""

@@ -21,7 +21,7 @@ from typing import Any
 from .errors import BenchError
 from .results import atomic_write
 
-IGNORED_RUN_KEYS = ("methods", "out", "repeats", "isolate", "sample_interval_ms", "device")
+IGNORED_RUN_KEYS = ("methods", "out", "repeats", "isolate", "sample_interval_ms", "device", "floors")
 COMPARED_SECTIONS = ("data", "backbone", "train", "eval")
 
 

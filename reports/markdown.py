@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from .floors import floors_section
 from .load import CV_THRESHOLD, Results, Run
 from .paper import PAPER_SOURCE
 from .plots import Plot
@@ -176,7 +177,7 @@ def _efficiency(results: Results, tp: TpmeResult) -> list[str]:
         if show_paper(tp, [m.method for m in ok_methods(results) if m.method in tp.relative]):
             lines += [f"Paper columns: as reported by {PAPER_SOURCE}; ours are measured in one run on the "
                       "device in the header, with this report's data, backbone and batch size.", ""]
-    return lines + _eval_cost(results)
+    return lines + _eval_cost(results) + floors_section(results)
 
 
 def _eval_cost(results: Results) -> list[str]:

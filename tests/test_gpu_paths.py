@@ -5,14 +5,19 @@ the attention-kernel choice and its context, compile/capture of every step shape
 from __future__ import annotations
 
 import dataclasses
-import subprocess
+import json
+import os
+import re
+import signal
+import time
 import types
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark import isolation, kernels
+from benchmark import isolation, kernels, launch
 from benchmark.config import load_config
 from benchmark.runner import prepare, resolve_runtime
 from benchmark.trainer import TrainOutcome
@@ -21,21 +26,44 @@ from tests.test_methods import build, small
 from tests.test_trainer import trainer_for
 
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_children_train_with_expandable_segments_unless_the_user_chose(monkeypatch, tmp_path):
-    assert isolation.alloc_env({}) == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
-    assert isolation.alloc_env({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}) == {}
-    assert isolation.alloc_env({"PYTORCH_ALLOC_CONF": "expandable_segments:False"}) == {}
-    seen = {}
-    monkeypatch.setattr(subprocess, "Popen", lambda args, env, **kw: seen.update(env) or types.SimpleNamespace())
+def test_children_train_with_expandable_segments_unless_the_user_chose(monkeypatch):
+    assert launch.alloc_env({}) == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    assert launch.alloc_env({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}) == {}
+    assert launch.alloc_env({"PYTORCH_ALLOC_CONF": "expandable_segments:False"}) == {}
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
-    isolation.IsolatedRunner._spawn(types.SimpleNamespace(), tmp_path / "spec.json", [])
-    assert seen["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert launch.child_env()["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "garbage_collection_threshold:0.6")
-    isolation.IsolatedRunner._spawn(types.SimpleNamespace(), tmp_path / "spec.json", [])
-    assert seen["PYTORCH_CUDA_ALLOC_CONF"] == "garbage_collection_threshold:0.6"
+    assert launch.child_env()["PYTORCH_CUDA_ALLOC_CONF"] == "garbage_collection_threshold:0.6"
+
+
+@pytest.mark.parametrize("kind", ["ZygoteLauncher", "PopenLauncher"])
+def test_both_launchers_run_a_child_in_its_environment_and_report_how_it_ended(kind, tmp_path):
+    """The zygote forks a fresh child (no re-import) that sees the run's environment, and reports
+    its exit code, a killing signal and its peak RSS, as a fresh interpreter does."""
+    spec = tmp_path / "spec.json"
+    probe = tmp_path / "env.json"
+    spec.write_text(json.dumps({}))
+    env = launch.child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), env.get("PYTHONPATH", "")])
+    env["LAUNCH_PROBE_OUT"] = str(probe)
+    lau = getattr(launch, kind)(env)
+    try:
+        pid = lau.spawn(spec, ["launch_probe"], tmp_path / "err.log")
+        code, peak = lau.wait(pid)
+        seen = json.loads(probe.read_text())
+        assert code == 0 and (peak is None or peak > 0)
+        assert seen["pid"] == pid and seen["alloc"] == "expandable_segments:True" and seen["cuda_initialized"] is False
+        assert seen["imports"] == "launch_probe"
+        killed = lau.spawn(spec, ["launch_probe_sleep"], tmp_path / "err2.log")
+        time.sleep(0.5)
+        os.kill(killed, signal.SIGKILL)
+        assert lau.wait(killed)[0] == -signal.SIGKILL
+    finally:
+        lau.close()
 
 
 def test_the_attention_kernel_context_restricts_sdpa():
@@ -124,3 +152,25 @@ def test_a_child_memory_maps_the_payload(tmp_path):
     with open("/proc/self/maps") as fh:
         assert str(path) in fh.read()  # mapped, not read into private memory
     assert torch.equal(prep2.data.images, prep.data.images) and cfg2 == cfg
+
+
+def test_floors_time_the_same_work_and_the_report_sets_methods_against_them(tmp_path):
+    from benchmark.cli import main
+    from reports import build_report
+
+    out = tmp_path / "f"
+    cfg = ["--set", "data.synthetic.users=60", "--set", "data.synthetic.items=40", "--set", "train.batch_size=16",
+           "--set", f"methods.iisan-cached.cache_dir={json.dumps(str(tmp_path))}"]
+    main(["floors", "--out", str(out), "--steps", "1", *cfg])
+    data = json.loads((out / "floors.json").read_text())
+    assert data["items"] % 64 == 0 and data["steps_per_epoch"] == -(-60 // 16) == 4
+    for key in ("fft_step", "frozen_forward", "cached_step"):
+        floor = data["floors"][key]
+        assert floor["step_s"] > 0 and floor["epoch_s"] == pytest.approx(floor["step_s"] * 4), key
+    assert data["env"]["device"] == "cpu"
+    main(["run", "--methods", "fft,iisan-cached", "--epochs", "1", "--out", str(out), "--no-progress", *cfg])
+    md = build_report(out).read_text()
+    assert "### Distance from the plain-PyTorch floor" in md
+    section = md.split("### Distance from the plain-PyTorch floor")[1].split("\n## ")[0]
+    assert re.search(r"\| `fft` \| [^|]+ \| [^|]+ \| \d+\.\d\d× \| both encoders", section)
+    assert re.search(r"\| `iisan-cached` \| [^|]+ \| [^|]+ \| \d+\.\d\d× \| side network", section)

@@ -4,6 +4,7 @@ integrity checks, random-init determinism, and cache time kept out of setup time
 from __future__ import annotations
 
 import json
+import mmap
 import time
 import types
 
@@ -211,11 +212,12 @@ def test_cache_build_is_a_one_off_cost_with_its_own_time_and_memory_phase(tmp_pa
     held = []
 
     def slow(*args, **kwargs):
-        held.append(torch.ones(48 * 2**20 // 4))  # 48 MB alive during the build only
-        held[-1].add_(1)
+        block = mmap.mmap(-1, 48 * 2**20)  # 48 MB of fresh pages (malloc could reuse resident ones)
+        block.write(b"x" * len(block))
+        held.append(block)
         time.sleep(1.0)
         out = real(*args, **kwargs)
-        held.clear()
+        held.pop().close()
         return out
 
     monkeypatch.setattr(iisan_cache, "compute_states", slow)

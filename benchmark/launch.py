@@ -1,0 +1,263 @@
+"""Starting isolated runs: a warm zygote that forks each one, or a fresh interpreter where fork is not safe.
+
+Why a zygote: a child spent 5-7 s importing torch, transformers and peft before it could start
+(peft alone 3.5 s on 2 cores), 6 times per default sweep. The zygote (``python -m
+benchmark.launch``) imports them once and forks a child per run: the child is still a fresh
+process (no CUDA context, no allocator state, no model; the zygote never touches CUDA, which is
+what makes forking safe), but it starts in milliseconds. This is multiprocessing's
+forkserver-with-preload, with the run's exit status, signal and peak RSS (``wait4``) reported back.
+
+Both launchers give the same interface: ``spawn(spec, imports, stderr_path) -> pid`` and
+``wait(pid) -> (exit code, ru_maxrss MB)``, where a negative code is the killing signal. A child's
+stderr goes to a file (``FileTee`` shows it live and keeps its tail for the log of a crash).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ENV_IMPORTS = "IISAN_BENCH_IMPORTS"  # comma list of modules a child imports first (e.g. test methods)
+ENV_PARENT = "IISAN_BENCH_PARENT_PID"
+ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+ALLOC_DEFAULT = "expandable_segments:True"
+STDERR_TAIL = 64 * 1024
+PRELOAD = ("torch", "transformers", "peft", "benchmark.child", "benchmark.runner", "methods.registry")
+
+
+def alloc_env(env: dict[str, str]) -> dict[str, str]:
+    """The caching allocator's settings for a child: ``expandable_segments`` unless the user chose.
+
+    Why: with fixed-size segments the allocator kept 65.6 GB reserved for FFT's 33.4 GB allocated
+    on an H100 (fragmentation from a different item count every step); expandable segments held
+    33.9 GB. The setting a run trained under is in its record (``memory.alloc_conf``).
+    """
+    if env.get(ALLOC_ENV) or env.get("PYTORCH_ALLOC_CONF"):
+        return {}
+    return {ALLOC_ENV: ALLOC_DEFAULT}
+
+
+def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every isolated run starts with (set before torch sees CUDA)."""
+    env = dict(os.environ if base is None else base)
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # device indices as NVML and nvidia-smi count them
+    env["PYTHONFAULTHANDLER"] = "1"  # a segfault leaves a Python traceback in the log
+    env[ENV_PARENT] = str(os.getpid())  # children die with us (child.die_with_parent)
+    env.update(alloc_env(env))
+    return env
+
+
+class FileTee(threading.Thread):
+    """Copies a growing file (a child's stderr) to ours as it comes; keeps its last bytes."""
+
+    def __init__(self, path: Path, sink=None):
+        super().__init__(daemon=True, name="stderr-tee")
+        self.path, self.sink = path, sink
+        self.tail = bytearray()
+        self.finished = threading.Event()
+
+    def run(self) -> None:
+        import codecs
+
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        with open(self.path, "rb") as fh:
+            while True:
+                chunk = fh.read(65536)
+                if not chunk:
+                    if self.finished.is_set():
+                        break
+                    time.sleep(0.05)
+                    continue
+                self.tail += chunk
+                del self.tail[:-STDERR_TAIL]
+                try:
+                    sink = self.sink or sys.stderr
+                    sink.write(decoder.decode(chunk))
+                    sink.flush()
+                except (OSError, ValueError):
+                    pass
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """The child is gone: copy what is left, then end."""
+        self.finished.set()
+        self.join(timeout)
+
+    def text(self) -> str:
+        return bytes(self.tail).decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------- the parent's side
+
+
+class PopenLauncher:
+    """A fresh interpreter per run (``python -m benchmark.child SPEC``)."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.start_s = 0.0
+
+    def spawn(self, spec: Path, imports: list[str], stderr: Path) -> int:
+        env = {**self.env, ENV_IMPORTS: ",".join(imports)}
+        with open(stderr, "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "benchmark.child", str(spec)], env=env,
+                                    stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        self.procs[proc.pid] = proc
+        return proc.pid
+
+    def wait(self, pid: int) -> tuple[int, float | None]:
+        proc = self.procs.pop(pid)
+        try:
+            _, status, usage = os.wait4(pid, 0)
+        except ChildProcessError:  # already reaped elsewhere
+            return proc.wait(), None
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode, _ru_mb(usage.ru_maxrss)
+
+    def close(self) -> None:
+        pass
+
+
+class ZygoteLauncher:
+    """Forks runs from a warm zygote process (Linux)."""
+
+    def __init__(self, env: dict[str, str]):
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmark.launch"], env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, bufsize=0)
+        self.exits: dict[int, tuple[int, float | None]] = {}
+        msg = self._read()
+        if msg.get("ready") is not True:
+            raise RuntimeError(f"the zygote did not start: {msg}")
+        self.start_s = time.perf_counter() - t0
+
+    def _read(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the zygote exited (code {self.proc.poll()})")
+        return json.loads(line)
+
+    def _until(self, key: str, value: Any) -> dict[str, Any]:
+        while True:
+            msg = self._read()
+            if "exited" in msg:
+                self.exits[msg["exited"]] = (msg["code"], _ru_mb(msg["ru_maxrss"]))
+            if msg.get(key) == value:
+                return msg
+
+    def spawn(self, spec: Path, imports: list[str], stderr: Path) -> int:
+        stderr.touch()  # exists before the child does: the tee opens it at once
+        req = {"spawn": str(spec), "imports": ",".join(imports), "stderr": str(stderr)}
+        self.proc.stdin.write((json.dumps(req) + "\n").encode())
+        return self._until("spawned", str(spec))["pid"]
+
+    def wait(self, pid: int) -> tuple[int, float | None]:
+        if pid not in self.exits:
+            self._until("exited", pid)
+        return self.exits.pop(pid)
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def launcher(env: dict[str, str]):
+    """The zygote where fork is safe and available (Linux), else a fresh interpreter per run."""
+    if sys.platform.startswith("linux") and os.environ.get("IISAN_BENCH_NO_ZYGOTE") != "1":
+        try:
+            return ZygoteLauncher(env)
+        except (OSError, RuntimeError, ValueError) as exc:
+            print(f"iisan-bench: warning: no zygote ({exc}); a fresh interpreter per run", file=sys.stderr)
+    return PopenLauncher(env)
+
+
+def _ru_mb(kb: int | None) -> float | None:
+    if kb is None:
+        return None
+    return kb / 2**20 if sys.platform == "darwin" else kb / 1024
+
+
+# --------------------------------------------------------------------------- the zygote's side
+
+
+def _run_child(req: dict[str, Any]) -> None:
+    """In the forked child: its own stdio, environment and process group of signals, then the run."""
+    code = 1
+    try:
+        err = os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(err, 1)  # stdout was the zygote's message channel
+        os.dup2(err, 2)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        sys.stdout = os.fdopen(1, "w", buffering=1)
+        sys.stderr = os.fdopen(2, "w", buffering=1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.environ[ENV_IMPORTS] = req["imports"]
+        os.environ[ENV_PARENT] = str(os.getppid())  # the zygote; it dies with the benchmark
+        import faulthandler
+
+        faulthandler.enable()
+        from . import child
+
+        code = child.main([req["spawn"]])
+    except BaseException:  # noqa: BLE001 - whatever happens, the zygote's loop must not run here
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve() -> int:
+    """The zygote: preload, then fork a child per request and report each exit, until stdin closes."""
+    import importlib
+
+    from .child import die_with_parent
+
+    die_with_parent(int(os.environ.get(ENV_PARENT, os.getppid())))
+    for mod in PRELOAD:
+        importlib.import_module(mod)
+    out = os.fdopen(sys.stdout.fileno(), "w", buffering=1)
+    say = lambda msg: out.write(json.dumps(msg) + "\n")  # noqa: E731
+    say({"ready": True})
+    stdin, running, open_ = sys.stdin.buffer, set(), True
+    buf = b""
+    while open_ or running:
+        ready, _, _ = select.select([stdin] if open_ else [], [], [], 0.02)
+        if ready:
+            chunk = os.read(stdin.fileno(), 65536)
+            open_ = bool(chunk)
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                req = json.loads(line)
+                pid = os.fork()
+                if pid == 0:
+                    _run_child(req)
+                running.add(pid)
+                say({"spawned": req["spawn"], "pid": pid})
+        for pid in list(running):
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+            if done:
+                running.discard(pid)
+                say({"exited": pid, "code": os.waitstatus_to_exitcode(status), "ru_maxrss": usage.ru_maxrss})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve())

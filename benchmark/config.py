@@ -92,6 +92,9 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10])
+    # which of the user's past items compete in the ranking (benchmark.metrics): all_history = the
+    # paper's (a repeated target is masked too: a miss), history_except_target, none (repeat-aware)
+    masking: Literal["all_history", "history_except_target", "none"] = "all_history"
     eval_batch_size: int = 256
     item_batch_size: int = 256
 

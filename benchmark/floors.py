@@ -138,11 +138,12 @@ def graph_of(step: Callable[[], Any], device: torch.device) -> Callable[[], Any]
     return graph.replay
 
 
-def _typical_items(train: torch.Tensor, batch: int, bucket: int, sample: int = 20) -> int:
-    """Mean distinct items of the first ``sample`` batches, rounded up to the bucket (as the run pads)."""
+def _typical_items(train: torch.Tensor, batch: int, bucket: int, n_items: int, sample: int = 20) -> int:
+    """Mean distinct items of the first ``sample`` batches, padded as the run pads them."""
+    from .trainer import bucketed
+
     counts = [torch.unique(train[i:i + batch]).numel() for i in range(0, min(len(train), sample * batch), batch)]
-    n = max(1, round(sum(counts) / len(counts)))
-    return -(-n // bucket) * bucket if bucket > 1 else n
+    return bucketed(max(1, round(sum(counts) / len(counts))), bucket, min(n_items + 1, batch * train.size(1)))
 
 
 def _attempt(what: str, fn: Callable[[], dict[str, Any]], echo) -> dict[str, Any]:
@@ -168,7 +169,7 @@ def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo
     train = prep.split.train
     per_epoch = -(-train.size(0) // t.batch_size)
     per_epoch = min(per_epoch, t.max_steps_per_epoch) if t.max_steps_per_epoch else per_epoch
-    n = _typical_items(train, t.batch_size, t.item_bucket)
+    n = _typical_items(train, t.batch_size, t.item_bucket, prep.data.n_items)
     seed_everything(cfg.run.seed)
     b = load_backbones(cfg.backbone, cfg.data)
     encs = {"text": b.text, **({"vision": b.vision} if b.vision is not None and prep.data.images is not None else {})}

@@ -1,34 +1,49 @@
-"""Full-ranking leave-one-out metrics: HR@K, NDCG@K, MRR@K.
+"""Full-ranking leave-one-out metrics: HR@K, NDCG@K, MRR@K, under a stated history-masking rule.
 
-Ties never flatter: rank = 1 + (items scoring higher) + (other items scoring equal). The user's
-history is masked, but never the target itself, and the padding item 0 is never ranked.
+Ties never flatter: rank = 1 + (items scoring higher) + (other items scoring equal), and the
+padding item 0 is never ranked. Which of the user's past items compete is ``[eval] masking``:
+
+* ``all_history`` (the IISAN paper's code, the default): every history item is removed, the target
+  too when it repeats a history item; such a target can never be retrieved (a miss).
+* ``history_except_target``: history removed except the target. It also tells the model which of
+  the user's past items is the answer (on Scientific it lifts the popularity floor's test HR@10
+  from 0.0150 to 0.0383): kept for comparison with earlier results, not as a default.
+* ``none``: nothing removed (repeat-aware: re-consumption counts as a correct prediction).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
-def target_ranks(scores: torch.Tensor, target: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-    """scores [B, n+1], target [B], history [B, H] (0 = padding) -> 1-based ranks [B].
+MASKING = ("all_history", "history_except_target", "none")
 
-    History items are masked; the target keeps its own score even when it is also in the history.
-    """
-    # competitors: every real item except the history and the target itself
+
+def target_ranks(scores: torch.Tensor, target: torch.Tensor, history: torch.Tensor,
+                 masking: str = "all_history") -> torch.Tensor:
+    """scores [B, n+1], target [B], history [B, H] (0 = padding) -> 1-based ranks [B] (see MASKING)."""
+    if masking not in MASKING:
+        raise ValueError(f"unknown masking rule {masking!r}; one of {', '.join(MASKING)}")
+    # competitors: every real item except the target itself and, unless masking is none, the history
     scores = scores.float()
     competitor = torch.ones_like(scores, dtype=torch.bool)
     competitor[:, 0] = False
-    rows = torch.arange(scores.size(0), device=scores.device).unsqueeze(1).expand_as(history)
-    competitor[rows, history] = False
+    if masking != "none":
+        rows = torch.arange(scores.size(0), device=scores.device).unsqueeze(1).expand_as(history)
+        competitor[rows, history] = False
     competitor.scatter_(1, target.unsqueeze(1), False)
     # a NaN never flatters: a NaN target scores -inf, a NaN competitor +inf
     t = scores.gather(1, target.unsqueeze(1)).nan_to_num(nan=float("-inf"))
     s = scores.nan_to_num(nan=float("inf"))
-    higher = ((s > t) & competitor).sum(1)
-    equal = ((s == t) & competitor).sum(1)
-    return 1 + higher + equal
+    ranks = 1 + ((s > t) & competitor).sum(1) + ((s == t) & competitor).sum(1)
+    if masking == "all_history":  # a repeated target is masked like the rest of the history: ranked
+        ranks = ranks.masked_fill(repeats_history(target, history), scores.size(1))  # after every item
+    return ranks
+
+
+def repeats_history(target: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """[B] bool: the target is one of the user's earlier items."""
+    return ((history == target.unsqueeze(1)) & (history != 0)).any(1)
 
 
 def metrics_from_ranks(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
@@ -41,7 +56,3 @@ def metrics_from_ranks(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
         out[f"mrr@{k}"] = torch.where(hit, 1.0 / r, torch.zeros_like(r)).mean().item()
     return out
 
-
-def ndcg_at(rank: int, k: int) -> float:
-    """Single-user NDCG@k, for hand-checked tests."""
-    return 1.0 / math.log2(rank + 1) if rank <= k else 0.0

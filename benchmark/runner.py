@@ -21,7 +21,7 @@ import torch
 from .config import BenchConfig
 from .data import SeqDataset, Split, load_dataset, make_split, tokenize
 from .errors import BenchError, nearest
-from .metrics import metrics_from_ranks, target_ranks
+from .metrics import metrics_from_ranks, repeats_history, target_ranks
 from .record import Memory, Params, RunRecord, Timing
 from .results import append_result, env_info
 from .util import safe_name
@@ -81,17 +81,26 @@ def check_out_dir(out: Path) -> None:
         raise BenchError(f"run.out: cannot write to output directory '{out}': {exc.strerror or exc}") from None
 
 
-def popularity_metrics(split: Split, ks: list[int]) -> dict[str, dict[str, float]]:
-    """The floor every trained model must beat: rank items by training popularity."""
+def popularity_metrics(split: Split, ks: list[int], masking: str) -> dict[str, dict[str, float]]:
+    """The floor every trained model must beat: rank items by training popularity, under the same
+    masking rule as the models."""
     out = {}
     chunk = 256  # users at a time: all at once needs several [users, items] temporaries (GBs on Scientific)
     for name, target, history in (("valid", split.valid_target, split.valid_history),
                                   ("test", split.test_target, split.test_history)):
         ranks = [target_ranks(split.log_pop.unsqueeze(0).expand(min(chunk, target.size(0) - i), -1),
-                              target[i:i + chunk], history[i:i + chunk])
+                              target[i:i + chunk], history[i:i + chunk], masking)
                  for i in range(0, target.size(0), chunk)]
         out[name] = metrics_from_ranks(torch.cat(ranks), ks)
     return out
+
+
+def repeat_shares(split: Split) -> dict[str, float]:
+    """Share of valid and test targets that repeat one of the user's earlier items (the masking
+    rule decides whether those can be hit at all)."""
+    return {name: repeats_history(target, history).float().mean().item()
+            for name, target, history in (("valid", split.valid_target, split.valid_history),
+                                          ("test", split.test_target, split.test_history))}
 
 
 def prepare(cfg: BenchConfig) -> Prepared:
@@ -104,7 +113,7 @@ def prepare(cfg: BenchConfig) -> Prepared:
     tokenize(data, load_tokenizer(cfg.backbone), cfg.data.text_tokens)
     data.timings.update(load_s=t1 - t0, tokenize_s=time.perf_counter() - t1)
     split = make_split(data, cfg.data.max_seq_len)
-    return Prepared(data, split, popularity_metrics(split, cfg.eval.ks))
+    return Prepared(data, split, popularity_metrics(split, cfg.eval.ks, cfg.eval.masking))
 
 
 def resident_mb(model: torch.nn.Module) -> dict[str, float]:
@@ -149,7 +158,8 @@ def new_record(cfg: BenchConfig, name: str, description: str, prep: Prepared, en
     """The record every run starts from (also the one a crashed child's parent fills in)."""
     return RunRecord(method=name, description=description, repeat=repeat, config_hash=cfg.hash_for(name),
                      seed=cfg.run.seed, data=prep.data.summary(), env=env, config={"resolved": cfg.to_dict()},
-                     metrics={"popularity": prep.popularity})
+                     metrics={"popularity": prep.popularity, "masking": cfg.eval.masking,
+                              "target_repeats_history": repeat_shares(prep.split)})
 
 
 def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device, repeat: int = 0,

@@ -71,6 +71,11 @@ class TrainOutcome:
         }
 
 
+def bucketed(n: int, bucket: int, cap: int) -> int:
+    """``n`` distinct items padded up to a multiple of ``bucket``, but never past ``cap``."""
+    return n if bucket <= 1 else max(n, min(-(-n // bucket) * bucket, cap))
+
+
 @dataclass
 class Batch:
     """One step's input on the device, and its distinct items on the host (for prefetching)."""
@@ -146,13 +151,15 @@ class Trainer:
         one per step (cuDNN attention plans per shape; compiled graphs too). The padded rows are
         encoded but never indexed, so the loss and its gradients are those of the unpadded batch."""
         bs, bucket = self.cfg.batch_size, self.cfg.item_bucket
+        # no step can have more distinct items than there are items, or slots in a batch: padding
+        # past that is work without a purpose (a 40-item set would pad 41 to 64)
+        cap = min(self.n_items + 1, bs * self.train_ids.size(1))
         parts: list[torch.Tensor] = []
         hosts: list[tuple[torch.Size, torch.Tensor]] = []
         for step in range(n_steps):
             ids = self.train_ids[order[step * bs:(step + 1) * bs]]
             uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
-            if bucket > 1:
-                uniq = torch.cat([uniq, uniq.new_zeros(-uniq.numel() % bucket)])
+            uniq = torch.cat([uniq, uniq.new_zeros(bucketed(uniq.numel(), bucket, cap) - uniq.numel())])
             parts += [ids.reshape(-1), uniq, inverse]
             hosts.append((ids.shape, uniq))
         flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
@@ -241,7 +248,7 @@ class Trainer:
                 sl = slice(i, i + bs)
                 with self.autocast():
                     scores = self.model.score(table, inputs[sl])
-                ranks.append(target_ranks(scores, target[sl], history[sl]))
+                ranks.append(target_ranks(scores, target[sl], history[sl], self.eval_cfg.masking))
             all_ranks = torch.cat(ranks).cpu()  # waits for the device: the ranking is done
             if out is not None:
                 out.rank_s.append(time.perf_counter() - t0)

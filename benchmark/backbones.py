@@ -169,10 +169,13 @@ def source(bcfg: BackboneConfig, kind: str) -> Source:
             family, builtin = KNOWN_CONFIGS[override]
             if family != ("bert" if kind == "text" else "vit"):
                 raise BenchError(f"{key}: '{override}' is a {family.upper()} model, not a {kind} encoder")
-        return Source(kind, key, override, override, bcfg.init, builtin)
+        # auto: a model one names is loaded with its weights
+        return Source(kind, key, override, override, "pretrained" if bcfg.init == "auto" else bcfg.init, builtin)
     key = f"backbone.preset = '{bcfg.preset}' ({kind})"
     name = preset[kind]
     init = bcfg.init
+    if init == "auto":  # the preset's own weights where it names some (minilm text, base), else random
+        init = "pretrained" if kind in preset["weights"] else "random"
     if init == "pretrained" and kind not in preset["weights"]:
         if kind == "text" or bcfg.preset == "tiny":
             raise BenchError(f"{key}: the '{bcfg.preset}' preset has no pretrained {kind} weights (it exists for CI); "

@@ -39,7 +39,8 @@ def cli() -> None:
 @click.option("--methods", help="'all', a comma list, or wildcards such as 'iisan*'.")
 @click.option("--dataset", help="'synthetic' or a folder in IISAN's TSV format.")
 @click.option("--backbone", help="Backbone preset: tiny, minilm or base.")
-@click.option("--init", type=click.Choice(["pretrained", "random"]), help="Backbone weights.")
+@click.option("--init", type=click.Choice(["auto", "pretrained", "random"]),
+              help="Backbone weights (auto: the preset's own, e.g. pretrained MiniLM text for minilm).")
 @click.option("--epochs", type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--seed", type=int)
@@ -113,7 +114,8 @@ def params(config_path: str | None, methods: str, image_size: int | None, **flag
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: embedded bench.toml).")
 @click.option("--dataset", help="'synthetic' or a folder in IISAN's TSV format.")
 @click.option("--backbone", help="Backbone preset: tiny, minilm or base.")
-@click.option("--init", type=click.Choice(["pretrained", "random"]), help="Backbone weights.")
+@click.option("--init", type=click.Choice(["auto", "pretrained", "random"]),
+              help="Backbone weights (auto: the preset's own, e.g. pretrained MiniLM text for minilm).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--seed", type=int, help="Seed the random-init backbones are built with (as run, repeat 0).")
 @click.option("--images", type=click.Choice(["real", "synthetic", "none"]))

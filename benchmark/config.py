@@ -62,7 +62,9 @@ class BackboneConfig:
     preset: Literal["tiny", "minilm", "base"] = "tiny"
     text_model: str = ""
     vision_model: str = ""
-    init: Literal["pretrained", "random"] = "random"
+    # auto: the weights a preset or a named model has (minilm: pretrained MiniLM text; base: BERT-base +
+    # ViT-base; tiny: random); pretrained; random (architecture only: efficiency does not depend on weights)
+    init: Literal["auto", "pretrained", "random"] = "auto"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
 
 

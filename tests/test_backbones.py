@@ -61,6 +61,18 @@ def test_minilm_pretrained_loads_the_packaged_weights_with_a_vit_of_its_shape(no
     assert text_source(BackboneConfig(preset="minilm", init="pretrained"))[0] == str(minilm_dir())
 
 
+def test_auto_init_loads_the_weights_a_preset_names(no_network):
+    """init = auto (the default): minilm's packaged MiniLM text weights without any flag, tiny stays
+    random, and base asks for its checkpoints (offline: one line saying how to go random)."""
+    assert BackboneConfig().init == "auto"
+    b = load_backbones(BackboneConfig(preset="minilm"), IMAGES)
+    assert b.info["init"] == "text pretrained, vision random" and text_source(BackboneConfig(preset="minilm"))[0] == str(minilm_dir())
+    assert load_backbones(BackboneConfig(preset="tiny"), IMAGES).info["init"] == "random"
+    with pytest.raises(BenchError) as err:
+        load_backbones(BackboneConfig(preset="base"), IMAGES)
+    assert 'backbone.init = "random"' in str(err.value) and "\n" not in str(err.value)
+
+
 def test_text_only_has_no_vision_encoder():
     b = load_backbones(BackboneConfig(preset="minilm", init="random"), TEXT_ONLY)
     assert b.vision is None and b.info["vision"] is None and b.info["vision_init"] is None
@@ -92,7 +104,7 @@ def test_hub_id_offline_fails_in_one_line_without_network(no_network):
 
 def test_unknown_hub_id_for_random_init_needs_a_config(no_network):
     with pytest.raises(BenchError, match="no built-in config for 'roberta-base'.*give a local folder with a config.json"):
-        load_backbones(BackboneConfig(text_model="roberta-base"), TEXT_ONLY)
+        load_backbones(BackboneConfig(text_model="roberta-base", init="random"), TEXT_ONLY)
 
 
 def test_local_folders_load_pretrained_or_build_random_from_their_config(tmp_path, no_network):

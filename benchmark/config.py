@@ -74,6 +74,7 @@ class TrainConfig:
     lr_backbone: float = 1e-4
     lr_peft: float = 1e-3
     lr_head: float = 1e-3
+    lr_backbone_vision: float = 0.0  # the vision encoder's trained weights; 0 = lr_backbone
     weight_decay: float = 0.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     patience: int = 3
@@ -82,11 +83,18 @@ class TrainConfig:
     num_blocks: int = 2
     num_heads: int = 2
     dropout: float = 0.1
-    paper_protocol: bool = False  # True: each method's batch size from the paper (32 FFT/Adapter/LoRA/BitFit, 64 IISAN)
+    # True: the IISAN paper's recipe per method (batch size, learning rates, LoRA scaling), selection
+    # by valid HR@10 with patience 11 and popularity count/total (docs/protocol.md)
+    paper_protocol: bool = False
+    select_by: Literal["ndcg", "hr", "mrr"] = "ndcg"  # validation metric (at K = 10, else the first K) for the best epoch
+    popularity: Literal["smoothed", "count"] = "smoothed"  # log-popularity debiasing: (count + 1) / sum, or count / total
     profile_steps: int = 0  # >0: after training, trace this many steps with torch.profiler (OUT/traces/)
     # torch.compile the loss; auto = the method's own choice on a GPU (iisan-cached: reduce-overhead,
     # i.e. CUDA graphs), off on CPU
     compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
+    # distinct: each step encodes its distinct items once (fast); every_slot: every slot of every
+    # sequence, padding and repeats included, as the paper's code does (2.5x the encoder work)
+    encoder_workload: Literal["distinct", "every_slot"] = "distinct"
     item_bucket: int = 64  # each step's distinct items padded up to a multiple: few shapes (cuDNN plans, graphs)
     sdpa_backend: Literal["auto", "default", "cudnn", "flash", "efficient", "math"] = "auto"  # attention kernel
 

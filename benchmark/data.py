@@ -94,11 +94,13 @@ def _left_pad(rows: list[list[int]], width: int) -> torch.Tensor:
     return out
 
 
-def make_split(ds: SeqDataset, max_seq_len: int) -> Split:
+def make_split(ds: SeqDataset, max_seq_len: int, popularity: str = "smoothed") -> Split:
+    """Leave-one-out split; ``popularity``: smoothed (count + 1) / sum, or count / total as the
+    paper's code (items never trained on get log 0 = -inf; no training batch contains them)."""
     seqs = ds.sequences
     hist_w = max(len(s) for s in seqs)
     counts = ds.popularity()
-    pop = (counts + 1.0) / (counts + 1.0).sum()
+    pop = (counts + 1.0) / (counts + 1.0).sum() if popularity == "smoothed" else counts / counts.sum()
     return Split(
         train=_left_pad([s[:-2] for s in seqs], max_seq_len + 1),
         valid_input=_left_pad([s[:-2] for s in seqs], max_seq_len),

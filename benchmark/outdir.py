@@ -9,7 +9,8 @@ training, evaluation, epochs, seed, device) are compared with those of every rec
 
 What may differ: the methods and their own options, repeats, isolation, the sampler interval,
 the out folder and the TPME weights (the report reads those). Under ``train.paper_protocol`` each
-method trains at its paper batch size, so ``train.batch_size`` is not compared there.
+method trains with its own recipe (batch size, learning rates, selection), so those keys are not
+compared there.
 """
 
 from __future__ import annotations
@@ -43,9 +44,19 @@ def comparable_settings(resolved: dict[str, Any], device: str | None) -> dict[st
         out.update(_flat(resolved.get(section) or {}, section))
     out.update({f"run.{k}": v for k, v in (resolved.get("run") or {}).items() if k not in IGNORED_RUN_KEYS})
     if out.get("train.paper_protocol"):
-        out.pop("train.batch_size", None)
+        for key in recipe_keys():
+            out.pop(f"train.{key}", None)
     out["device"] = device
     return out
+
+
+def recipe_keys() -> set[str]:
+    """Training keys the paper protocol sets per method (they differ between methods by design)."""
+    from methods.registry import available, get_method
+
+    from .runner import PAPER_TRAIN
+
+    return set(PAPER_TRAIN) | {k for name in available() for k in get_method(name).paper_train}
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -41,6 +41,7 @@ class Timing:
     epoch_s: list[float] = field(default_factory=list)
     epoch_s_median: float | None = None
     steps_per_epoch: int | None = None
+    items_encoded_per_epoch: int | None = None  # rows the item tower encoded (train.encoder_workload, buckets)
     samples_per_s: float | None = None
     step_p50_s: float | None = None
     step_p90_s: float | None = None

@@ -112,7 +112,7 @@ def prepare(cfg: BenchConfig) -> Prepared:
     t1 = time.perf_counter()
     tokenize(data, load_tokenizer(cfg.backbone), cfg.data.text_tokens)
     data.timings.update(load_s=t1 - t0, tokenize_s=time.perf_counter() - t1)
-    split = make_split(data, cfg.data.max_seq_len)
+    split = make_split(data, cfg.data.max_seq_len, "count" if cfg.train.paper_protocol else cfg.train.popularity)
     return Prepared(data, split, popularity_metrics(split, cfg.eval.ks, cfg.eval.masking))
 
 
@@ -141,16 +141,25 @@ def count_params(model: torch.nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "total": total}
 
 
+PAPER_TRAIN = {"select_by": "hr", "patience": 11, "popularity": "count"}  # every method, under paper_protocol
+
+
 def method_config(cfg: BenchConfig, name: str) -> BenchConfig:
-    """``cfg`` as method ``name`` runs it: under ``[train] paper_protocol`` with the batch size the
-    paper used for that kind of method (its class's ``paper_batch_size``). The result's resolved
-    config and config hash carry the batch size actually used."""
+    """``cfg`` as method ``name`` runs it: under ``[train] paper_protocol`` with the IISAN paper's
+    recipe for that kind of method (its class's ``paper_train`` and ``paper_options``; options the
+    user set explicitly win). The result's resolved config and config hash carry what was used."""
     from methods.registry import get_method_for
 
-    bs = get_method_for(name, cfg).paper_batch_size if cfg.train.paper_protocol else None
-    if not bs or bs == cfg.train.batch_size:
+    if not cfg.train.paper_protocol:
         return cfg
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=bs))
+    cls = get_method_for(name, cfg)
+    train = dataclasses.replace(cfg.train, **{**PAPER_TRAIN, **cls.paper_train})
+    methods = cfg.methods
+    if cls.paper_options:
+        methods = {**methods, name: {**cls.paper_options, **methods.get(name, {})}}
+    if train == cfg.train and methods == cfg.methods:
+        return cfg
+    return dataclasses.replace(cfg, train=train, methods=methods)
 
 
 def new_record(cfg: BenchConfig, name: str, description: str, prep: Prepared, env: dict[str, Any],

@@ -40,6 +40,7 @@ def synchronize(device: torch.device) -> None:
 class TrainOutcome:
     epoch_s: list[float] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)  # optimizer steps of each epoch
+    items_encoded: list[int] = field(default_factory=list)  # item-tower rows of each epoch (padding included)
     step_s: list[float] = field(default_factory=list)  # steady-state steps (warm-up excluded)
     warmup_s: float = 0.0
     compile_s: float = 0.0  # torch.compile of every step shape, before the first timed step
@@ -61,6 +62,7 @@ class TrainOutcome:
         return {
             "epoch_s": self.epoch_s,
             "steps_per_epoch": max(self.steps) if self.steps else None,
+            "items_encoded_per_epoch": max(self.items_encoded) if self.items_encoded else None,
             "epoch_s_median": statistics.median(self.epoch_s) if self.epoch_s else None,
             "samples_per_s": self.samples / total if total > 0 else None,
             "eval_s": statistics.mean(self.eval_s) if self.eval_s else None,
@@ -102,7 +104,8 @@ class Trainer:
         self.eval_sets = [tuple(t.to(device) for t in ts) for ts in
                           ((split.valid_input, split.valid_target, split.valid_history),
                            (split.test_input, split.test_target, split.test_history))]
-        lrs = {"backbone": train.lr_backbone, "peft": train.lr_peft, "head": train.lr_head}
+        lrs = {"backbone": train.lr_backbone, "backbone_vision": train.lr_backbone_vision or train.lr_backbone,
+               "peft": train.lr_peft, "head": train.lr_head}
         groups = [{"params": ps, "lr": lrs[name], "name": name}
                   for name, ps in model.param_groups().items() if ps]
         # fused Adam on GPU and CPU alike: one kernel per group (on CPU, 80 matrices of 768x64: 1.8 ms a
@@ -112,7 +115,7 @@ class Trainer:
         except RuntimeError:  # a torch without fused Adam for this device
             self.optimizer = torch.optim.Adam(groups, weight_decay=train.weight_decay, foreach=device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "fp16" and device.type == "cuda")
-        self.key = f"ndcg@{10 if 10 in evaluation.ks else evaluation.ks[0]}"
+        self.key = f"{train.select_by}@{10 if 10 in evaluation.ks else evaluation.ks[0]}"
         self.loss_fn = model.loss
         self.graphs = train.compile == "reduce-overhead" and device.type == "cuda"  # CUDA graph trees
         if train.compile not in ("off", "auto"):
@@ -151,14 +154,18 @@ class Trainer:
         one per step (cuDNN attention plans per shape; compiled graphs too). The padded rows are
         encoded but never indexed, so the loss and its gradients are those of the unpadded batch."""
         bs, bucket = self.cfg.batch_size, self.cfg.item_bucket
+        every_slot = self.cfg.encoder_workload == "every_slot"
         # no step can have more distinct items than there are items, or slots in a batch: padding
         # past that is work without a purpose (a 40-item set would pad 41 to 64)
-        cap = min(self.n_items + 1, bs * self.train_ids.size(1))
+        cap = bs * self.train_ids.size(1) if every_slot else min(self.n_items + 1, bs * self.train_ids.size(1))
         parts: list[torch.Tensor] = []
         hosts: list[tuple[torch.Size, torch.Tensor]] = []
         for step in range(n_steps):
             ids = self.train_ids[order[step * bs:(step + 1) * bs]]
-            uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+            if every_slot:  # the paper's code: every slot of every sequence, padding and repeats included
+                uniq, inverse = ids.reshape(-1), torch.arange(ids.numel())
+            else:
+                uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
             uniq = torch.cat([uniq, uniq.new_zeros(bucketed(uniq.numel(), bucket, cap) - uniq.numel())])
             parts += [ids.reshape(-1), uniq, inverse]
             hosts.append((ids.shape, uniq))
@@ -190,6 +197,7 @@ class Trainer:
         synchronize(self.device)
         t0 = time.perf_counter()
         batches = self._epoch_batches(order, n_steps)  # data loading counts as training time
+        out.items_encoded.append(sum(b.uniq.numel() for b in batches))
         if batches:
             self.model.prefetch(batches[0].host_uniq, batches[0].uniq)
         for step in tqdm(range(n_steps), desc=f"epoch {epoch}", leave=False, disable=not self.progress):

@@ -40,7 +40,7 @@ class AdapterOptions:
 @register_method("adapter")
 class Adapter(Method):
     description = "Houlsby bottleneck adapters (AdapterHub) after attention and FFN in both encoders."
-    paper_batch_size = 32
+    paper_train = {"batch_size": 32, "lr_head": 2e-4, "lr_peft": 4e-4}
     Options = AdapterOptions
 
     def build(self, ctx: BuildContext) -> ItemTower:

@@ -57,9 +57,10 @@ class Method:
     # Training FLOPs as a multiple of the encoders' forward FLOPs, where that is exact: 3.0 when
     # every weight trains (forward + backward for activations and weights). None: MFU not stated.
     train_flops_multiplier: ClassVar[float | None] = None
-    # The batch size the IISAN paper trained this kind of method with ([train] paper_protocol):
-    # 32 for the fine-tuning baselines (their memory), 64 for IISAN. None: the configured one.
-    paper_batch_size: ClassVar[int | None] = None
+    # The IISAN paper's recipe for this kind of method ([train] paper_protocol): TrainConfig fields
+    # (batch size, learning rates) and this method's own options (e.g. LoRA's scaling).
+    paper_train: ClassVar[dict[str, Any]] = {}
+    paper_options: ClassVar[dict[str, Any]] = {}
     # The torch.compile mode ``train.compile = "auto"`` picks for this method on a GPU (None: eager).
     auto_compile: ClassVar[str | None] = None
 
@@ -166,5 +167,8 @@ class EncoderTower(ItemTower):
             if name.startswith(("text_proj", "image_proj", "fuse")):
                 groups["head"].append(p)
             else:
-                groups[self._group_of(name) or "backbone"].append(p)
+                group = self._group_of(name) or "backbone"
+                if group == "backbone" and name.startswith("vision."):  # the paper's ViT rate differs from BERT's
+                    group = "backbone_vision"
+                groups.setdefault(group, []).append(p)
         return groups

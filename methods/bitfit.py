@@ -15,7 +15,7 @@ from .registry import register_method
 @register_method("bitfit")
 class BitFit(Method):
     description = "BitFit: only the encoders' biases (plus projections, fusion and SASRec) train."
-    paper_batch_size = 32
+    paper_train = {"batch_size": 32, "lr_head": 2e-4, "lr_backbone": 5e-5, "lr_backbone_vision": 1e-4}
 
     def build(self, ctx: BuildContext) -> ItemTower:
         encs = encoders(ctx.backbones, ctx.data)

@@ -297,7 +297,7 @@ def build_side(opts: IISANOptions, models: dict[str, nn.Module], item_dim: int) 
 @register_method("iisan")
 class IISAN(Method):
     description = "IISAN: side network over frozen encoders' tapped CLS states (encoders run every step)."
-    paper_batch_size = 64
+    paper_train = {"batch_size": 64, "lr_head": 2e-4, "lr_peft": 1e-4}
     Options = IISANOptions
 
     def build(self, ctx: BuildContext) -> ItemTower:
@@ -311,7 +311,7 @@ class IISAN(Method):
 @register_method("iisan-cached")
 class IISANCached(Method):
     description = "IISAN trained from a cache of the tapped CLS states (encoders run once, at cache build)."
-    paper_batch_size = 64
+    paper_train = {"batch_size": 64, "lr_head": 2e-4, "lr_peft": 1e-4}
     # a step is ~3 ms of GPU work behind ~1,000 kernel launches: CUDA graphs (torch.compile's
     # cudagraph trees, one graph per bucketed step shape, all captured before the clock)
     auto_compile = "reduce-overhead"

@@ -42,7 +42,8 @@ class LoraOptions:
 @register_method("lora")
 class LoRA(Method):
     description = "LoRA (peft) on query/value of both encoders; starts from the backbone's weights."
-    paper_batch_size = 32
+    paper_train = {"batch_size": 32, "lr_head": 2e-4, "lr_peft": 4e-4}
+    paper_options = {"alpha": 1, "dropout": 0.0}  # the paper's code: scaling alpha / r = 1/8, no dropout
     Options = LoraOptions
 
     def build(self, ctx: BuildContext) -> ItemTower:

@@ -89,7 +89,7 @@ class PeftOptions:
 @register_method("peft")
 class PeftTuner(Method):
     description = "Any HF peft tuner configured as [methods.NAME] peft_type = \"...\" on both encoders."
-    paper_batch_size = 32
+    paper_train = {"batch_size": 32, "lr_head": 2e-4, "lr_peft": 4e-4}
     Options = PeftOptions
 
     def build(self, ctx: BuildContext) -> ItemTower:

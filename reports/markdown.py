@@ -106,6 +106,7 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
         f"- **Images:** {_join(images)}",
         f"- **Backbone:** {_join(backbones)}",
         *_training_line(runs),
+        *_evaluation_line(runs),
         *_bounded_steps(runs),
         *_batch_line(results),
         f"- **Memory source:** {src_text}",
@@ -286,7 +287,35 @@ def _training_line(runs) -> list[str]:
     stop = f", early stopping after {_join(patience)} epochs without a better validation metric" if patience and patience != [0] else ""
     per = (f"; {steps[0]:,} steps per epoch" if len(steps) == 1 else
            f"; {steps[0]:,}–{steps[-1]:,} steps per epoch (by method)" if steps else "")
-    return [f"- **Training:** up to {_join(epochs)} epochs{stop}{per}"]
+    plural = "" if epochs == [1] else "s"
+    return [f"- **Training:** up to {_join(epochs)} epoch{plural}{stop}{per}"]
+
+
+MASKING = {
+    "all_history": "every past item masked, a repeated target too (counted as a miss): the IISAN paper's rule",
+    "history_except_target": "past items masked except the target (a repeated target can be hit)",
+    "none": "nothing masked (repeat-aware)",
+}
+
+
+def _evaluation_line(runs) -> list[str]:
+    """The masking rule (it changes HR/NDCG) and how many targets it concerns, and the encoder workload."""
+    rules = _uniq(runs, "metrics", "masking")
+    if not rules:  # records from before the rule was an option used history_except_target
+        rules = ["history_except_target (records before [eval] masking)"] if runs else []
+    shares = _uniq(runs, "metrics", "target_repeats_history", "test")
+    text = "; ".join(f"`{r}`: {MASKING.get(r, '')}".rstrip(": ") for r in rules)
+    if shares:
+        text += f"; {100 * shares[0]:.1f}% of test targets repeat one of the user's earlier items"
+    lines = [f"- **Evaluation:** full ranking over all items, masking {text} (docs/protocol.md)"] if rules else []
+    work = _uniq(runs, "config", "resolved", "train", "encoder_workload")
+    if work:
+        per = sorted({int(v) for r in runs if isinstance(v := r.get("time", "items_encoded_per_epoch"), int)})
+        what = {"distinct": "each step's distinct items once", "every_slot": "every slot of every sequence (the paper's code)"}
+        lines.append(f"- **Encoder workload:** {' / '.join(what.get(w, w) for w in work)}"
+                     + (f", {per[0]:,}–{per[-1]:,} items encoded an epoch" if per and per[0] != per[-1]
+                        else f", {per[0]:,} items encoded an epoch" if per else "") + " (bucket padding included)")
+    return lines
 
 
 def _bounded_steps(runs) -> list[str]:

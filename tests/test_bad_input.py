@@ -195,3 +195,21 @@ def test_loaders_raise_bench_error_directly(tmp_path):
     root = write_dataset(tmp_path / "d", items="i1\tone\ni1\ttwo\n")
     with pytest.raises(BenchError, match=r"Toy_items.tsv:2: duplicate item id"):
         tsv_dataset(root, DataConfig(dataset=str(root), images="none"))
+
+
+def test_a_run_with_other_settings_into_the_same_out_exits_2_and_writes_nothing(tmp_path, capsys):
+    """One out folder, one comparison: 4-epoch runs and then a 5-epoch rerun (or another dataset)
+    would be ranked together by TPME; the second run stops before anything is written."""
+    out = tmp_path / "out"
+    tiny = ["--set", "data.synthetic.users=60", "--set", "data.synthetic.items=40", "--set", "train.max_steps_per_epoch=1"]
+    main(["run", "--out", str(out), "--methods", "iisan-cached", "--epochs", "1", "--no-progress", "--no-isolate",
+          "--set", f"methods.iisan-cached.cache_dir=\"{tmp_path}\"", *tiny])
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--out", str(out), "--methods", "fft", "--epochs", "2", "--no-progress", "--no-isolate", *tiny])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "results.jsonl:1: earlier runs (iisan-cached) used other settings" in err
+    assert "run.epochs (1 there, 2 now)" in err and "--force" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written

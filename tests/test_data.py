@@ -14,7 +14,6 @@ from benchmark import images
 from benchmark.config import DataConfig, load_config
 from benchmark.data import keyed_images, load_dataset, make_split, tokenize, tsv_dataset
 from benchmark.errors import BenchError
-from benchmark.metrics import metrics_from_ranks, target_ranks
 
 SCIENTIFIC = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "Scientific"
 

@@ -241,7 +241,7 @@ def test_cache_build_is_a_one_off_cost_with_its_own_time_and_memory_phase(tmp_pa
 def test_auto_build_batch_keeps_the_base_backbones_within_4_gb():
     from benchmark.backbones import load_backbones
 
-    cfg = load_config(None, {"backbone": {"preset": "base"}, "data": {"image_size": 224}})
+    cfg = load_config(None, {"backbone": {"preset": "base", "init": "random"}, "data": {"image_size": 224}})
     with torch.device("meta"):
         b = load_backbones(cfg.backbone, cfg.data)
     data = types.SimpleNamespace(tokens=torch.zeros(1, 30, dtype=torch.long))

@@ -91,15 +91,34 @@ def test_max_steps_bounds_one_epoch():
     assert out.samples == 16 and len(out.step_s) == 2
 
 
-def test_paper_protocol_gives_each_method_the_papers_batch_size(tmp_path):
+def test_paper_protocol_resolves_to_the_papers_recipe_per_method(tmp_path):
     base = small_cfg(tmp_path)
-    assert method_config(base, "fft") is base  # off: the configured batch size for everyone
+    assert method_config(base, "fft") is base  # off: the configured recipe for everyone
     cfg = small_cfg(tmp_path, train={"max_steps_per_epoch": 3, "paper_protocol": True})
-    sizes = {n: method_config(cfg, n).train.batch_size
-             for n in ("fft", "lora", "adapter", "bitfit", "iisan", "iisan-cached")}
-    assert sizes == {"fft": 32, "lora": 32, "adapter": 32, "bitfit": 32, "iisan": 64, "iisan-cached": 64}
-    assert method_config(cfg, "iisan") is cfg  # 64 is already the configured size
+    got = {n: (lambda t: (t.batch_size, t.lr_head, t.lr_peft, t.lr_backbone, t.lr_backbone_vision))(method_config(cfg, n).train)
+           for n in ("fft", "lora", "adapter", "bitfit", "iisan", "iisan-cached")}
+    d = cfg.train  # what the paper leaves as configured (e.g. FFT has no added weights)
+    assert got == {  # batch, head, added weights, BERT, ViT (IISAN's code and paper)
+        "fft": (32, 1e-4, d.lr_peft, 5e-5, 1e-4), "bitfit": (32, 2e-4, d.lr_peft, 5e-5, 1e-4),
+        "lora": (32, 2e-4, 4e-4, d.lr_backbone, d.lr_backbone_vision),
+        "adapter": (32, 2e-4, 4e-4, d.lr_backbone, d.lr_backbone_vision),
+        "iisan": (64, 2e-4, 1e-4, d.lr_backbone, d.lr_backbone_vision),
+        "iisan-cached": (64, 2e-4, 1e-4, d.lr_backbone, d.lr_backbone_vision)}
+    for n in got:  # selection by valid HR@10 with patience 11, popularity count / total
+        t = method_config(cfg, n).train
+        assert (t.select_by, t.patience, t.popularity) == ("hr", 11, "count")
+    lora = method_config(cfg, "lora")
+    assert lora.methods["lora"] == {"alpha": 1, "dropout": 0.0}  # scaling 1/8 at r = 8
+    mine = small_cfg(tmp_path, train={"paper_protocol": True}, methods={"lora": {"alpha": 4}})
+    assert method_config(mine, "lora").methods["lora"] == {"alpha": 4, "dropout": 0.0}  # explicit options win
     assert method_config(cfg, "fft").hash_for("fft") != cfg.hash_for("fft")
+
+
+def test_the_vision_encoder_trains_at_its_own_rate(tmp_path):
+    trainer, _ = trainer_for("fft", tmp_path, lr_backbone=5e-5, lr_backbone_vision=1e-4, lr_head=1e-4)
+    by_group = {g["name"]: (g["lr"], sum(p.numel() for p in g["params"])) for g in trainer.optimizer.param_groups}
+    vision = sum(p.numel() for p in trainer.model.item_tower.vision.parameters())
+    assert by_group["backbone_vision"] == (1e-4, vision) and by_group["backbone"][0] == 5e-5
 
 
 def test_paper_protocol_run_records_the_batch_size_used(tmp_path):
@@ -165,3 +184,27 @@ def test_compiled_loss_equals_eager_and_is_compiled_before_the_clock(tmp_path):
     # the warm-up left the weights as they were (no optimizer step)
     for (n, p), q in zip(compiled.model.state_dict().items(), eager.model.state_dict().values()):
         assert torch.equal(p, q), n
+
+
+def test_every_slot_workload_encodes_every_slot_and_gives_the_same_loss(tmp_path):
+    """The paper's code encodes every slot (B x (L+1), padding and repeats included); ours each
+    step's distinct items once. Same loss, counted work: time.items_encoded_per_epoch."""
+    distinct, prep = trainer_for("iisan-cached", tmp_path, batch_size=8, dropout=0.0, item_bucket=1)
+    slots, _ = trainer_for("iisan-cached", tmp_path, batch_size=8, dropout=0.0, item_bucket=1,
+                           encoder_workload="every_slot")
+    slots.model.load_state_dict(distinct.model.state_dict())
+    order = distinct._order(1)
+    d, s = distinct._epoch_batches(order, 2), slots._epoch_batches(order, 2)
+    for a, b in zip(d, s):
+        assert torch.equal(a.ids, b.ids) and b.uniq.numel() == a.ids.numel() == 8 * 11
+        assert a.uniq.numel() == torch.unique(a.ids).numel() < b.uniq.numel()
+        distinct.model.eval(), slots.model.eval()
+        la = distinct.model.loss(a.ids, distinct.log_pop, (a.uniq, a.inverse))
+        lb = slots.model.loss(b.ids, slots.log_pop, (b.uniq, b.inverse))
+        assert torch.allclose(la, lb, atol=1e-6)
+    out_d, out_s = TrainOutcome(), TrainOutcome()
+    distinct.train_epoch(1, out_d, max_steps=2)
+    slots.train_epoch(1, out_s, max_steps=2)
+    assert out_s.items_encoded == [2 * 8 * 11]
+    assert out_d.items_encoded == [sum(torch.unique(b.ids).numel() for b in d)]
+    assert out_d.timing()["items_encoded_per_epoch"] == out_d.items_encoded[0]

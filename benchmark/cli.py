@@ -10,23 +10,37 @@ import click
 from .errors import BenchError
 
 
+# flag -> (config section, key); errors about a flag's value name the flag (--epochs), not the file
+FLAGS = {"methods": ("run", "methods"), "epochs": ("run", "epochs"), "device": ("run", "device"),
+         "seed": ("run", "seed"), "out": ("run", "out"), "repeats": ("run", "repeats"),
+         "isolate": ("run", "isolate"), "dataset": ("data", "dataset"), "images": ("data", "images"),
+         "backbone": ("backbone", "preset"), "init": ("backbone", "init"), "precision": ("train", "precision"),
+         "trust_pickle": ("data", "trust_pickle")}
+
+
 def _overrides(**flags: Any) -> dict[str, Any]:
     """Map CLI flags onto config keys (only flags the user gave)."""
-    table = {"methods": ("run", "methods"), "epochs": ("run", "epochs"), "device": ("run", "device"),
-             "seed": ("run", "seed"), "out": ("run", "out"), "repeats": ("run", "repeats"),
-             "isolate": ("run", "isolate"),
-             "dataset": ("data", "dataset"), "images": ("data", "images"), "backbone": ("backbone", "preset"),
-             "init": ("backbone", "init"), "precision": ("train", "precision"),
-             "trust_pickle": ("data", "trust_pickle")}
     out: dict[str, Any] = {}
     for flag, value in flags.items():
         if value is None:
             continue
-        section, key = table[flag]
+        section, key = FLAGS[flag]
         if flag == "methods":
             value = [v for v in value.split(",") if v.strip()]
         out.setdefault(section, {})[key] = value
     return out
+
+
+def _origins(**flags: Any) -> dict[str, str]:
+    """Config key -> the flag that set it."""
+    return {".".join(FLAGS[f]): "--" + f.replace("_", "-") for f, v in flags.items() if v is not None}
+
+
+def _config(config_path: str | None, sets: tuple[str, ...], **flags: Any):
+    """The config from a file, ``--set`` pairs and flags (flags win), errors naming their source."""
+    from .config import load_config, merge, parse_sets
+
+    return load_config(config_path, merge(parse_sets(sets), _overrides(**flags)), _origins(**flags))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,17 +73,21 @@ def cli() -> None:
                    "the flags above win over it).")
 def run(config_path: str | None, no_progress: bool, force: bool, sets: tuple[str, ...], **flags: Any) -> None:
     """Train and evaluate the selected methods; write OUT/results.jsonl and the report."""
-    from .config import load_config, merge, parse_sets
     from .runner import run_benchmark
 
-    cfg = load_config(config_path, merge(parse_sets(sets), _overrides(**flags)))
-    results = run_benchmark(cfg, progress=not no_progress, echo=click.echo, force=force)
+    cfg = _config(config_path, sets, **flags)
+    failed: list[str] = []
+    results = run_benchmark(cfg, progress=not no_progress, echo=click.echo, force=force, failed=failed)
     click.echo(f"results: {results}")
     try:
         from reports import build_report
     except ImportError:
-        return
-    click.echo(f"report: {build_report(results.parent)}")
+        build_report = None
+    if build_report is not None:
+        click.echo(f"report: {build_report(results.parent)}")
+    if failed:  # exit 1: the sweep finished and its report is written, but not every run is a result
+        click.echo(f"iisan-bench: {len(failed)} run(s) did not finish ok: {', '.join(failed)}", err=True)
+        sys.exit(1)
 
 
 @cli.command("list")
@@ -100,11 +118,10 @@ def params(config_path: str | None, methods: str, image_size: int | None, **flag
     """Trainable and total parameters of every method, built on the meta device (no weights)."""
     from methods.params import params_command
 
-    from .config import load_config
     from .runner import check_methods, method_names
 
     flags["images"] = "synthetic" if flags.get("images") == "real" else flags.get("images")
-    cfg = load_config(config_path, _overrides(methods=methods, **flags))
+    cfg = _config(config_path, (), methods=methods, **flags)
     names = method_names(cfg)
     check_methods(cfg, names)
     click.echo(params_command(cfg, names, image_size))
@@ -126,9 +143,7 @@ def cache(config_path: str | None, rebuild: bool, **flags: Any) -> None:
     """Build the iisan-cached cache of tapped CLS states (run builds it when missing)."""
     from methods.iisan_cache import cache_command
 
-    from .config import load_config
-
-    cfg = load_config(config_path, _overrides(**flags))
+    cfg = _config(config_path, (), **flags)
     cache_command(cfg, rebuild=rebuild, echo=click.echo)
 
 
@@ -147,10 +162,9 @@ def floors(config_path: str | None, steps: int, sets: tuple[str, ...], **flags: 
     step) on this machine, for the config's shapes; the report shows each method against it."""
     from pathlib import Path
 
-    from .config import load_config, merge, parse_sets
     from .floors import floors_command
 
-    cfg = load_config(config_path, merge(parse_sets(sets), _overrides(**flags)))
+    cfg = _config(config_path, sets, **flags)
     click.echo(f"floors: {floors_command(cfg, Path(cfg.run.out), steps)}")
 
 
@@ -163,7 +177,17 @@ def report(out_dir: str) -> None:
     click.echo(f"report: {build_report(out_dir)}")
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM ends the sweep like Ctrl-C: cleanup (children, isolation payloads) still runs."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(args=argv, prog_name="iisan-bench", standalone_mode=False)
     except click.exceptions.Abort:

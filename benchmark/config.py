@@ -127,11 +127,17 @@ class BenchConfig:
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     tpme: TPMEConfig = field(default_factory=TPMEConfig)
     source: str = "<defaults>"
+    origins: dict[str, str] = field(default_factory=dict)  # dotted key -> where its value came from
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("source")
+        d.pop("origins")
         return d
+
+    def where(self, key: str) -> str:
+        """Where ``key``'s value came from: ``--set KEY`` / a flag, else the config file."""
+        return self.origins.get(key, self.source)
 
     def hash_for(self, method: str) -> str:
         """Stable hash of everything that determines one method's run (resume key)."""
@@ -169,24 +175,28 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
-def build_dataclass(cls: type, data: dict[str, Any], where: str, prefix: str) -> Any:
-    """Build ``cls`` from ``data``, rejecting unknown keys and wrong types with one line."""
+def build_dataclass(cls: type, data: dict[str, Any], where: str, prefix: str,
+                    origins: dict[str, str] | None = None) -> Any:
+    """Build ``cls`` from ``data``, rejecting unknown keys and wrong types with one line naming
+    where the key came from (``origins``: dotted key -> ``--set KEY`` or a flag; else ``where``)."""
+    origins = origins or {}
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    names = {f.name for f in dataclasses.fields(cls) if f.name not in ("source", "origins")}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
+        src = origins.get(full, where)
         if key not in names:
-            raise BenchError(f"{where}: unknown key '{full}'{nearest(key, names)}")
+            raise BenchError(f"{src}: unknown key '{full}'{nearest(key, names)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
-                raise BenchError(f"{where}: '{full}' must be a table")
-            kwargs[key] = build_dataclass(tp, value, where, full)
+                raise BenchError(f"{src}: '{full}' must be a table")
+            kwargs[key] = build_dataclass(tp, value, where, full, origins)
             continue
         if not _type_ok(value, tp):
             raise BenchError(
-                f"{where}: '{full}' must be {_describe(tp)}, got {type(value).__name__} {value!r}"
+                f"{src}: '{full}' must be {_describe(tp)}, got {type(value).__name__} {value!r}"
             )
         kwargs[key] = float(value) if tp is float else value
     return cls(**kwargs)
@@ -240,40 +250,38 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise BenchError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise BenchError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BenchError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
+    except IsADirectoryError:
+        raise BenchError(f"{path}: is a folder, not a config file") from None
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BenchConfig:
-    """Read a TOML config (default: the embedded bench.toml), apply overrides, validate."""
+def override_origins(overrides: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``--set KEY`` for every leaf of an override dict (the CLI relabels its named flags)."""
+    out: dict[str, str] = {}
+    for k, v in overrides.items():
+        key = f"{prefix}{k}"
+        out.update(override_origins(v, key + ".") if isinstance(v, dict) else {key: f"--set {key}"})
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                origins: dict[str, str] | None = None) -> BenchConfig:
+    """Read a TOML config (default: the embedded bench.toml), apply overrides, validate. Errors name
+    their source: the file, ``--set KEY``, or the flag given in ``origins``."""
     p = Path(path) if path else default_config_path()
     raw = read_toml(p)
+    origins = {**override_origins(overrides or {}), **(origins or {})}
     if overrides:
         raw = merge(raw, overrides)
-    cfg = build_dataclass(BenchConfig, raw, str(p), "")
-    cfg.source = str(p)
+    cfg = build_dataclass(BenchConfig, raw, str(p), "", origins)
+    cfg.source, cfg.origins = str(p), origins
     validate(cfg)
     return cfg
 
 
 def validate(cfg: BenchConfig) -> None:
-    """Cross-field checks the type system cannot express."""
-    where = cfg.source
-    positive = {
-        "run.epochs": cfg.run.epochs, "run.repeats": cfg.run.repeats,
-        "data.max_seq_len": cfg.data.max_seq_len, "data.text_tokens": cfg.data.text_tokens,
-        "data.image_size": cfg.data.image_size, "train.batch_size": cfg.train.batch_size,
-        "train.item_dim": cfg.train.item_dim, "eval.eval_batch_size": cfg.eval.eval_batch_size,
-        "eval.item_batch_size": cfg.eval.item_batch_size, "train.item_bucket": cfg.train.item_bucket,
-    }
-    for key, val in positive.items():
-        if val <= 0:
-            raise BenchError(f"{where}: '{key}' must be > 0, got {val}")
-    if cfg.data.min_seq_len < 3:
-        raise BenchError(f"{where}: 'data.min_seq_len' must be >= 3 (train, valid and test items), got {cfg.data.min_seq_len}")
-    if not cfg.eval.ks or any(k <= 0 for k in cfg.eval.ks):
-        raise BenchError(f"{where}: 'eval.ks' must be a non-empty list of positive integers")
-    total = cfg.tpme.alpha_time + cfg.tpme.alpha_params + cfg.tpme.alpha_memory
-    if abs(total - 1.0) > 1e-6:
-        raise BenchError(f"{where}: [tpme] alphas must sum to 1, got {total:g}")
-    for name, table in cfg.methods.items():
-        if not isinstance(table, dict):
-            raise BenchError(f"{where}: 'methods.{name}' must be a table")
+    """Ranges, finiteness and combinations (``benchmark.config_checks``)."""
+    from .config_checks import check
+
+    check(cfg)

@@ -155,10 +155,13 @@ def synthetic_dataset(cfg: DataConfig, seed: int) -> SeqDataset:
         titles.append(" ".join(words) + f" model {i}")
     sequences = []
     for _ in range(s.users):
-        length = int(rng.integers(s.min_len, s.max_len + 1))
+        # a sequence's items are distinct: never longer than there are items
+        length = min(int(rng.integers(s.min_len, s.max_len + 1)), s.items)
         c = int(rng.integers(0, s.clusters))
         seq: list[int] = []
         while len(seq) < length:
+            if all(m + 1 in seq for m in members[c]):  # this topic is used up: the user moves on
+                c = int(rng.choice([k for k, m in enumerate(members) if any(i + 1 not in seq for i in m)]))
             item = int(rng.choice(members[c], p=zipf[c])) + 1
             if item not in seq:
                 seq.append(item)

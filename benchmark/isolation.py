@@ -114,6 +114,35 @@ def _modules_for(name: str, cfg: BenchConfig) -> list[str]:
     return mods
 
 
+OWNER = "owner.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale(out: Path, grace_s: float = 60.0) -> list[Path]:
+    """Remove the ``.isolate-*`` folders of sweeps that are gone (a killed sweep's payload is GBs at
+    paper scale); a folder without an owner file is left alone for ``grace_s`` (being created)."""
+    removed = []
+    for d in sorted(out.glob(".isolate-*")):
+        try:
+            pid = int((d / OWNER).read_text())
+        except (OSError, ValueError):
+            pid = None
+        if (pid is not None and _alive(pid)) or (pid is None and time.time() - d.stat().st_mtime < grace_s):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
 class IsolatedRunner:
     """Runs (method, repeat) pairs in fresh children; one instance per sweep (``close()`` it)."""
 
@@ -121,7 +150,10 @@ class IsolatedRunner:
                  echo=print, interval: float = SAMPLE_INTERVAL_S, sample: bool = True):
         self.cfg, self.prep, self.device, self.out = cfg, prep, device, Path(out)
         self.progress, self.echo, self.interval, self.sample = progress, echo, interval, sample
+        for stale in clean_stale(self.out):
+            echo(f"isolation: removed {stale}, left by a sweep that is gone")
         self.tmp = Path(tempfile.mkdtemp(prefix=".isolate-", dir=self.out))
+        (self.tmp / OWNER).write_text(str(os.getpid()))
         self.payload = self.tmp / "payload.pt"
         t0 = time.perf_counter()
         save_payload(self.payload, cfg, prep)

@@ -113,6 +113,9 @@ def prepare(cfg: BenchConfig) -> Prepared:
     tokenize(data, load_tokenizer(cfg.backbone), cfg.data.text_tokens)
     data.timings.update(load_s=t1 - t0, tokenize_s=time.perf_counter() - t1)
     split = make_split(data, cfg.data.max_seq_len, "count" if cfg.train.paper_protocol else cfg.train.popularity)
+    if max(cfg.eval.ks) >= data.n_items:  # every item would be in the top K: HR@K = 1 for anything
+        raise BenchError(f"{cfg.where('eval.ks')}: 'eval.ks' must be below the number of items ({data.n_items}), "
+                         f"got {max(cfg.eval.ks)}")
     return Prepared(data, split, popularity_metrics(split, cfg.eval.ks, cfg.eval.masking))
 
 
@@ -320,12 +323,14 @@ def finish_record(rec: RunRecord, out: Path, device: torch.device) -> dict[str, 
     return rec.to_dict()
 
 
-def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bool = False) -> Path:
+def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bool = False,
+                  failed: list[str] | None = None) -> Path:
     """Run every selected (method, repeat) and append its record to OUT/results.jsonl.
 
     Runs already in OUT/results.jsonl with status ok and the same config hash are skipped unless
-    ``force``; each finished run is appended atomically, so an interrupted sweep loses only the
-    run in flight. With ``[run] isolate`` every run is a fresh child process.
+    ``force``; each finished run is appended under a lock, so an interrupted sweep loses only the
+    run in flight. With ``[run] isolate`` every run is a fresh child process. Runs that did not end
+    ok are added to ``failed`` (the CLI exits 1 for them).
     """
     from .isolation import import_extra_modules
     from .outdir import check_comparable, comparable_settings
@@ -364,6 +369,8 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
                 rec = run_method(cfg, name, prep, device, repeat, out, progress)
             append_result(results, finish_record(rec, out, device))
             echo(summary_line(rec))
+            if rec.status != "ok" and failed is not None:
+                failed.append(f"{name} r{repeat} ({rec.status})")
     finally:
         if isolated is not None:
             isolated.close()

@@ -1,5 +1,7 @@
 """Bad input: one line on stderr naming the file, line or key, a non-zero exit, and no output folder."""
 
+import json
+import os
 import socket
 from pathlib import Path
 
@@ -161,7 +163,7 @@ def test_cuda_without_a_gpu(tmp_path, capsys):
 def test_output_directory_that_cannot_be_written(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    fails(tmp_path, capsys, ["--dataset", str(write_dataset(tmp_path / "d"))], "run.out: cannot write to output directory",
+    fails(tmp_path, capsys, ["--dataset", str(write_dataset(tmp_path / "d")), "--set", "eval.ks=[5]"], "run.out: cannot write to output directory",
           str(blocker / "out"), out=blocker / "out")
 
 
@@ -213,3 +215,93 @@ def test_a_run_with_other_settings_into_the_same_out_exits_2_and_writes_nothing(
     assert len(err.splitlines()) == 1 and "results.jsonl:1: earlier runs (iisan-cached) used other settings" in err
     assert "run.epochs (1 there, 2 now)" in err and "--force" in err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written
+
+
+# --------------------------------------------------------------------------- values (#15): at load time,
+# one line naming the key and where it came from, nothing written
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--set", "train.max_steps_per_epoch=-1"], ["--set train.max_steps_per_epoch", "must be >= 0"]),
+    (["--set", "train.lr_head=-0.01"], ["--set train.lr_head", "must be >= 0"]),
+    (["--set", "train.lr_head=nan"], ["--set train.lr_head", "must be a finite number"]),
+    (["--set", "tpme.alpha_time=nan"], ["--set tpme.alpha_time", "finite"]),
+    (["--set", "tpme.alpha_time=-0.1", "--set", "tpme.alpha_params=0.65"], ["--set tpme.alpha_time", ">= 0"]),
+    (["--seed", "-1"], ["--seed: 'run.seed' must be in [0, 2^32)"]),
+    (["--epochs", "0"], ["--epochs: 'run.epochs' must be > 0"]),
+    (["--set", "data.text_tokens=1"], ["--set data.text_tokens", ">= 2"]),
+    (["--set", "run.sample_interval_ms=-5"], ["--set run.sample_interval_ms", ">= 0"]),
+    (["--set", "train.dropout=1.5"], ["--set train.dropout", "in [0, 1)"]),
+    (["--set", "eval.ks=[100000]"], ["--set eval.ks", "below the number of items (300)"]),
+])
+def test_bad_values_fail_at_load_naming_their_source(tmp_path, capsys, args, needles):
+    fails(tmp_path, capsys, args, *needles)
+
+
+def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--out", "", "--methods", "fft", "--no-progress"])
+    assert exc.value.code == 2 and "--out: 'run.out' must be a folder name, not empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_value_from_the_config_file_names_the_file(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nlr_peft = -1.0\n")
+    fails(tmp_path, capsys, ["--config", str(cfg)], f"{cfg}: 'train.lr_peft' must be >= 0")
+    cfg.write_bytes(b"[train]\nlr_peft = 1.0 # \xff\xfe\n")
+    fails(tmp_path, capsys, ["--config", str(cfg)], f"{cfg}:", "UTF-8")
+
+
+def test_a_small_synthetic_topic_no_longer_hangs():
+    from benchmark.config import DataConfig, SyntheticConfig
+    from benchmark.data import synthetic_dataset
+
+    ds = synthetic_dataset(DataConfig(images="none", synthetic=SyntheticConfig(items=8, clusters=1)), 0)
+    assert ds.sequences and all(len(set(s)) == len(s) <= 8 for s in ds.sequences)
+    ds = synthetic_dataset(DataConfig(images="none", synthetic=SyntheticConfig(items=20, clusters=8, noise=0.0)), 0)
+    assert all(len(set(s)) == len(s) for s in ds.sequences)  # topics of 2-3 items: users move on
+
+
+def test_a_sweep_with_a_failed_run_exits_1_after_writing_its_report(tmp_path, capsys, plugin_methods, monkeypatch):
+    monkeypatch.setenv("IISAN_BENCH_IMPORTS", "bench_test_methods")
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--out", str(out), "--methods", "t-fail,t-tiny", "--epochs", "1", "--no-progress", "--no-isolate",
+              "--set", "data.synthetic.users=60", "--set", "data.synthetic.items=40"])
+    assert exc.value.code == 1
+    assert "1 run(s) did not finish ok: t-fail r0 (failed)" in capsys.readouterr().err
+    assert (out / "report.md").is_file() and len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_two_sweeps_appending_at_once_lose_no_record(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "results.jsonl"
+    code = ("import sys; from pathlib import Path; from benchmark.results import append_result\n"
+            "for i in range(200): append_result(Path(sys.argv[1]), {'who': sys.argv[2], 'i': i, 'pad': 'x' * 2000})")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), w], cwd=Path(__file__).parent.parent)
+             for w in ("a", "b")]
+    assert [p.wait(120) for p in procs] == [0, 0]
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 400 and {(r["who"], r["i"]) for r in lines} == {(w, i) for w in "ab" for i in range(200)}
+
+
+def test_payloads_left_by_a_killed_sweep_are_removed_at_the_next_start(tmp_path):
+    import subprocess
+    import sys
+
+    from benchmark.isolation import OWNER, clean_stale
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone, live, fresh = (tmp_path / ".isolate-gone", tmp_path / ".isolate-live", tmp_path / ".isolate-new")
+    for d, owner in ((gone, dead.pid), (live, os.getpid()), (fresh, None)):
+        d.mkdir()
+        (d / "payload.pt").write_bytes(b"x" * 1024)
+        if owner is not None:
+            (d / OWNER).write_text(str(owner))
+    assert clean_stale(tmp_path) == [gone]
+    assert not gone.exists() and live.exists() and fresh.exists()  # a live sweep's, and one being created

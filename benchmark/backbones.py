@@ -308,11 +308,15 @@ def _random_text(src: Source, tokens: int, vocab: int, attn: str):
     return _build(cfg)
 
 
-def _random_vision(src: Source, image_size: int, attn: str):
-    cfg = _config(src, attn)
+def _check_patch(cfg, image_size: int, name: str) -> None:
     patch = getattr(cfg, "patch_size", None)
     if patch and image_size % patch:
-        raise BenchError(f"data.image_size={image_size} is not a multiple of the ViT patch size {patch} of {src.name}")
+        raise BenchError(f"data.image_size={image_size} is not a multiple of the ViT patch size {patch} of {name}")
+
+
+def _random_vision(src: Source, image_size: int, attn: str):
+    cfg = _config(src, attn)
+    _check_patch(cfg, image_size, src.name)
     if hasattr(cfg, "image_size"):
         cfg.image_size = image_size
     return _build(cfg)
@@ -376,8 +380,9 @@ def check_backbones(bcfg: BackboneConfig, dcfg: DataConfig) -> None:
     for kind in kinds:
         src = source(bcfg, kind)
         if src.init == "random":
-            if src.builtin is None:
-                _config(src, bcfg.attn_implementation)
+            cfg = _config(src, bcfg.attn_implementation)
+            if kind == "vision":  # before data preparation, not after it
+                _check_patch(cfg, dcfg.image_size, src.name)
             continue
         _check_local(src)
         where, kw = _load_kwargs(src)

@@ -14,6 +14,15 @@ class BenchError(Exception):
     """A user error: bad config, bad data, unavailable device or model."""
 
 
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss: the run is ``diverged``, not ok (its metrics mean nothing)."""
+
+    def __init__(self, epoch: int, loss: float, last_finite: float | None):
+        last = "none" if last_finite is None else f"{last_finite:.6g}"
+        super().__init__(f"the training loss became {loss} in epoch {epoch} (last finite epoch loss: {last})")
+        self.last_finite = last_finite
+
+
 def nearest(name: str, valid: Iterable[str]) -> str:
     """A ' (did you mean X?)' hint, or the list of valid names when nothing is close."""
     valid = sorted(valid)

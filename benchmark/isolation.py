@@ -80,7 +80,13 @@ def exit_reason(rc: int) -> str:
 
 
 def save_payload(path: Path, cfg: BenchConfig, prep) -> None:
-    torch.save({"cfg": cfg, "prep": prep}, path)
+    try:
+        torch.save({"cfg": cfg, "prep": prep}, path)
+    except (OSError, RuntimeError) as exc:  # a full disk reads "inline_container.cc ... file write failed"
+        path.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise BenchError(f"{path}: cannot write the isolation payload ({type(exc).__name__}; {free:.0f} MB free "
+                         "on that disk): free space, or run with --no-isolate") from None
 
 
 def load_payload(path: Path):
@@ -156,7 +162,11 @@ class IsolatedRunner:
         (self.tmp / OWNER).write_text(str(os.getpid()))
         self.payload = self.tmp / "payload.pt"
         t0 = time.perf_counter()
-        save_payload(self.payload, cfg, prep)
+        try:
+            save_payload(self.payload, cfg, prep)
+        except BenchError:
+            shutil.rmtree(self.tmp, ignore_errors=True)  # nothing half-written stays behind
+            raise
         self.payload_save_s = time.perf_counter() - t0
         self.payload_mb = self.payload.stat().st_size / MB
         self.nvml = Nvml.open() if device.type == "cuda" else None

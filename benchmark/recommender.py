@@ -68,7 +68,10 @@ def inbatch_loss(user: torch.Tensor, item_emb: torch.Tensor, ids: torch.Tensor, 
     mask, target_col, valid = inbatch_logits_mask(ids)
     logits = torch.einsum("bld,cd->blc", user, item_emb).float() - log_pop[ids.reshape(-1)].view(1, 1, -1)
     logits = logits.masked_fill(mask, NEG)
-    # invalid rows are ignored rather than dropped by boolean indexing, which would sync with the host
+    # invalid rows are ignored rather than dropped by boolean indexing, which would sync with the host;
+    # their logits are zeroed: cross_entropy still takes their softmax, and one infinite logit there (a
+    # padding target's log(0) popularity under the count rule) would make every gradient NaN
+    logits = logits.masked_fill(~valid.unsqueeze(-1), 0.0)
     target = target_col.masked_fill(~valid, -100)
     return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
 

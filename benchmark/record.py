@@ -136,7 +136,7 @@ class Timeline:
 class RunRecord:
     method: str
     description: str = ""
-    status: str = "ok"  # ok | oom | failed
+    status: str = "ok"  # ok | oom | diverged | failed
     error: str | None = None
     repeat: int = 0
     config_hash: str | None = None
@@ -165,6 +165,8 @@ class RunRecord:
         """The one place an exception becomes a result: ``oom`` (the peak reached is still
         recorded) or ``failed``, with the exception's last line and the traceback for the log."""
         self.status, self.error = classify(exc)
+        if hasattr(exc, "last_finite"):  # a diverged run keeps its last finite loss
+            self.metrics["last_finite_loss"] = exc.last_finite
         self.traceback = trace if trace is not None else "".join(tb.format_exception(exc))
         return self
 
@@ -177,7 +179,10 @@ class RunRecord:
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
-    """(status, error) of a run that raised ``exc``: ``oom`` for out-of-memory, else ``failed``."""
+    """(status, error) of a run that raised ``exc``: ``oom`` for out-of-memory, ``diverged`` for a
+    non-finite loss, else ``failed``."""
+    if type(exc).__name__ == "DivergedError":
+        return "diverged", last_line(exc)
     oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
     return ("oom" if oom else "failed"), last_line(exc)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import platform
 import subprocess
@@ -46,10 +47,21 @@ def atomic_write(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinity replaced by null: results.jsonl is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def append_result(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line under an exclusive lock (O_APPEND + flock): two sweeps writing to one
     file interleave whole lines and lose none (a read-modify-rewrite kept 233 of 400)."""
-    line = (json.dumps(record, default=str) + "\n").encode()
+    line = (json.dumps(finite(record), default=str, allow_nan=False) + "\n").encode()
     with open(path, "a+b") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

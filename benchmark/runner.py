@@ -367,7 +367,11 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
                 rec = isolated.run(name, repeat)
             else:
                 rec = run_method(cfg, name, prep, device, repeat, out, progress)
-            append_result(results, finish_record(rec, out, device))
+            try:
+                append_result(results, finish_record(rec, out, device))
+            except OSError as exc:  # e.g. a full disk: say which file, keep what is already there
+                raise BenchError(f"{results}: cannot append the result of {name} r{repeat} "
+                                 f"({exc.strerror or exc}); earlier results are intact") from None
             echo(summary_line(rec))
             if rec.status != "ok" and failed is not None:
                 failed.append(f"{name} r{repeat} ({rec.status})")

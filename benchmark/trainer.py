@@ -8,6 +8,7 @@ training steps only, with the device synchronised at its edges; evaluation is ti
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .config import EvalConfig, TrainConfig
 from .data import Split
+from .errors import DivergedError
 from .kernels import sdpa_context
 from .metrics import metrics_from_ranks, target_ranks
 from .recommender import SeqRecommender
@@ -307,6 +309,9 @@ class Trainer:
         self._fire("on_train_start")
         for epoch in range(1, epochs + 1):
             self.train_epoch(epoch, out)
+            if not math.isfinite(out.losses[-1]):
+                finite = [x for x in out.losses if math.isfinite(x)]
+                raise DivergedError(epoch, out.losses[-1], finite[-1] if finite else None)
             t0 = time.perf_counter()
             valid, test = self.evaluate(out)
             out.eval_s.append(time.perf_counter() - t0)

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from benchmark.errors import BenchError
+
 # Trainable parameters the paper reports (Table 2 / its code) for the base backbones.
 PAPER: dict[str, float] = {"fft": 194.9e6, "adapter": 4.97e6, "lora": 0.83e6, "bitfit": 0.41e6,
                            "iisan": 4.11e6, "iisan-cached": 4.11e6}
@@ -63,6 +65,8 @@ def count_method(cfg, name: str) -> dict[str, Any]:
 
 def params_config(cfg, image_size: int | None = None):
     """The config the counts use: random init (no weights needed), the paper's 224 px for 'base'."""
+    if image_size is not None and image_size <= 0:
+        raise BenchError(f"--image-size must be > 0, got {image_size}")
     size = image_size or (PAPER_IMAGE_SIZE if cfg.backbone.preset == "base" else cfg.data.image_size)
     return dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, init="random"),
                                data=dataclasses.replace(cfg.data, image_size=size))

@@ -233,6 +233,7 @@ def test_a_run_with_other_settings_into_the_same_out_exits_2_and_writes_nothing(
     (["--set", "run.sample_interval_ms=-5"], ["--set run.sample_interval_ms", ">= 0"]),
     (["--set", "train.dropout=1.5"], ["--set train.dropout", "in [0, 1)"]),
     (["--set", "eval.ks=[100000]"], ["--set eval.ks", "below the number of items (300)"]),
+    (["--set", "data.synthetic.items=3"], ["data.synthetic: every user was filtered out by data.min_seq_len"]),
 ])
 def test_bad_values_fail_at_load_naming_their_source(tmp_path, capsys, args, needles):
     fails(tmp_path, capsys, args, *needles)
@@ -305,3 +306,90 @@ def test_payloads_left_by_a_killed_sweep_are_removed_at_the_next_start(tmp_path)
             (d / OWNER).write_text(str(owner))
     assert clean_stale(tmp_path) == [gone]
     assert not gone.exists() and live.exists() and fresh.exists()  # a live sweep's, and one being created
+
+
+def test_an_image_size_off_the_patch_grid_fails_before_data_preparation(tmp_path, capsys):
+    fails(tmp_path, capsys, ["--set", "data.image_size=33"], "data.image_size=33 is not a multiple of the ViT patch size 8")
+
+
+def test_params_with_a_negative_image_size_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["params", "--image-size", "-16"])
+    assert exc.value.code == 2 and capsys.readouterr().err.strip() == "iisan-bench: error: --image-size must be > 0, got -16"
+
+
+def test_a_full_disk_while_writing_the_payload_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    from benchmark import isolation
+
+    def full(*_a, **_k):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(isolation.torch, "save", full)
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--out", str(out), "--methods", "fft", "--epochs", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1
+    assert "cannot write the isolation payload" in err and "MB free" in err and "--no-isolate" in err
+    assert not list(out.glob(".isolate-*")) and not (out / "results.jsonl").exists()
+
+
+def test_a_damaged_results_file_is_named_at_its_line_and_never_appended_to(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    good = json.dumps({"method": "fft", "status": "ok", "repeat": 0})
+    (out / "results.jsonl").write_text(good + "\n{\"method\": \"lora\", \"stat\n")
+    before = (out / "results.jsonl").read_bytes()
+    for force in ([], ["--force"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["run", "--out", str(out), "--methods", "fft", "--epochs", "1", "--no-progress", *force])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and "results.jsonl:2: malformed JSON" in err, err
+        assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_a_diverged_run_is_diverged_with_its_last_finite_loss_and_strict_json(tmp_path, monkeypatch):
+    from benchmark.config import load_config
+    from benchmark.recommender import SeqRecommender
+    from benchmark.results import append_result
+    from benchmark.runner import prepare, run_method
+
+    real = SeqRecommender.loss
+    calls = []
+
+    def nan_after_one(self, *args, **kw):  # 60 users at batch 64: one step an epoch
+        calls.append(1)
+        loss = real(self, *args, **kw)
+        return loss * float("nan") if len(calls) > 1 else loss
+
+    monkeypatch.setattr(SeqRecommender, "loss", nan_after_one)
+    cfg = load_config(None, {"data": {"synthetic": {"users": 60, "items": 40}}, "run": {"epochs": 3},
+                             "train": {"max_steps_per_epoch": 2}})
+    rec = run_method(cfg, "fft", prepare(cfg), torch.device("cpu"), progress=False)
+    assert rec.status == "diverged" and "the training loss became nan in epoch 2" in rec.error
+    assert rec.metrics["last_finite_loss"] > 0  # epoch 1's
+    rec.metrics["valid"] = {"hr@10": float("nan")}  # whatever slips through is written as null
+    append_result(tmp_path / "r.jsonl", rec.to_dict())
+    line = (tmp_path / "r.jsonl").read_text()
+    back = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+    assert back["status"] == "diverged" and back["metrics"]["valid"]["hr@10"] is None
+
+
+def test_sigterm_of_a_sweep_kills_its_run_and_leaves_no_payload(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", "--methods", "fft", "--epochs", "50",
+                             "--out", str(out), "--no-progress"], cwd=Path(__file__).parent.parent,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".isolate-*/*/stderr.log")):
+        time.sleep(0.2)  # a run is under way in its child
+    assert list(out.glob(".isolate-*/*/stderr.log")), proc.stderr.read().decode()[-2000:]
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 128 + signal.SIGTERM
+    assert not list(out.glob(".isolate-*"))  # the payload folder went with the sweep

@@ -62,3 +62,25 @@ def test_mask_keeps_target_and_hides_own_items_and_padding():
     assert not mask[0, 1, 4] and not mask[0, 1, 6] and not mask[0, 1, 7]  # items 2, 4, 6 are negatives
     # user 0, position 2 predicts item 3 (column 3): its own column stays, the other copy is masked
     assert not mask[0, 2, 3] and mask[0, 2, 1]
+
+
+def test_the_paper_popularity_rule_keeps_the_loss_and_its_gradients_finite():
+    """count / total gives the padding item log(0) = -inf; rows whose target is padding are ignored,
+    and must not turn the gradients into NaN (0 x NaN) through their softmax."""
+    from benchmark.config import load_config
+    from benchmark.data import load_dataset, make_split
+    from benchmark.recommender import inbatch_loss
+
+    cfg = load_config(None, {"data": {"synthetic": {"users": 240, "items": 120}}})
+    ds = load_dataset(cfg.data, 42)
+    smoothed, count = make_split(ds, 10, "smoothed"), make_split(ds, 10, "count")
+    assert torch.isinf(count.log_pop[0]) and torch.isfinite(count.log_pop[1:][ds.popularity()[1:] > 0]).all()
+    ids = count.train[:32]
+    assert (ids[:, 1:] == 0).any()  # rows with a padding target exist
+    torch.manual_seed(0)
+    user = torch.randn(32, 10, 8, requires_grad=True)
+    emb = torch.randn(32 * 11, 8, requires_grad=True)
+    loss = inbatch_loss(user, emb, ids, count.log_pop)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(user.grad).all() and torch.isfinite(emb.grad).all()
+    assert not torch.equal(loss, inbatch_loss(user, emb, ids, smoothed.log_pop))  # the rule matters

@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
         if p not in sys.path:
             sys.path.append(p)
     from .errors import BenchError
-    from .results import atomic_write
+    from iisan_util.atomic import atomic_write_text
 
     child: dict = {"t_enter": t_enter, "marks": []}
     out: dict = {}
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
         device = torch.device(spec["device"])
         if device.type == "cuda":
             start = cuda_start(device)
-            atomic_write(Path(spec["ready"]), json.dumps({"uuid": start.uuid, "pid": os.getpid()}))
+            atomic_write_text(Path(spec["ready"]), json.dumps({"uuid": start.uuid, "pid": os.getpid()}))
         child["t_ready"] = time.time()
         record = run_method(cfg, spec["method"], prep, device, spec["repeat"], Path(spec["out"]),
                             spec["progress"], sample_memory=False)
@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
         status, error = classify(exc)
         out = {"early": {"status": status, "error": error, "traceback": traceback.format_exc()}}
     out["child"] = child
-    atomic_write(Path(spec["result"]), json.dumps(out, default=str))
+    atomic_write_text(Path(spec["result"]), json.dumps(out, default=str))
     return 0
 
 

@@ -207,7 +207,7 @@ def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo
 
 def floors_command(cfg: BenchConfig, out_dir: Path, steps: int, echo=print) -> Path:
     """``iisan-bench floors``: measure and write ``OUT/floors.json`` (the report picks it up)."""
-    from .results import atomic_write
+    from iisan_util.atomic import atomic_write_text
     from .runner import resolve_device
 
     if steps <= 0:
@@ -216,5 +216,5 @@ def floors_command(cfg: BenchConfig, out_dir: Path, steps: int, echo=print) -> P
     out_dir.mkdir(parents=True, exist_ok=True)
     res = measure_floors(cfg, device, steps, echo)
     path = out_dir / FLOORS_FILE
-    atomic_write(path, json.dumps(res, indent=1, default=str))
+    atomic_write_text(path, json.dumps(res, indent=1, default=str))
     return path

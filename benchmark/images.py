@@ -34,7 +34,7 @@ import torch
 
 from .config import DataConfig
 from .errors import BenchError
-from reports.atomic import atomic_write
+from iisan_util.atomic import atomic_write
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")  # in order of preference when several exist
 CACHE_VERSION = "v1"

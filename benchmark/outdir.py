@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BenchError
-from .results import atomic_write
+from iisan_util.atomic import atomic_write_text
 
 IGNORED_RUN_KEYS = ("methods", "out", "repeats", "isolate", "sample_interval_ms", "device", "floors")
 COMPARED_SECTIONS = ("data", "backbone", "train", "eval")
@@ -100,5 +100,5 @@ def check_comparable(results: Path, current: dict[str, Any], force: bool, echo=p
         raise BenchError(f"{results}:{line_no}: earlier runs ({method}) used other settings: {'; '.join(diff[:4])}"
                          f"{f' (+{len(diff) - 4} more)' if len(diff) > 4 else ''}; "
                          "use another --out, or --force to replace them")
-    atomic_write(results, "".join(f"{ln}\n" for ln in keep))
+    atomic_write_text(results, "".join(f"{ln}\n" for ln in keep))
     echo(f"--force: removed {dropped} run(s) with other settings from {results} ({'; '.join(diff[:2])})")

@@ -294,7 +294,7 @@ def write_timeline_csv(path: Path, samples: list[Sample], t0: float, marks: list
     ``t_s`` counts from ``t0``; ``phase`` is the last mark at or before the sample (``startup``
     before the first mark).
     """
-    from .results import atomic_write
+    from iisan_util.atomic import atomic_write_text
 
     col = timeline_column(samples, gpu)
     marks = sorted(marks)
@@ -311,5 +311,5 @@ def write_timeline_csv(path: Path, samples: list[Sample], t0: float, marks: list
         if mb is None:
             continue
         w.writerow([f"{s.t - t0:.3f}", fmt(mb), phase, fmt(s.rss_mb), fmt(s.process_mb), fmt(s.device_mb)])
-    atomic_write(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
     return COLUMN_SOURCE[col]

@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from reports.atomic import atomic_write_text
 
 
 def git_sha() -> str | None:
@@ -40,11 +39,6 @@ def env_info(device) -> dict[str, Any]:
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__,
             "cuda": torch.version.cuda, "git_sha": git_sha(), "platform": platform.platform()}
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file and rename: readers never see half a file."""
-    atomic_write_text(path, text)
 
 
 def finite(obj: Any) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from reports.atomic import atomic_write_text
+from iisan_util.atomic import atomic_write_text
 
 from .trainer import Trainer, TrainOutcome
 

@@ -69,7 +69,7 @@ class IdleSampler(ProcessSampler):
     def _loop(self) -> None:
         lower_sampler_priority()
         super()._loop()
-from benchmark.results import atomic_write
+from iisan_util.atomic import atomic_write_text
 from benchmark.runner import prepare, resolve_device, seed_everything
 
 
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "note": ("the machine is shared (load_avg): per-block noise (noise_pct_off) can exceed the effect; "
                  "a negative median is noise"),
     }
-    atomic_write(Path(args.out), json.dumps(result, indent=2) + "\n")
+    atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["verdict"]), file=sys.stderr)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

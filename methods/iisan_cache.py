@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reports.atomic import atomic_write, atomic_write_text
+from iisan_util.atomic import atomic_write, atomic_write_text
 
 CACHE_FORMAT = 2  # 2: {"states", "offset"} per file
 PREPROCESS = "cls=hidden_states[tap][:,0]; pixels=uint8/127.5-1; encoders in eval mode, no grad, in their weights' dtype"

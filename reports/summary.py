@@ -7,7 +7,7 @@ import csv
 import io
 from pathlib import Path
 
-from .atomic import atomic_write_text
+from iisan_util.atomic import atomic_write_text
 from .load import CV_THRESHOLD, Results
 from .paper import paper_figures
 from .tables import metric_keys, popularity

@@ -1,0 +1,1 @@
+"""The shared utility layer every other package may import (and that imports none of them)."""

@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     try:
         import torch
 
-        from .isolation import import_extra_modules, load_payload
+        from .payload import import_extra_modules, load_payload
         from .profiler import cuda_start, ru_maxrss_mb
         from .runner import run_method
 

@@ -118,7 +118,7 @@ def params(config_path: str | None, methods: str, image_size: int | None, **flag
     """Trainable and total parameters of every method, built on the meta device (no weights)."""
     from methods.params import params_command
 
-    from .runner import check_methods, method_names
+    from .recipe import check_methods, method_names
 
     flags["images"] = "synthetic" if flags.get("images") == "real" else flags.get("images")
     cfg = _config(config_path, (), methods=methods, **flags)
@@ -141,7 +141,7 @@ def params(config_path: str | None, methods: str, image_size: int | None, **flag
 @click.option("--rebuild", is_flag=True, help="Rebuild even if a valid cache exists.")
 def cache(config_path: str | None, rebuild: bool, **flags: Any) -> None:
     """Build the iisan-cached cache of tapped CLS states (run builds it when missing)."""
-    from methods.iisan_cache import cache_command
+    from .cache_command import cache_command
 
     cfg = _config(config_path, (), **flags)
     cache_command(cfg, rebuild=rebuild, echo=click.echo)

@@ -163,7 +163,7 @@ def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo
     from .backbones import load_backbones
     from .recommender import SASRec
     from .results import env_info
-    from .runner import prepare, seed_everything
+    from .prepare import prepare, seed_everything
 
     t, prep = cfg.train, prepare(cfg)
     train = prep.split.train
@@ -208,7 +208,7 @@ def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo
 def floors_command(cfg: BenchConfig, out_dir: Path, steps: int, echo=print) -> Path:
     """``iisan-bench floors``: measure and write ``OUT/floors.json`` (the report picks it up)."""
     from iisan_util.atomic import atomic_write_text
-    from .runner import resolve_device
+    from .prepare import resolve_device
 
     if steps <= 0:
         raise BenchError(f"--steps must be > 0, got {steps}")

@@ -39,8 +39,9 @@ import torch
 
 from .config import BenchConfig
 from .errors import BenchError
-from .launch import ENV_IMPORTS, STDERR_TAIL, FileTee, child_env, launcher
+from .launch import STDERR_TAIL, FileTee, child_env, launcher
 from .nvml import Nvml
+from .payload import extra_modules, save_payload
 from .phases import apply_samples, settle
 from .profiler import MB, SAMPLE_INTERVAL_S, ProcessSampler, warn
 from .record import Memory, RunRecord, Timeline
@@ -77,37 +78,6 @@ def exit_reason(rc: int) -> str:
         hint = " (the OS out-of-memory killer?)" if -rc == signal.SIGKILL else ""
         return f"child process killed by {name}{hint} (exit code {rc})"
     return f"child process exited with code {rc} without a result"
-
-
-def save_payload(path: Path, cfg: BenchConfig, prep) -> None:
-    try:
-        torch.save({"cfg": cfg, "prep": prep}, path)
-    except (OSError, RuntimeError) as exc:  # a full disk reads "inline_container.cc ... file write failed"
-        path.unlink(missing_ok=True)
-        free = shutil.disk_usage(path.parent).free / 2**20
-        raise BenchError(f"{path}: cannot write the isolation payload ({type(exc).__name__}; {free:.0f} MB free "
-                         "on that disk): free space, or run with --no-isolate") from None
-
-
-def load_payload(path: Path):
-    """(cfg, prep) from the parent's payload, memory-mapped: tensors are read when first touched."""
-    payload = torch.load(path, weights_only=False, mmap=True)  # our own file, written by the parent
-    return payload["cfg"], payload["prep"]
-
-
-def extra_modules() -> list[str]:
-    return [m.strip() for m in os.environ.get(ENV_IMPORTS, "").split(",") if m.strip()]
-
-
-def import_extra_modules() -> None:
-    """Import the modules named in ``IISAN_BENCH_IMPORTS`` (they register methods of one's own)."""
-    import importlib
-
-    for mod in extra_modules():
-        try:
-            importlib.import_module(mod)
-        except ImportError as exc:
-            raise BenchError(f"{ENV_IMPORTS}: cannot import '{mod}': {exc}") from None
 
 
 def _modules_for(name: str, cfg: BenchConfig) -> list[str]:
@@ -255,7 +225,7 @@ class IsolatedRunner:
             return rec
         from methods.registry import get_method_for
 
-        from .runner import method_config, new_record
+        from .recipe import method_config, new_record
 
         env = {"device": self.device.type, "python": sys.version.split()[0], "torch": torch.__version__,
                "cuda": torch.version.cuda}

@@ -2,7 +2,7 @@
 
 Why a zygote: a child spent 5-7 s importing torch, transformers and peft before it could start
 (peft alone 3.5 s on 2 cores), 6 times per default sweep. The zygote (``python -m
-benchmark.launch``) imports them once and forks a child per run: the child is still a fresh
+benchmark.zygote``) imports them once and forks a child per run: the child is still a fresh
 process (no CUDA context, no allocator state, no model; the zygote never touches CUDA, which is
 what makes forking safe), but it starts in milliseconds. This is multiprocessing's
 forkserver-with-preload, with the run's exit status, signal and peak RSS (``wait4``) reported back.
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import signal
 import subprocess
 import sys
 import threading
@@ -25,12 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-ENV_IMPORTS = "IISAN_BENCH_IMPORTS"  # comma list of modules a child imports first (e.g. test methods)
+from .payload import ENV_IMPORTS
+
 ENV_PARENT = "IISAN_BENCH_PARENT_PID"
 ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"
 ALLOC_DEFAULT = "expandable_segments:True"
 STDERR_TAIL = 64 * 1024
-PRELOAD = ("torch", "transformers", "peft", "benchmark.child", "benchmark.runner", "methods.registry")
 
 
 def alloc_env(env: dict[str, str]) -> dict[str, str]:
@@ -131,7 +129,7 @@ class ZygoteLauncher:
 
     def __init__(self, env: dict[str, str]):
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmark.launch"], env=env, stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmark.zygote"], env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, bufsize=0)
         self.exits: dict[int, tuple[int, float | None]] = {}
         msg = self._read()
@@ -187,77 +185,3 @@ def _ru_mb(kb: int | None) -> float | None:
     if kb is None:
         return None
     return kb / 2**20 if sys.platform == "darwin" else kb / 1024
-
-
-# --------------------------------------------------------------------------- the zygote's side
-
-
-def _run_child(req: dict[str, Any]) -> None:
-    """In the forked child: its own stdio, environment and process group of signals, then the run."""
-    code = 1
-    try:
-        err = os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(err, 1)  # stdout was the zygote's message channel
-        os.dup2(err, 2)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        sys.stdout = os.fdopen(1, "w", buffering=1)
-        sys.stderr = os.fdopen(2, "w", buffering=1)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.environ[ENV_IMPORTS] = req["imports"]
-        os.environ[ENV_PARENT] = str(os.getppid())  # the zygote; it dies with the benchmark
-        import faulthandler
-
-        faulthandler.enable()
-        from . import child
-
-        code = child.main([req["spawn"]])
-    except BaseException:  # noqa: BLE001 - whatever happens, the zygote's loop must not run here
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-def serve() -> int:
-    """The zygote: preload, then fork a child per request and report each exit, until stdin closes."""
-    import importlib
-
-    from .child import die_with_parent
-
-    die_with_parent(int(os.environ.get(ENV_PARENT, os.getppid())))
-    for mod in PRELOAD:
-        importlib.import_module(mod)
-    out = os.fdopen(sys.stdout.fileno(), "w", buffering=1)
-    say = lambda msg: out.write(json.dumps(msg) + "\n")  # noqa: E731
-    say({"ready": True})
-    stdin, running, open_ = sys.stdin.buffer, set(), True
-    buf = b""
-    while open_ or running:
-        ready, _, _ = select.select([stdin] if open_ else [], [], [], 0.02)
-        if ready:
-            chunk = os.read(stdin.fileno(), 65536)
-            open_ = bool(chunk)
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                req = json.loads(line)
-                pid = os.fork()
-                if pid == 0:
-                    _run_child(req)
-                running.add(pid)
-                say({"spawned": req["spawn"], "pid": pid})
-        for pid in list(running):
-            done, status, usage = os.wait4(pid, os.WNOHANG)
-            if done:
-                running.discard(pid)
-                say({"exited": pid, "code": os.waitstatus_to_exitcode(status), "ru_maxrss": usage.ru_maxrss})
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(serve())

@@ -54,7 +54,7 @@ def recipe_keys() -> set[str]:
     """Training keys the paper protocol sets per method (they differ between methods by design)."""
     from methods.registry import available, get_method
 
-    from .runner import PAPER_TRAIN
+    from .recipe import PAPER_TRAIN
 
     return set(PAPER_TRAIN) | {k for name in available() for k in get_method(name).paper_train}
 

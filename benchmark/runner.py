@@ -9,66 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .config import BenchConfig
-from .data import SeqDataset, Split, load_dataset, make_split, tokenize
-from .errors import BenchError, nearest
-from .metrics import metrics_from_ranks, repeats_history, target_ranks
+from .errors import BenchError
+from .prepare import Prepared, prepare, resolve_device, seed_everything
+from .recipe import check_methods, method_config, method_names, new_record
 from .record import Memory, Params, RunRecord, Timing
 from .results import append_result, env_info
 from .util import safe_name
 
 MB = 1024 * 1024
-
-
-@dataclass
-class Prepared:
-    """What every method run shares: the dataset (tokenised once), its split, the popularity floor."""
-
-    data: SeqDataset
-    split: Split
-    popularity: dict[str, dict[str, float]]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise BenchError(f"run.device = 'cuda' but no CUDA GPU is available (torch {torch.__version__}, {build}); use --device cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def method_names(cfg: BenchConfig) -> list[str]:
-    from methods.registry import configured_extra, select
-
-    return select(cfg.run.methods, extra=configured_extra(cfg))
-
-
-def check_methods(cfg: BenchConfig, names: list[str]) -> None:
-    """Validate every selected method's options, and every [methods.NAME] table, before anything runs."""
-    from methods.registry import available, configured_extra, options_for
-
-    known = set(available()) | set(configured_extra(cfg))
-    for name in cfg.methods:
-        if name not in known:
-            raise BenchError(f"{cfg.source}: [methods.{name}] names no method{nearest(name, known)}")
-    for name in names:
-        options_for(name, cfg)
 
 
 def check_out_dir(out: Path) -> None:
@@ -79,44 +34,6 @@ def check_out_dir(out: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise BenchError(f"run.out: cannot write to output directory '{out}': {exc.strerror or exc}") from None
-
-
-def popularity_metrics(split: Split, ks: list[int], masking: str) -> dict[str, dict[str, float]]:
-    """The floor every trained model must beat: rank items by training popularity, under the same
-    masking rule as the models."""
-    out = {}
-    chunk = 256  # users at a time: all at once needs several [users, items] temporaries (GBs on Scientific)
-    for name, target, history in (("valid", split.valid_target, split.valid_history),
-                                  ("test", split.test_target, split.test_history)):
-        ranks = [target_ranks(split.log_pop.unsqueeze(0).expand(min(chunk, target.size(0) - i), -1),
-                              target[i:i + chunk], history[i:i + chunk], masking)
-                 for i in range(0, target.size(0), chunk)]
-        out[name] = metrics_from_ranks(torch.cat(ranks), ks)
-    return out
-
-
-def repeat_shares(split: Split) -> dict[str, float]:
-    """Share of valid and test targets that repeat one of the user's earlier items (the masking
-    rule decides whether those can be hit at all)."""
-    return {name: repeats_history(target, history).float().mean().item()
-            for name, target, history in (("valid", split.valid_target, split.valid_history),
-                                          ("test", split.test_target, split.test_history))}
-
-
-def prepare(cfg: BenchConfig) -> Prepared:
-    from .backbones import check_backbones, load_tokenizer
-
-    check_backbones(cfg.backbone, cfg.data)  # an unavailable encoder fails before the output folder is touched
-    t0 = time.perf_counter()
-    data = load_dataset(cfg.data, cfg.run.seed)
-    t1 = time.perf_counter()
-    tokenize(data, load_tokenizer(cfg.backbone), cfg.data.text_tokens)
-    data.timings.update(load_s=t1 - t0, tokenize_s=time.perf_counter() - t1)
-    split = make_split(data, cfg.data.max_seq_len, "count" if cfg.train.paper_protocol else cfg.train.popularity)
-    if max(cfg.eval.ks) >= data.n_items:  # every item would be in the top K: HR@K = 1 for anything
-        raise BenchError(f"{cfg.where('eval.ks')}: 'eval.ks' must be below the number of items ({data.n_items}), "
-                         f"got {max(cfg.eval.ks)}")
-    return Prepared(data, split, popularity_metrics(split, cfg.eval.ks, cfg.eval.masking))
 
 
 def resident_mb(model: torch.nn.Module) -> dict[str, float]:
@@ -142,36 +59,6 @@ def count_params(model: torch.nn.Module) -> dict[str, int]:
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
     return {"trainable": trainable, "total": total}
-
-
-PAPER_TRAIN = {"select_by": "hr", "patience": 11, "popularity": "count"}  # every method, under paper_protocol
-
-
-def method_config(cfg: BenchConfig, name: str) -> BenchConfig:
-    """``cfg`` as method ``name`` runs it: under ``[train] paper_protocol`` with the IISAN paper's
-    recipe for that kind of method (its class's ``paper_train`` and ``paper_options``; options the
-    user set explicitly win). The result's resolved config and config hash carry what was used."""
-    from methods.registry import get_method_for
-
-    if not cfg.train.paper_protocol:
-        return cfg
-    cls = get_method_for(name, cfg)
-    train = dataclasses.replace(cfg.train, **{**PAPER_TRAIN, **cls.paper_train})
-    methods = cfg.methods
-    if cls.paper_options:
-        methods = {**methods, name: {**cls.paper_options, **methods.get(name, {})}}
-    if train == cfg.train and methods == cfg.methods:
-        return cfg
-    return dataclasses.replace(cfg, train=train, methods=methods)
-
-
-def new_record(cfg: BenchConfig, name: str, description: str, prep: Prepared, env: dict[str, Any],
-               repeat: int) -> RunRecord:
-    """The record every run starts from (also the one a crashed child's parent fills in)."""
-    return RunRecord(method=name, description=description, repeat=repeat, config_hash=cfg.hash_for(name),
-                     seed=cfg.run.seed, data=prep.data.summary(), env=env, config={"resolved": cfg.to_dict()},
-                     metrics={"popularity": prep.popularity, "masking": cfg.eval.masking,
-                              "target_repeats_history": repeat_shares(prep.split)})
 
 
 def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device, repeat: int = 0,
@@ -332,7 +219,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     run in flight. With ``[run] isolate`` every run is a fresh child process. Runs that did not end
     ok are added to ``failed`` (the CLI exits 1 for them).
     """
-    from .isolation import import_extra_modules
+    from .payload import import_extra_modules
     from .outdir import check_comparable, comparable_settings
 
     import_extra_modules()  # IISAN_BENCH_IMPORTS: modules registering methods of one's own

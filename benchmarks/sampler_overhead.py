@@ -70,7 +70,7 @@ class IdleSampler(ProcessSampler):
         lower_sampler_priority()
         super()._loop()
 from iisan_util.atomic import atomic_write_text
-from benchmark.runner import prepare, resolve_device, seed_everything
+from benchmark.prepare import prepare, resolve_device, seed_everything
 
 
 def build_trainer(cfg, prep, device):

@@ -352,7 +352,8 @@ def test_a_diverged_run_is_diverged_with_its_last_finite_loss_and_strict_json(tm
     from benchmark.config import load_config
     from benchmark.recommender import SeqRecommender
     from benchmark.results import append_result
-    from benchmark.runner import prepare, run_method
+    from benchmark.prepare import prepare
+    from benchmark.runner import run_method
 
     real = SeqRecommender.loss
     calls = []

@@ -54,7 +54,7 @@ def test_scientific_popularity_floor_under_each_masking_rule():
     """Test HR@10 / NDCG@10 of popularity on Scientific: 0.0150 / 0.0094 under the paper's rule
     (the paper's code), 0.0383 / 0.0280 with the target exempt, 0.0379 / 0.0257 unmasked; 5.1% of
     test targets repeat a history item."""
-    from benchmark.runner import popularity_metrics, repeat_shares
+    from benchmark.prepare import popularity_metrics, repeat_shares
 
     ds = tsv_dataset(SCIENTIFIC, DataConfig(dataset=str(SCIENTIFIC), images="none"))
     split = make_split(ds, 10)
@@ -248,7 +248,7 @@ def test_real_images_need_a_dataset_folder():
 
 @pytest.mark.parametrize("name", ["scientific-cpu.toml", "scientific-cpu-iisan-cached.toml"])
 def test_scientific_cpu_configs_load_and_name_real_methods(name):
-    from benchmark.runner import check_methods, method_names
+    from benchmark.recipe import check_methods, method_names
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "configs" / name)

@@ -17,9 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark import isolation, kernels, launch
+from benchmark import kernels, launch, payload
 from benchmark.config import load_config
-from benchmark.runner import prepare, resolve_runtime
+from benchmark.prepare import prepare
+from benchmark.runner import resolve_runtime
 from benchmark.trainer import TrainOutcome
 from methods.registry import get_method_for
 from tests.test_methods import build, small
@@ -147,8 +148,8 @@ def test_a_child_memory_maps_the_payload(tmp_path):
     cfg = small()
     prep = prepare(cfg)
     path = tmp_path / "payload.pt"
-    isolation.save_payload(path, cfg, prep)
-    cfg2, prep2 = isolation.load_payload(path)
+    payload.save_payload(path, cfg, prep)
+    cfg2, prep2 = payload.load_payload(path)
     with open("/proc/self/maps") as fh:
         assert str(path) in fh.read()  # mapped, not read into private memory
     assert torch.equal(prep2.data.images, prep.data.images) and cfg2 == cfg

@@ -14,7 +14,8 @@ import torch
 from benchmark.backbones import load_backbones
 from benchmark.config import load_config
 from benchmark.errors import BenchError
-from benchmark.runner import prepare, run_method, seed_everything
+from benchmark.prepare import prepare, seed_everything
+from benchmark.runner import run_method
 from methods import iisan_cache
 from methods.base import BuildContext, ItemInputs
 from methods.iisan import (GATE_TEMPERATURE, BackboneTaps, IISANCachedOptions, IISANOptions, SideNetwork,

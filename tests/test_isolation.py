@@ -60,7 +60,11 @@ def test_isolated_runs_get_fresh_children_and_deaths_become_results(tmp_path):
     # sample, never ru_maxrss (it carries the parent's high-water mark)
     train = mem["phases"]["train"]
     assert mem["phase"] == "train" and mem["peak_mb"] == train["peak_mb"] == train["rss_peak_mb"] > 0
-    assert set(mem["phases"]) == {"setup", "train", "eval"} and mem["hwm_mb"] <= mem["ru_maxrss_mb"]
+    assert set(mem["phases"]) == {"setup", "train", "eval"}
+    # ru_maxrss is recorded, never the headline: resetting VmHWM at each phase edge leaves the kernel's
+    # exit-time maxrss free to be below an earlier phase's peak, so no order between them holds
+    phase_peaks = [p["rss_peak_mb"] for p in mem["phases"].values() if p["rss_peak_mb"] is not None]
+    assert mem["ru_maxrss_mb"] > 0 and 0 < mem["hwm_mb"] <= max(phase_peaks)  # a phase peak holds its VmHWM
     with open(out / mem["samples_csv"]) as fh:
         rows = list(csv.DictReader(fh))
     assert mem["samples_csv"] == "memory/t-tiny-0.csv" and rows and {"t_s", "mb", "phase"} <= set(rows[0])
@@ -117,7 +121,7 @@ def _config_file(tmp_path) -> str:
 
 def test_modules_of_ones_own_methods_are_named_in_an_env_var(tmp_path, monkeypatch):
     from benchmark.errors import BenchError
-    from benchmark.isolation import ENV_IMPORTS
+    from benchmark.payload import ENV_IMPORTS
 
     monkeypatch.setenv(ENV_IMPORTS, "bench_test_methods, no_such_module_xyz")
     with pytest.raises(BenchError, match="IISAN_BENCH_IMPORTS: cannot import 'no_such_module_xyz'"):

@@ -15,7 +15,9 @@ from benchmark.backbones import load_backbones
 from benchmark.config import load_config
 from benchmark.errors import BenchError
 from benchmark.recommender import SeqRecommender
-from benchmark.runner import check_methods, method_names, prepare, run_method, seed_everything
+from benchmark.prepare import prepare, seed_everything
+from benchmark.recipe import check_methods, method_names
+from benchmark.runner import run_method
 from benchmark.trainer import Trainer, TrainOutcome
 from methods.base import BuildContext
 from methods.registry import available, describe, get_method_for, options_for, select

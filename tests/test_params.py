@@ -10,7 +10,8 @@ import torch
 from benchmark.backbones import load_backbones
 from benchmark.config import load_config
 from benchmark.recommender import SeqRecommender
-from benchmark.runner import count_params, prepare, seed_everything
+from benchmark.prepare import prepare, seed_everything
+from benchmark.runner import count_params
 from methods.base import BuildContext
 from methods.params import PAPER, count_all, params_config
 from methods.registry import available, get_method_for, options_for

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from benchmark.runner import method_config, run_benchmark
+from benchmark.recipe import method_config
+from benchmark.runner import run_benchmark
 from benchmark.trainer import Trainer, TrainOutcome
 from tests.test_foundation import small_cfg
 from tests.test_methods import build, small

@@ -1,0 +1,79 @@
+"""A sweep's shared inputs: the device, seeds, the dataset tokenised once, its split and the
+popularity floor under the configured masking rule. Below the runner, the floors and the cache
+command, which all start from it."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import BenchConfig
+from .data import SeqDataset, Split, load_dataset, make_split, tokenize
+from .errors import BenchError
+from .metrics import metrics_from_ranks, repeats_history, target_ranks
+
+
+@dataclass
+class Prepared:
+    """What every method run shares: the dataset (tokenised once), its split, the popularity floor."""
+
+    data: SeqDataset
+    split: Split
+    popularity: dict[str, dict[str, float]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise BenchError(f"run.device = 'cuda' but no CUDA GPU is available (torch {torch.__version__}, {build}); use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def popularity_metrics(split: Split, ks: list[int], masking: str) -> dict[str, dict[str, float]]:
+    """The floor every trained model must beat: rank items by training popularity, under the same
+    masking rule as the models."""
+    out = {}
+    chunk = 256  # users at a time: all at once needs several [users, items] temporaries (GBs on Scientific)
+    for name, target, history in (("valid", split.valid_target, split.valid_history),
+                                  ("test", split.test_target, split.test_history)):
+        ranks = [target_ranks(split.log_pop.unsqueeze(0).expand(min(chunk, target.size(0) - i), -1),
+                              target[i:i + chunk], history[i:i + chunk], masking)
+                 for i in range(0, target.size(0), chunk)]
+        out[name] = metrics_from_ranks(torch.cat(ranks), ks)
+    return out
+
+
+def repeat_shares(split: Split) -> dict[str, float]:
+    """Share of valid and test targets that repeat one of the user's earlier items (the masking
+    rule decides whether those can be hit at all)."""
+    return {name: repeats_history(target, history).float().mean().item()
+            for name, target, history in (("valid", split.valid_target, split.valid_history),
+                                          ("test", split.test_target, split.test_history))}
+
+
+def prepare(cfg: BenchConfig) -> Prepared:
+    from .backbones import check_backbones, load_tokenizer
+
+    check_backbones(cfg.backbone, cfg.data)  # an unavailable encoder fails before the output folder is touched
+    t0 = time.perf_counter()
+    data = load_dataset(cfg.data, cfg.run.seed)
+    t1 = time.perf_counter()
+    tokenize(data, load_tokenizer(cfg.backbone), cfg.data.text_tokens)
+    data.timings.update(load_s=t1 - t0, tokenize_s=time.perf_counter() - t1)
+    split = make_split(data, cfg.data.max_seq_len, "count" if cfg.train.paper_protocol else cfg.train.popularity)
+    if max(cfg.eval.ks) >= data.n_items:  # every item would be in the top K: HR@K = 1 for anything
+        raise BenchError(f"{cfg.where('eval.ks')}: 'eval.ks' must be below the number of items ({data.n_items}), "
+                         f"got {max(cfg.eval.ks)}")
+    return Prepared(data, split, popularity_metrics(split, cfg.eval.ks, cfg.eval.masking))

@@ -1,0 +1,60 @@
+"""Which methods a sweep runs, and each one's config and first record: under
+``[train] paper_protocol`` the IISAN paper's recipe for that kind of method."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .config import BenchConfig
+from .errors import BenchError, nearest
+from .prepare import Prepared, repeat_shares
+from .record import RunRecord
+
+
+def method_names(cfg: BenchConfig) -> list[str]:
+    from methods.registry import configured_extra, select
+
+    return select(cfg.run.methods, extra=configured_extra(cfg))
+
+
+def check_methods(cfg: BenchConfig, names: list[str]) -> None:
+    """Validate every selected method's options, and every [methods.NAME] table, before anything runs."""
+    from methods.registry import available, configured_extra, options_for
+
+    known = set(available()) | set(configured_extra(cfg))
+    for name in cfg.methods:
+        if name not in known:
+            raise BenchError(f"{cfg.source}: [methods.{name}] names no method{nearest(name, known)}")
+    for name in names:
+        options_for(name, cfg)
+
+
+PAPER_TRAIN = {"select_by": "hr", "patience": 11, "popularity": "count"}  # every method, under paper_protocol
+
+
+def method_config(cfg: BenchConfig, name: str) -> BenchConfig:
+    """``cfg`` as method ``name`` runs it: under ``[train] paper_protocol`` with the IISAN paper's
+    recipe for that kind of method (its class's ``paper_train`` and ``paper_options``; options the
+    user set explicitly win). The result's resolved config and config hash carry what was used."""
+    from methods.registry import get_method_for
+
+    if not cfg.train.paper_protocol:
+        return cfg
+    cls = get_method_for(name, cfg)
+    train = dataclasses.replace(cfg.train, **{**PAPER_TRAIN, **cls.paper_train})
+    methods = cfg.methods
+    if cls.paper_options:
+        methods = {**methods, name: {**cls.paper_options, **methods.get(name, {})}}
+    if train == cfg.train and methods == cfg.methods:
+        return cfg
+    return dataclasses.replace(cfg, train=train, methods=methods)
+
+
+def new_record(cfg: BenchConfig, name: str, description: str, prep: Prepared, env: dict[str, Any],
+               repeat: int) -> RunRecord:
+    """The record every run starts from (also the one a crashed child's parent fills in)."""
+    return RunRecord(method=name, description=description, repeat=repeat, config_hash=cfg.hash_for(name),
+                     seed=cfg.run.seed, data=prep.data.summary(), env=env, config={"resolved": cfg.to_dict()},
+                     metrics={"popularity": prep.popularity, "masking": cfg.eval.masking,
+                              "target_repeats_history": repeat_shares(prep.split)})

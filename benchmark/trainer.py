@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .config import EvalConfig, TrainConfig
 from .data import Split
-from .errors import DivergedError
+from .errors import BenchError, DivergedError
 from .kernels import sdpa_context
 from .metrics import metrics_from_ranks, target_ranks
 from .recommender import SeqRecommender
@@ -75,6 +75,16 @@ class TrainOutcome:
         }
 
 
+def allow_recompiles(n_shapes: int) -> None:
+    """Let dynamo keep a graph for every step shape: past its limit (8) it would silently run the
+    rest eagerly, and a bucketed epoch can hold more shapes than that on a large item set."""
+    import torch._dynamo.config as dyn
+
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one
+        if hasattr(dyn, name):
+            setattr(dyn, name, max(getattr(dyn, name), n_shapes + 2))
+
+
 def bucketed(n: int, bucket: int, cap: int) -> int:
     """``n`` distinct items padded up to a multiple of ``bucket``, but never past ``cap``."""
     return n if bucket <= 1 else max(n, min(-(-n // bucket) * bucket, cap))
@@ -108,8 +118,12 @@ class Trainer:
                            (split.test_input, split.test_target, split.test_history))]
         lrs = {"backbone": train.lr_backbone, "backbone_vision": train.lr_backbone_vision or train.lr_backbone,
                "peft": train.lr_peft, "head": train.lr_head}
-        groups = [{"params": ps, "lr": lrs[name], "name": name}
-                  for name, ps in model.param_groups().items() if ps]
+        declared = model.param_groups()
+        unknown = sorted(set(declared) - set(lrs))
+        if unknown:  # a tower's mistake, said in one line rather than a KeyError deep in here
+            raise BenchError(f"{type(model.item_tower).__name__}.param_groups(): unknown group(s) {unknown}; "
+                             f"groups are {', '.join(lrs)}")
+        groups = [{"params": ps, "lr": lrs[name], "name": name} for name, ps in declared.items() if ps]
         # fused Adam on GPU and CPU alike: one kernel per group (on CPU, 80 matrices of 768x64: 1.8 ms a
         # step fused, 4.4 ms one tensor at a time, 11 ms "foreach", which CPU runs as a slow loop)
         try:
@@ -291,6 +305,7 @@ class Trainer:
         synchronize(self.device)
         t0 = time.perf_counter()
         shapes = self.step_shapes(epochs)
+        allow_recompiles(len(shapes))
         for batch in shapes.values():
             self.model.prefetch(batch.host_uniq, batch.uniq)
             self.scaler.scale(self._loss(batch)).backward()

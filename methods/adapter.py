@@ -30,11 +30,12 @@ class AdapterOptions:
     placement: Literal["houlsby", "pfeiffer"] = "houlsby"  # houlsby: after attention and FFN; pfeiffer: FFN only
     dropout: float = 0.0  # dropout inside the adapter
 
-    def __post_init__(self) -> None:
+    def check(self, key: str) -> None:
+        """Ranges, with errors naming ``key`` (the method's own [methods.NAME] table)."""
         if self.bottleneck <= 0:
-            raise BenchError(f"'methods.adapter.bottleneck' must be > 0, got {self.bottleneck}")
+            raise BenchError(f"'{key}.bottleneck' must be > 0, got {self.bottleneck}")
         if not 0.0 <= self.dropout < 1.0:
-            raise BenchError(f"'methods.adapter.dropout' must be in [0, 1), got {self.dropout}")
+            raise BenchError(f"'{key}.dropout' must be in [0, 1), got {self.dropout}")
 
 
 @register_method("adapter")
@@ -66,7 +67,7 @@ class Adapter(Method):
         o = self.opts
         hidden = model.config.hidden_size
         if o.bottleneck > hidden:
-            raise BenchError(f"'methods.adapter.bottleneck' = {o.bottleneck} is wider than the {kind} "
+            raise BenchError(f"'methods.{self.name}.bottleneck' = {o.bottleneck} is wider than the {kind} "
                              f"encoder's hidden size {hidden}")
         freeze(model)
         adapters.init(model)

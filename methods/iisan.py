@@ -48,13 +48,15 @@ class IISANOptions:
     bottleneck: int = 64  # SAN block width
     taps: list[int] = field(default_factory=list)  # hidden states to tap (0 = embeddings); [] = 0,2,...,L
 
-    def __post_init__(self) -> None:
+    def check(self, key: str) -> None:
+        """Ranges, with errors naming ``key`` (the method's own [methods.NAME] table)."""
+        self.key = key  # later errors (taps out of range, modality) name the same table
         if self.bottleneck <= 0:
-            raise BenchError(f"'methods.iisan.bottleneck' must be > 0, got {self.bottleneck}")
+            raise BenchError(f"'{key}.bottleneck' must be > 0, got {self.bottleneck}")
         if any(t < 0 for t in self.taps):
-            raise BenchError(f"'methods.iisan.taps' must be layer indices >= 0, got {self.taps}")
+            raise BenchError(f"'{key}.taps' must be layer indices >= 0, got {self.taps}")
         if len(set(self.taps)) != len(self.taps):
-            raise BenchError(f"'methods.iisan.taps' has duplicates: {self.taps}")
+            raise BenchError(f"'{key}.taps' has duplicates: {self.taps}")
 
 
 @dataclass
@@ -63,10 +65,15 @@ class IISANCachedOptions(IISANOptions):
     cache_dtype: Literal["fp16", "fp32"] = "fp16"  # storage type of the cached states
     build_batch_size: int = 0  # items encoded at once while building; 0 = sized to build in <= 4 GB
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self, key: str) -> None:
+        super().check(key)
         if self.build_batch_size < 0:
-            raise BenchError(f"'methods.iisan-cached.build_batch_size' must be >= 0 (0 = auto), got {self.build_batch_size}")
+            raise BenchError(f"'{key}.build_batch_size' must be >= 0 (0 = auto), got {self.build_batch_size}")
+
+
+def options_key(opts: IISANOptions) -> str:
+    """The [methods.NAME] table these options came from (set by ``check``), for later errors."""
+    return getattr(opts, "key", "methods.iisan")
 
 
 def default_taps(n_layers: int) -> list[int]:
@@ -82,7 +89,7 @@ def resolve_taps(opts: IISANOptions, models: dict[str, nn.Module]) -> dict[str, 
         taps = sorted(opts.taps) if opts.taps else default_taps(n_layers)
         bad = [t for t in taps if t > n_layers]
         if bad:
-            raise BenchError(f"'methods.iisan.taps': {bad} out of range for the {kind} encoder "
+            raise BenchError(f"'{options_key(opts)}.taps': {bad} out of range for the {kind} encoder "
                              f"(hidden states 0..{n_layers})")
         out[kind] = taps
     return out
@@ -141,7 +148,7 @@ class SideNetwork(nn.Module):
         super().__init__()
         has_image = image_dim is not None
         if opts.modality == "inter" and not has_image:
-            raise BenchError("'methods.iisan.modality' = 'inter' needs images (data.images is 'none'); use 'intra'")
+            raise BenchError(f"'{options_key(opts)}.modality' = 'inter' needs images (data.images is 'none'); use 'intra'")
         branches: dict[str, Branch] = {}
         if opts.modality in ("intra_inter", "intra") or not has_image:
             branches["text"] = Branch(text_dim, text_taps, opts.bottleneck, opts.fusion, inter=False)

@@ -30,13 +30,14 @@ class LoraOptions:
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])  # module name suffixes
     bias: Literal["none", "all", "lora_only"] = "none"  # which biases also train (peft's meaning)
 
-    def __post_init__(self) -> None:
+    def check(self, key: str) -> None:
+        """Ranges, with errors naming ``key`` (the method's own [methods.NAME] table)."""
         if self.r <= 0:
-            raise BenchError(f"'methods.lora.r' must be > 0, got {self.r}")
+            raise BenchError(f"'{key}.r' must be > 0, got {self.r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise BenchError(f"'methods.lora.dropout' must be in [0, 1), got {self.dropout}")
+            raise BenchError(f"'{key}.dropout' must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
-            raise BenchError("'methods.lora.target_modules' must name at least one module")
+            raise BenchError(f"'{key}.target_modules' must name at least one module")
 
 
 @register_method("lora")

@@ -86,7 +86,7 @@ class PeftOptions:
         return cls(peft_type=key, kwargs=kwargs)
 
 
-@register_method("peft")
+@register_method("peft", listed=False)
 class PeftTuner(Method):
     description = "Any HF peft tuner configured as [methods.NAME] peft_type = \"...\" on both encoders."
     paper_train = {"batch_size": 32, "lr_head": 2e-4, "lr_peft": 4e-4}

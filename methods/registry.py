@@ -1,13 +1,20 @@
 """Method registry: ``@register_method("name")`` on a class, lazy imports, wildcard selection.
 
-Built-in methods are imported only when asked for, so ``iisan-bench list`` and config validation
-stay fast and a broken optional dependency breaks only the method that needs it.
+A built-in method is one file in this package with one decorator: the registry finds it by reading
+the package's files for ``@register_method("...")`` (without importing them), so ``iisan-bench
+list`` and config validation stay fast and a broken optional dependency breaks only the method
+that needs it. Methods of one's own come from a module named in ``IISAN_BENCH_IMPORTS`` or from
+an installed package's entry point in the group ``iisan_bench.methods`` (``name = "module"``).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import importlib
+import re
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmark.errors import BenchError, nearest
@@ -15,30 +22,42 @@ from benchmark.errors import BenchError, nearest
 if TYPE_CHECKING:
     from .base import Method
 
-# name -> module that registers it (imported lazily)
-BUILTIN: dict[str, str] = {
-    "fft": "methods.fft",
-    "lora": "methods.lora",
-    "adapter": "methods.adapter",
-    "bitfit": "methods.bitfit",
-    "iisan": "methods.iisan",
-    "iisan-cached": "methods.iisan",
-}
-# Registered like the others but never listed or selected by name: the generic peft tuner that
-# configured names ([methods.NAME] peft_type = "...") map to.
-CONFIGURED_ONLY: dict[str, str] = {
-    "peft": "methods.peft_tuner",
-}
+ENTRY_POINTS = "iisan_bench.methods"
+# The paper's order, for the built-ins; methods found besides them run after, in file order.
+RUN_ORDER = ("fft", "lora", "adapter", "bitfit", "iisan", "iisan-cached")
+_DECORATOR = re.compile(r"""^@register_method\(\s*["']([^"']+)["']\s*(,\s*listed\s*=\s*(True|False))?\s*\)""", re.M)
 _REGISTRY: dict[str, type["Method"]] = {}
 
 
-def register_method(name: str):
-    """Class decorator: make ``cls`` available as ``name``."""
+@cache
+def found() -> dict[str, tuple[str, bool]]:
+    """name -> (module, listed) of every method this package's files (and entry points) register."""
+    import methods
+
+    out: dict[str, tuple[str, bool]] = {}
+    for folder in methods.__path__:
+        for path in sorted(Path(folder).glob("*.py")):
+            for m in _DECORATOR.finditer(path.read_text(encoding="utf-8")):
+                out.setdefault(m.group(1), (f"methods.{path.stem}", m.group(3) != "False"))
+    for ep in entry_points(group=ENTRY_POINTS):
+        out.setdefault(ep.name, (ep.value.split(":")[0], True))
+    return out
+
+
+def register_method(name: str, listed: bool = True):
+    """Class decorator: make ``cls`` available as ``name`` (``listed=False``: selectable only through
+    configuration, like the generic peft tuner). The class must be a ``Method`` with a ``build``."""
+    from .base import Method
 
     def deco(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"@register_method({name!r}): {cls!r} is not a subclass of methods.base.Method")
+        if cls.build is Method.build:
+            raise TypeError(f"@register_method({name!r}): {cls.__name__} has no build(ctx) of its own")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method '{name}' is already registered by {_REGISTRY[name].__module__}")
         cls.name = name
+        cls.listed = listed
         _REGISTRY[name] = cls
         return cls
 
@@ -46,16 +65,19 @@ def register_method(name: str):
 
 
 def available() -> list[str]:
-    """Every method name, in the order the benchmark runs them."""
-    return [n for n in dict.fromkeys([*BUILTIN, *_REGISTRY]) if n not in CONFIGURED_ONLY]
+    """Every listed method name, in the order the benchmark runs them."""
+    listed = [n for n, (_, shown) in found().items() if shown]
+    listed += [n for n, c in _REGISTRY.items() if getattr(c, "listed", True) and n not in listed]
+    return sorted(listed, key=lambda n: (RUN_ORDER.index(n) if n in RUN_ORDER else len(RUN_ORDER)))
 
 
 def get_method(name: str) -> type["Method"]:
     if name not in _REGISTRY:
-        module = BUILTIN.get(name) or CONFIGURED_ONLY.get(name)
-        if module is None:
+        if name not in found():
             raise BenchError(f"unknown method '{name}'{nearest(name, available())}")
-        importlib.import_module(module)
+        importlib.import_module(found()[name][0])
+        if name not in _REGISTRY:
+            raise BenchError(f"{found()[name][0]} does not register a method named '{name}'")
     return _REGISTRY[name]
 
 
@@ -95,7 +117,13 @@ def options_for(name: str, cfg: Any) -> Any:
     table, prefix = cfg.methods.get(name) or {}, f"methods.{name}"
     if hasattr(options_cls, "from_table"):  # options with open-ended keys (the generic peft tuner)
         return options_cls.from_table(table, cfg.source, prefix)
-    return build_dataclass(options_cls, table, cfg.source, prefix)
+    opts = build_dataclass(options_cls, table, cfg.source, prefix)
+    if hasattr(opts, "check"):
+        try:
+            opts.check(prefix)
+        except BenchError as exc:
+            raise BenchError(f"{cfg.where(prefix)}: {exc}") from None
+    return opts
 
 
 def configured_extra(cfg: Any) -> list[str]:

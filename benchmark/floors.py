@@ -27,6 +27,7 @@ from torch import nn
 
 from .config import BenchConfig
 from .errors import BenchError
+from .trainer import autocast_for, compute_dtype, typical_items
 
 FLOORS_FILE = "floors.json"
 
@@ -56,14 +57,6 @@ def _encoder_inputs(kind: str, data, n: int, device) -> dict[str, torch.Tensor]:
     return {"pixel_values": data.images[ids].to(device).float().div_(127.5).sub_(1.0)}
 
 
-def _autocast(device: torch.device, precision: str):
-    import contextlib
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def fft_step_floor(encs: dict[str, nn.Module], inputs: dict[str, dict], device, precision: str, steps: int) -> float:
     params = [p for e in encs.values() for p in e.parameters()]
     for p in params:
@@ -73,7 +66,7 @@ def fft_step_floor(encs: dict[str, nn.Module], inputs: dict[str, dict], device, 
         e.train()
 
     def step():
-        with _autocast(device, precision):
+        with autocast_for(device.type, precision):
             loss = sum(e(**inputs[k]).last_hidden_state[:, 0].float().pow(2).mean() for k, e in encs.items())
         loss.backward()
         opt.step()
@@ -84,15 +77,17 @@ def fft_step_floor(encs: dict[str, nn.Module], inputs: dict[str, dict], device, 
 
 def frozen_forward_floor(encs: dict[str, nn.Module], inputs: dict[str, dict], device, precision: str,
                          steps: int) -> float:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    dtype = compute_dtype(precision)
     for e in encs.values():
         e.eval().requires_grad_(False).to(dtype)
+    cast = {k: {n: (t.to(dtype) if t.is_floating_point() else t) for n, t in kw.items()}  # once, not per step
+            for k, kw in inputs.items()}
 
     @torch.no_grad()
     def step():
-        with _autocast(device, precision):
+        with autocast_for(device.type, precision):
             for k, e in encs.items():
-                e(**{n: (t.to(dtype) if t.is_floating_point() else t) for n, t in inputs[k].items()})
+                e(**cast[k])
 
     return time_steps(step, device, steps)
 
@@ -110,7 +105,7 @@ def cached_step(side: nn.Module, user: nn.Module, states: dict[str, torch.Tensor
     mask = (ids[:, :-1] != 0).float()
 
     def step():
-        with _autocast(device, precision):
+        with autocast_for(device.type, precision):
             text = states["text"][rows].float()
             image = states["vision"][rows].float() if "vision" in states else None
             emb = side(text, image)[inverse]
@@ -138,14 +133,6 @@ def graph_of(step: Callable[[], Any], device: torch.device) -> Callable[[], Any]
     return graph.replay
 
 
-def _typical_items(train: torch.Tensor, batch: int, bucket: int, n_items: int, sample: int = 20) -> int:
-    """Mean distinct items of the first ``sample`` batches, padded as the run pads them."""
-    from .trainer import bucketed
-
-    counts = [torch.unique(train[i:i + batch]).numel() for i in range(0, min(len(train), sample * batch), batch)]
-    return bucketed(max(1, round(sum(counts) / len(counts))), bucket, min(n_items + 1, batch * train.size(1)))
-
-
 def _attempt(what: str, fn: Callable[[], dict[str, Any]], echo) -> dict[str, Any]:
     try:
         out = fn()
@@ -169,7 +156,7 @@ def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo
     train = prep.split.train
     per_epoch = -(-train.size(0) // t.batch_size)
     per_epoch = min(per_epoch, t.max_steps_per_epoch) if t.max_steps_per_epoch else per_epoch
-    n = _typical_items(train, t.batch_size, t.item_bucket, prep.data.n_items)
+    n = typical_items(train, t.batch_size, t.item_bucket, prep.data.n_items)
     seed_everything(cfg.run.seed)
     b = load_backbones(cfg.backbone, cfg.data)
     encs = {"text": b.text, **({"vision": b.vision} if b.vision is not None and prep.data.images is not None else {})}

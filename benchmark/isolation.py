@@ -9,7 +9,8 @@ How:
 * The parent prepares the dataset once (load + tokenise), and writes it with the resolved config
   to ``OUT/.isolate-*/payload.pt`` (``torch.save``; deleted at the end). Each child memory-maps it
   (``torch.load(mmap=True)``: pages are read when touched and shared through the page cache, so a
-  2.9 GB image table costs a child milliseconds, not a 15-21 s read)  (no re-tokenising, no tokenizer) — the overhead is recorded per run in ``isolation``.
+  2.9 GB image table costs a child milliseconds, not a 15-21 s read; no re-tokenising, no
+  tokenizer). The overhead is recorded per run in ``isolation``.
 * The child is forked from a warm zygote that imported torch, transformers and peft once (Linux;
   elsewhere a fresh ``python -m benchmark.child SPEC``; see ``benchmark.launch``): a fresh process
   with the environment set before torch sees CUDA, a pid the parent can watch, and an exit code

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 import traceback as tb
 import types
 from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 SCHEMA_VERSION = 2
-# The phases a run passes through, in order. ``cache_build`` only where a method builds a cache;
-# ``trace`` only with [train] profile_steps. The headline memory is the ``train`` phase.
-PHASES = ("setup", "cache_build", "train", "eval", "trace")
+# A run's phases: setup, cache_build (only where a method builds a cache), train and eval (once per
+# epoch), trace (only with [train] profile_steps). The headline memory is the train phase.
 HEADLINE_PHASE = "train"
 TRANSIENT = {"transient": True}  # never serialised: runner-only state (traceback, timeline)
 
@@ -190,10 +188,6 @@ def classify(exc: BaseException) -> tuple[str, str]:
 def last_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}".strip()
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
 
 
 # --------------------------------------------------------------------------- (de)serialisation

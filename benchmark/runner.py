@@ -146,6 +146,7 @@ def resolve_runtime(t, cls, backbones, prep: Prepared, device: torch.device):
     compile is the method's own choice on a GPU (``Method.auto_compile``) and off on CPU; ``auto``
     attention is measured on the encoders' attention shapes (``kernels.choose_sdpa_backend``)."""
     from .kernels import AttnShape, choose_sdpa_backend
+    from .trainer import compute_dtype, typical_items
 
     mode = t.compile
     if mode == "auto":
@@ -157,9 +158,8 @@ def resolve_runtime(t, cls, backbones, prep: Prepared, device: torch.device):
             continue
         tokens = prep.data.tokens.size(1) if kind == "text" else (c.image_size // c.patch_size) ** 2 + 1
         shapes.append(AttnShape(c.num_attention_heads, tokens, c.hidden_size // c.num_attention_heads))
-    typical = torch.unique(prep.split.train[:t.batch_size]).numel()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision, torch.float32)
-    sdpa = choose_sdpa_backend(t.sdpa_backend, device, dtype, shapes, t.item_bucket, typical)
+    typical = typical_items(prep.split.train, t.batch_size, t.item_bucket, prep.data.n_items)
+    sdpa = choose_sdpa_backend(t.sdpa_backend, device, compute_dtype(t.precision), shapes, t.item_bucket, typical)
     return dataclasses.replace(t, compile=mode), sdpa
 
 

@@ -75,6 +75,27 @@ class TrainOutcome:
         }
 
 
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype ``train.precision`` computes in (fp32 when not mixed)."""
+    return COMPUTE_DTYPES.get(precision, torch.float32)
+
+
+def autocast_for(device_type: str, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to the compute dtype, or nothing under fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=compute_dtype(precision))
+
+
+def typical_items(train: torch.Tensor, batch: int, bucket: int, n_items: int, sample: int = 20) -> int:
+    """Mean distinct items of the first ``sample`` batches, padded as the trainer pads them."""
+    counts = [torch.unique(train[i:i + batch]).numel() for i in range(0, min(len(train), sample * batch), batch)]
+    return bucketed(max(1, round(sum(counts) / len(counts))), bucket, min(n_items + 1, batch * train.size(1)))
+
+
 def allow_recompiles(n_shapes: int) -> None:
     """Let dynamo keep a graph for every step shape: past its limit (8) it would silently run the
     rest eagerly, and a bucketed epoch can hold more shapes than that on a large item set."""
@@ -143,9 +164,7 @@ class Trainer:
         """Mixed precision (when configured) and the attention kernel the runner chose."""
         stack = contextlib.ExitStack()
         stack.enter_context(sdpa_context(self.sdpa_backend))
-        if self.cfg.precision != "fp32":
-            dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-            stack.enter_context(torch.autocast(self.device.type, dtype=dtype))
+        stack.enter_context(autocast_for(self.device.type, self.cfg.precision))
         return stack
 
     def _loss(self, batch: "Batch") -> torch.Tensor:

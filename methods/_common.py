@@ -10,6 +10,7 @@ from torch import nn
 
 from benchmark.backbones import Backbones
 from benchmark.data import SeqDataset
+from benchmark.trainer import compute_dtype
 
 from .base import EncoderTower
 
@@ -28,9 +29,6 @@ def freeze(*modules: nn.Module | None) -> None:
             m.requires_grad_(False)
 
 
-COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def frozen_in_compute_dtype(models: dict[str, nn.Module], precision: str) -> torch.dtype:
     """Cast frozen encoders to the compute dtype once, and return the dtype they now run in.
 
@@ -39,7 +37,7 @@ def frozen_in_compute_dtype(models: dict[str, nn.Module], precision: str) -> tor
     forward of 277 items with bf16 weights took 44.8 ms; that is the floor of every method that
     runs the frozen encoders each step. Only for decoupled methods: weights that train keep fp32.
     """
-    dtype = COMPUTE_DTYPES.get(precision, torch.float32)
+    dtype = compute_dtype(precision)
     for m in models.values():
         if any(p.requires_grad for p in m.parameters()):
             raise ValueError("frozen_in_compute_dtype: the encoder has trainable weights")

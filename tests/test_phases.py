@@ -4,6 +4,7 @@ NVML/CUDA of ``nvml_fake``; CPU paths on the real kernel counters."""
 
 from __future__ import annotations
 
+import mmap
 import types
 
 import pytest
@@ -93,10 +94,9 @@ def test_samples_land_in_the_phase_they_were_taken_in():
 def test_cpu_phases_read_the_kernel_peak_reset_at_each_edge():
     prof = MemoryProfiler(torch.device("cpu"), sample=False)
     prof.on_epoch_start(1)
-    big = bytearray(96 * MB)
-    for i in range(0, len(big), 4096):
-        big[i] = 1  # 96 MB touched while training
-    del big
+    big = mmap.mmap(-1, 96 * MB)  # fresh pages (malloc could hand back ones already resident)
+    big.write(b"x" * len(big))  # 96 MB touched while training
+    big.close()
     prof.on_epoch_end(1)
     mem = prof.result()
     if profiler.vmhwm_mb() is None or not profiler.reset_hwm():

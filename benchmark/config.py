@@ -84,10 +84,14 @@ class TrainConfig:
     num_heads: int = 2
     dropout: float = 0.1
     # True: the IISAN paper's recipe per method (batch size, learning rates, LoRA scaling), selection
-    # by valid HR@10 with patience 11 and popularity count/total (docs/protocol.md)
+    # by valid HR@10 with patience 11, popularity count/total and architecture = paper (docs/protocol.md)
     paper_protocol: bool = False
     select_by: Literal["ndcg", "hr", "mrr"] = "ndcg"  # validation metric (at K = 10, else the first K) for the best epoch
     popularity: Literal["smoothed", "count"] = "smoothed"  # log-popularity debiasing: (count + 1) / sum, or count / total
+    # paper: the paper's code's model details (SASRec: ReLU FFN, LayerNorm eps 1e-6, bias-free attention,
+    # xavier init; GELU after each modality projection of end-to-end towers; SAN blocks N(0, 0.01) with
+    # zero bias and the first intra step gated); ours: PyTorch's defaults (docs/protocol.md)
+    architecture: Literal["ours", "paper"] = "ours"
     profile_steps: int = 0  # >0: after training, trace this many steps with torch.profiler (OUT/traces/)
     # torch.compile the loss; auto = the method's own choice on a GPU (iisan-cached: reduce-overhead,
     # i.e. CUDA graphs), off on CPU

@@ -168,7 +168,7 @@ def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo
                            "precision": t.precision, "backbone": b.info, "env": env_info(device), "floors": {}}
     floors = out["floors"]
     floors["fft_step"] = _attempt("fft_step", lambda: epoch(fft_step_floor(encs, inputs, device, t.precision, steps)), echo)
-    side, taps = build_side(options_for("iisan", cfg), encs, t.item_dim)
+    side, taps = build_side(options_for("iisan", cfg), encs, t)
     floors["frozen_forward"] = _attempt(
         "frozen_forward", lambda: epoch(frozen_forward_floor(encs, inputs, device, t.precision, steps)), echo)
     states = {k: torch.randn(prep.data.n_items + 1, len(taps[k]), e.config.hidden_size, device=device,
@@ -176,7 +176,7 @@ def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo
     encs = inputs = b = None  # the encoders are not needed for the cached step
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    user = SASRec(t.item_dim, cfg.data.max_seq_len, t.num_blocks, t.num_heads, t.dropout).to(device)
+    user = SASRec(t.item_dim, cfg.data.max_seq_len, t.num_blocks, t.num_heads, t.dropout, t.architecture).to(device)
     side.to(device)
     ids = train[:t.batch_size].to(device)
 

@@ -30,7 +30,8 @@ def check_methods(cfg: BenchConfig, names: list[str]) -> None:
         options_for(name, cfg)
 
 
-PAPER_TRAIN = {"select_by": "hr", "patience": 11, "popularity": "count"}  # every method, under paper_protocol
+# every method, under paper_protocol
+PAPER_TRAIN = {"select_by": "hr", "patience": 11, "popularity": "count", "architecture": "paper"}
 
 
 def method_config(cfg: BenchConfig, name: str) -> BenchConfig:

@@ -14,17 +14,44 @@ NEG = -1e4  # masked logit (finite, so fp16/bf16 softmax never sees -inf rows)
 
 
 class SASRec(nn.Module):
-    """Causal Transformer over a left-padded sequence of item embeddings (Kang & McAuley 2018)."""
+    """Causal Transformer over a left-padded sequence of item embeddings (Kang & McAuley 2018).
 
-    def __init__(self, dim: int = 64, max_len: int = 10, blocks: int = 2, heads: int = 2, dropout: float = 0.1):
+    Post-LN blocks either way. ``architecture = "paper"`` follows the IISAN paper's code: ReLU FFN,
+    LayerNorm eps 1e-6, bias-free Q/K/V/O projections, xavier-normal weights and zero biases;
+    ``"ours"`` is PyTorch's ``TransformerEncoderLayer`` as it comes (GELU, eps 1e-5, biases).
+    """
+
+    def __init__(self, dim: int = 64, max_len: int = 10, blocks: int = 2, heads: int = 2, dropout: float = 0.1,
+                 architecture: str = "ours"):
         super().__init__()
+        paper = architecture == "paper"
+        eps = 1e-6 if paper else 1e-5
         self.pos = nn.Embedding(max_len, dim)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
         self.drop = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim * 4, dropout, activation="gelu", batch_first=True)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim * 4, dropout, activation="relu" if paper else "gelu",
+                                           layer_norm_eps=eps, batch_first=True)
+        if paper:
+            layer.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, bias=False, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
         self.heads = heads
-        nn.init.normal_(self.pos.weight, std=0.02)
+        if paper:
+            self._xavier_init(dim)
+        else:
+            nn.init.normal_(self.pos.weight, std=0.02)
+
+    def _xavier_init(self, dim: int) -> None:
+        """The paper's init: xavier-normal for every weight matrix (Q, K and V each as its own
+        [dim, dim] matrix, as the paper's code has three Linears), zero biases."""
+        nn.init.xavier_normal_(self.pos.weight)
+        for m in self.encoder.modules():
+            if isinstance(m, nn.MultiheadAttention):
+                for chunk in m.in_proj_weight.data.split(dim):
+                    nn.init.xavier_normal_(chunk)
+            elif isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """emb [B, L, d], mask [B, L] (1 = real item) -> hidden states [B, L, d]."""
@@ -79,10 +106,11 @@ def inbatch_loss(user: torch.Tensor, item_emb: torch.Tensor, ids: torch.Tensor, 
 class SeqRecommender(nn.Module):
     """Item tower + SASRec; the trainer calls ``loss`` and ``item_table``/``score``."""
 
-    def __init__(self, item_tower: nn.Module, dim: int, max_len: int, blocks: int, heads: int, dropout: float):
+    def __init__(self, item_tower: nn.Module, dim: int, max_len: int, blocks: int, heads: int, dropout: float,
+                 architecture: str = "ours"):
         super().__init__()
         self.item_tower = item_tower
-        self.user_encoder = SASRec(dim, max_len, blocks, heads, dropout)
+        self.user_encoder = SASRec(dim, max_len, blocks, heads, dropout, architecture)
 
     def encode_items(self, ids: torch.Tensor, distinct: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Embeddings [B*(L+1), d] for item ids, running the tower once per distinct item.

@@ -36,31 +36,6 @@ def check_out_dir(out: Path) -> None:
         raise BenchError(f"run.out: cannot write to output directory '{out}': {exc.strerror or exc}") from None
 
 
-def resident_mb(model: torch.nn.Module) -> dict[str, float]:
-    """MB the built model keeps on its device: parameters, and buffers (item inputs such as token
-    ids and uint8 images, or the IISAN cache). Why: a resident image table is memory every
-    uncached method carries whatever its training costs, and a reader must be able to see it."""
-    def mb(ts) -> float:
-        seen: dict[int, float] = {}
-        for t in ts:
-            seen.setdefault(id(t), t.numel() * t.element_size() / 2**20)
-        return sum(seen.values())
-
-    return {"params_mb": mb(model.parameters()), "buffers_mb": mb(model.buffers())}
-
-
-def count_params(model: torch.nn.Module) -> dict[str, int]:
-    seen: set[int] = set()
-    trainable = total = 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return {"trainable": trainable, "total": total}
-
-
 def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device, repeat: int = 0,
                out_dir: Path | None = None, progress: bool = True, *, sample_memory: bool = True) -> RunRecord:
     """Build, train and evaluate one method; failures become a result, never a crash.
@@ -97,27 +72,18 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
 
 def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device: torch.device, repeat: int,
                         out_dir: Path | None, progress: bool, profiler, record: RunRecord) -> None:
-    from methods.base import BuildContext
-    from methods.registry import options_for
-
-    from .backbones import load_backbones
+    from .factory import build_model, count_params, resident_mb
     from .flops import flops_record
-    from .recommender import SeqRecommender
     from .trainer import Trainer
 
     t0 = time.perf_counter()
-    backbones = load_backbones(cfg.backbone, cfg.data)
+    built = build_model(cfg, name, prep.data, device, out_dir=out_dir, phase=profiler.phase)
+    model, method, backbones = built.model, built.method, built.backbones
     record.backbone = backbones.info
-    method = cls(options_for(name, cfg))
-    ctx = BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=device, out_dir=out_dir,
-                       phase=profiler.phase)
-    tower = method.build(ctx)
-    t = cfg.train
-    model = SeqRecommender(tower, t.item_dim, cfg.data.max_seq_len, t.num_blocks, t.num_heads, t.dropout).to(device)
     setup_s = time.perf_counter() - t0
     record.params = Params(**count_params(model))
     record.resident = resident_mb(model)
-    t, sdpa = resolve_runtime(t, cls, backbones, prep, device)
+    t, sdpa = resolve_runtime(cfg.train, cls, backbones, prep, device)
     record.env.update(compile=t.compile, item_bucket=t.item_bucket, sdpa=dataclasses.asdict(sdpa))
     trainer = Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, device, cfg.run.seed + repeat,
                       callbacks=[profiler], progress=progress, sdpa_backend=sdpa.backend)

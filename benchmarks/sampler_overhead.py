@@ -74,20 +74,12 @@ from benchmark.prepare import prepare, resolve_device, seed_everything
 
 
 def build_trainer(cfg, prep, device):
-    from methods.registry import get_method_for, options_for
-
-    from benchmark.backbones import load_backbones
-    from benchmark.recommender import SeqRecommender
+    from benchmark.factory import build_model
     from benchmark.trainer import Trainer
-    from methods.base import BuildContext
 
     seed_everything(cfg.run.seed)
-    backbones = load_backbones(cfg.backbone, cfg.data)
-    method = get_method_for("fft", cfg)(options_for("fft", cfg))
-    tower = method.build(BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=device))
-    t = cfg.train
-    model = SeqRecommender(tower, t.item_dim, cfg.data.max_seq_len, t.num_blocks, t.num_heads, t.dropout).to(device)
-    return Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, device, cfg.run.seed, progress=False)
+    model = build_model(cfg, "fft", prep.data, device).model
+    return Trainer(model, prep.split, prep.data.n_items, cfg.train, cfg.eval, device, cfg.run.seed, progress=False)
 
 
 def _nvml_for(uuid: str | None):

@@ -12,7 +12,7 @@ from benchmark.backbones import Backbones
 from benchmark.data import SeqDataset
 from benchmark.trainer import compute_dtype
 
-from .base import EncoderTower
+from .base import BuildContext, EncoderTower
 
 
 def encoders(backbones: Backbones, data: SeqDataset) -> dict[str, nn.Module]:
@@ -50,19 +50,23 @@ def is_meta(module: nn.Module) -> bool:
     return any(p.is_meta for p in module.parameters())
 
 
-def grouped_tower(backbones: Backbones, data: SeqDataset, item_dim: int,
-                  pretrained: set[int], replace: dict[str, nn.Module] | None = None) -> EncoderTower:
+def end_to_end_tower(ctx: BuildContext, group_of: Callable[[str], str | None], backbones: Backbones | None = None) -> EncoderTower:
+    """The ``EncoderTower`` of a run (``ctx``: a ``BuildContext``), with the heads its
+    ``train.architecture`` asks for."""
+    return EncoderTower(backbones or ctx.backbones, ctx.data, ctx.cfg.train.item_dim, group_of,
+                        gelu=ctx.cfg.train.architecture == "paper")
+
+
+def grouped_tower(ctx: BuildContext, pretrained: set[int], replace: dict[str, nn.Module] | None = None) -> EncoderTower:
     """An ``EncoderTower`` whose trainable backbone parameters are grouped by origin.
 
     ``pretrained`` holds ``id()`` of every parameter the backbones had before a strategy added
     its own: those train at lr_backbone ('backbone'), the added ones at lr_peft ('peft').
     ``replace`` swaps encoders for wrapped versions (e.g. a peft model around the text encoder).
     """
-    if replace:
-        backbones = dataclasses.replace(backbones, **replace)
+    backbones = dataclasses.replace(ctx.backbones, **replace) if replace else ctx.backbones
     names: dict[str, str] = {}
-    group_of: Callable[[str], str | None] = names.get
-    tower = EncoderTower(backbones, data, item_dim, group_of)
+    tower = end_to_end_tower(ctx, names.get, backbones)
     for name, p in tower.named_parameters():
         names[name] = "backbone" if id(p) in pretrained else "peft"
     return tower
@@ -98,4 +102,4 @@ def peft_tower(ctx, make_config: Callable[[str, object | None], object]) -> Enco
         if resolved is None:
             resolved = pm.peft_config["default"]
         wrapped[kind] = pm
-    return grouped_tower(ctx.backbones, ctx.data, ctx.cfg.train.item_dim, pretrained, wrapped)
+    return grouped_tower(ctx, pretrained, wrapped)

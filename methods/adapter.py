@@ -59,7 +59,7 @@ class Adapter(Method):
                 self._add(model, kind, config_cls)
         finally:
             quiet.setLevel(level)
-        return grouped_tower(ctx.backbones, ctx.data, ctx.cfg.train.item_dim, pretrained)
+        return grouped_tower(ctx, pretrained)
 
     def _add(self, model, kind: str, config_cls) -> None:
         import adapters

@@ -138,11 +138,15 @@ class ItemInputs(nn.Module):
 
 
 class EncoderTower(ItemTower):
-    """Backbones run end to end: text CLS + image CLS -> item_dim each -> concat -> Linear."""
+    """Backbones run end to end: text CLS + image CLS -> item_dim each -> concat -> Linear.
+
+    ``gelu``: a GELU after each modality's projection, as the paper's code has
+    (``train.architecture = "paper"``)."""
 
     def __init__(self, backbones: Backbones, data: SeqDataset, item_dim: int,
-                 group_of: Callable[[str], str | None]):
+                 group_of: Callable[[str], str | None], gelu: bool = False):
         super().__init__()
+        self.act = nn.GELU() if gelu else nn.Identity()
         self.inputs = ItemInputs(data)
         self.text = backbones.text
         self.vision = backbones.vision if self.inputs.has_images else None
@@ -153,11 +157,11 @@ class EncoderTower(ItemTower):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         t = self.text(**self.inputs.text(ids)).last_hidden_state[:, 0]
-        t = self.text_proj(t)
+        t = self.act(self.text_proj(t))
         if self.vision is None:
             return t
         v = self.vision(pixel_values=self.inputs.pixels(ids).to(t.dtype)).last_hidden_state[:, 0]
-        return self.fuse(torch.cat([t, self.image_proj(v)], dim=-1))
+        return self.fuse(torch.cat([t, self.act(self.image_proj(v))], dim=-1))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         groups: dict[str, list[nn.Parameter]] = {"backbone": [], "peft": [], "head": []}

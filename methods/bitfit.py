@@ -22,4 +22,4 @@ class BitFit(Method):
         for model in encs.values():
             for name, p in model.named_parameters():
                 p.requires_grad_(name == "bias" or name.endswith(".bias"))
-        return grouped_tower(ctx.backbones, ctx.data, ctx.cfg.train.item_dim, param_ids(*encs.values()))
+        return grouped_tower(ctx, param_ids(*encs.values()))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import BuildContext, EncoderTower, ItemTower, Method
+from ._common import end_to_end_tower
+from .base import BuildContext, ItemTower, Method
 from .registry import register_method
 
 
@@ -16,4 +17,4 @@ class FullFineTuning(Method):
         for module in (ctx.backbones.text, ctx.backbones.vision):
             if module is not None:
                 module.requires_grad_(True)
-        return EncoderTower(ctx.backbones, ctx.data, ctx.cfg.train.item_dim, lambda _name: "backbone")
+        return end_to_end_tower(ctx, lambda _name: "backbone")

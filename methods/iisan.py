@@ -10,7 +10,8 @@ layer, ending at the last one (0, 2, 4, ..., L: the paper's "LayerDrop"). Three 
 
 with SAN(x) = x + Linear(b -> H)(ReLU(Linear(H -> b)(x))), b = 64, and gates
 g = sigmoid(w / 0.1), w initialised at 0 (g = 0.5). The first intra step has no previous state
-(h_0 = SAN(x_0)); the inter stream starts from m_{-1} = 0. ``fusion = "add"`` replaces the gated
+(h_0 = SAN(x_0); under ``train.architecture = "paper"`` h_0 = SAN(g_0 * x_0), the paper's code, whose
+SAN weights also start at N(0, 0.01) with zero biases); the inter stream starts from m_{-1} = 0. ``fusion = "add"`` replaces the gated
 mix by a plain sum (no gates). Each branch ends in Linear(H -> H), then a projection to the item
 dimension; the branches are concatenated and fused by a Linear. Text-only runs (images = none)
 keep only the intra-text branch.
@@ -31,6 +32,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from benchmark.config import TrainConfig
 from benchmark.errors import BenchError
 from benchmark.record import CacheCost
 
@@ -99,25 +101,36 @@ def resolve_taps(opts: IISANOptions, models: dict[str, nn.Module]) -> dict[str, 
 
 
 class SAN(nn.Module):
-    """Side adapted block: x + Linear(b -> H)(ReLU(Linear(H -> b)(x)))."""
+    """Side adapted block: x + Linear(b -> H)(ReLU(Linear(H -> b)(x))).
 
-    def __init__(self, dim: int, bottleneck: int):
+    ``paper_init``: weights N(0, 0.01) and zero biases, as the paper's code (near-identity at
+    start); else PyTorch's default Linear init."""
+
+    def __init__(self, dim: int, bottleneck: int, paper_init: bool = False):
         super().__init__()
         self.down = nn.Linear(dim, bottleneck)
         self.up = nn.Linear(bottleneck, dim)
+        if paper_init:
+            for lin in (self.down, self.up):
+                nn.init.normal_(lin.weight, std=0.01)
+                nn.init.zeros_(lin.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.up(torch.relu(self.down(x)))
 
 
 class Branch(nn.Module):
-    """One side stream over the taps: intra (one modality) or inter (text + image)."""
+    """One side stream over the taps: intra (one modality) or inter (text + image).
 
-    def __init__(self, dim: int, n_taps: int, bottleneck: int, fusion: str, inter: bool):
+    ``paper``: the paper's code: SAN blocks with its init, and the first intra step gated against a
+    zero state (h_0 = SAN(g_0 * x_0)), one more gate; else h_0 = SAN(x_0)."""
+
+    def __init__(self, dim: int, n_taps: int, bottleneck: int, fusion: str, inter: bool, paper: bool = False):
         super().__init__()
         self.inter = inter
-        self.blocks = nn.ModuleList(SAN(dim, bottleneck) for _ in range(n_taps))
-        n_gates = n_taps if inter else n_taps - 1
+        self.first_gated = paper and not inter and fusion == "gated"
+        self.blocks = nn.ModuleList(SAN(dim, bottleneck, paper) for _ in range(n_taps))
+        n_gates = n_taps if inter or self.first_gated else n_taps - 1
         self.gates = nn.Parameter(torch.zeros(n_gates)) if fusion == "gated" and n_gates > 0 else None
         self.out = nn.Linear(dim, dim)
 
@@ -132,6 +145,9 @@ class Branch(nn.Module):
                 g = self.gate(i)
                 mix = y[:, i] + x[:, i] if g is None else g * y[:, i] + (1 - g) * x[:, i]
                 h = block(mix if h is None else h + mix)
+            elif self.first_gated:
+                g = self.gate(i)
+                h = block(g * x[:, 0] if h is None else g * x[:, i] + (1 - g) * h)
             elif h is None:
                 h = block(x[:, 0])
             else:
@@ -144,22 +160,23 @@ class SideNetwork(nn.Module):
     """The IISAN side network: branches -> per-branch projection to item_dim -> concat -> Linear."""
 
     def __init__(self, text_dim: int, image_dim: int | None, text_taps: int, image_taps: int | None,
-                 opts: IISANOptions, item_dim: int):
+                 opts: IISANOptions, item_dim: int, architecture: str = "ours"):
         super().__init__()
         has_image = image_dim is not None
+        paper = architecture == "paper"
         if opts.modality == "inter" and not has_image:
             raise BenchError(f"'{options_key(opts)}.modality' = 'inter' needs images (data.images is 'none'); use 'intra'")
         branches: dict[str, Branch] = {}
         if opts.modality in ("intra_inter", "intra") or not has_image:
-            branches["text"] = Branch(text_dim, text_taps, opts.bottleneck, opts.fusion, inter=False)
+            branches["text"] = Branch(text_dim, text_taps, opts.bottleneck, opts.fusion, False, paper)
             if has_image:
-                branches["image"] = Branch(image_dim, image_taps, opts.bottleneck, opts.fusion, inter=False)
+                branches["image"] = Branch(image_dim, image_taps, opts.bottleneck, opts.fusion, False, paper)
         if has_image and opts.modality in ("intra_inter", "inter"):
             if text_dim != image_dim or text_taps != image_taps:
                 raise BenchError(f"'methods.iisan': the inter branch needs text and image states of equal width "
                                  f"and tap count (text {text_dim} x {text_taps} taps, image {image_dim} x "
                                  f"{image_taps} taps); use modality = 'intra' or matching encoders/taps")
-            branches["inter"] = Branch(text_dim, text_taps, opts.bottleneck, opts.fusion, inter=True)
+            branches["inter"] = Branch(text_dim, text_taps, opts.bottleneck, opts.fusion, True, paper)
         self.branches = nn.ModuleDict(branches)
         dims = {"text": text_dim, "image": image_dim, "inter": text_dim}
         self.proj = nn.ModuleDict({k: nn.Linear(dims[k], item_dim) for k in branches})
@@ -290,11 +307,12 @@ class IISANTower(ItemTower):
         return self.side.param_groups()
 
 
-def build_side(opts: IISANOptions, models: dict[str, nn.Module], item_dim: int) -> tuple[SideNetwork, dict[str, list[int]]]:
+def build_side(opts: IISANOptions, models: dict[str, nn.Module], train: TrainConfig) -> tuple[SideNetwork, dict[str, list[int]]]:
     taps = resolve_taps(opts, models)
     vision = models.get("vision")
     side = SideNetwork(models["text"].config.hidden_size, vision.config.hidden_size if vision is not None else None,
-                       len(taps["text"]), len(taps["vision"]) if vision is not None else None, opts, item_dim)
+                       len(taps["text"]), len(taps["vision"]) if vision is not None else None, opts,
+                       train.item_dim, train.architecture)
     return side, taps
 
 
@@ -310,7 +328,7 @@ class IISAN(Method):
     def build(self, ctx: BuildContext) -> ItemTower:
         models = encoders(ctx.backbones, ctx.data)
         freeze(*models.values())
-        side, taps = build_side(self.opts, models, ctx.cfg.train.item_dim)
+        side, taps = build_side(self.opts, models, ctx.cfg.train)
         frozen_in_compute_dtype(models, ctx.cfg.train.precision)
         return IISANTower(BackboneTaps(models, ItemInputs(ctx.data), taps), side)
 
@@ -333,7 +351,7 @@ class IISANCached(Method):
 
         models = encoders(ctx.backbones, ctx.data)
         freeze(*models.values())
-        side, taps = build_side(self.opts, models, ctx.cfg.train.item_dim)  # before the cache: same init as iisan
+        side, taps = build_side(self.opts, models, ctx.cfg.train)  # before the cache: same init as iisan
         frozen_in_compute_dtype(models, ctx.cfg.train.precision)  # the cache holds what live iisan computes
         if is_meta(models["text"]):  # parameter counting on the meta device: no states to cache
             n = ctx.data.n_items + 1

@@ -41,21 +41,14 @@ def _fake_data(cfg):
 
 def count_method(cfg, name: str) -> dict[str, Any]:
     """Build ``name`` on the meta device and count its parameters (trainable by group, and total)."""
-    from benchmark.backbones import load_backbones
-    from benchmark.recommender import SeqRecommender
-    from benchmark.runner import count_params
+    from benchmark.factory import build_model, count_params
 
-    from .base import BuildContext
-    from .registry import get_method_for, options_for
+    from .registry import get_method_for
 
-    cls = get_method_for(name, cfg)
-    opts = options_for(name, cfg)
-    t = cfg.train
+    get_method_for(name, cfg)  # an unknown name fails here, before any build
     with torch.device("meta"):
-        backbones = load_backbones(cfg.backbone, cfg.data)
-        data = _fake_data(cfg)
-        tower = cls(opts).build(BuildContext(cfg=cfg, data=data, backbones=backbones, device=torch.device("meta")))
-        model = SeqRecommender(tower, t.item_dim, cfg.data.max_seq_len, t.num_blocks, t.num_heads, t.dropout)
+        built = build_model(cfg, name, _fake_data(cfg), torch.device("meta"))
+    model, backbones = built.model, built.backbones
     groups = {k: sum(p.numel() for p in ps) for k, ps in model.param_groups().items()}
     sasrec = sum(p.numel() for p in model.user_encoder.parameters())
     return {"method": name, **count_params(model), "backbone": groups.get("backbone", 0),

@@ -97,6 +97,30 @@ def test_gates_start_at_one_half_and_options_shape_the_network():
         SideNetwork(8, None, 3, None, IISANOptions(modality="inter"), 4)
 
 
+def test_paper_architecture_gates_the_first_intra_step_and_starts_near_identity():
+    torch.manual_seed(0)
+    side = SideNetwork(8, 8, 3, 3, IISANOptions(bottleneck=4), item_dim=5, architecture="paper")
+    # one gate per tap in every branch (the first intra step mixes x_0 with a zero state)
+    assert [b.gates.numel() for b in side.branches.values()] == [3, 3, 3]
+    ours = SideNetwork(8, 8, 3, 3, IISANOptions(bottleneck=4), item_dim=5)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(side) - n(ours) == 2  # the two intra branches' first gates
+    blocks = [blk for b in side.branches.values() for blk in b.blocks]
+    assert all(torch.all(lin.bias == 0) for blk in blocks for lin in (blk.down, blk.up))
+    w = torch.cat([lin.weight.flatten() for blk in blocks for lin in (blk.down, blk.up)])
+    assert abs(w.std().item() - 0.01) < 0.001  # N(0, 0.01): 576 draws
+    with torch.no_grad():
+        for b in side.branches.values():
+            b.gates.normal_()
+    b, x = side.branches["text"], torch.randn(2, 3, 8)
+    san = lambda blk, x: x + blk.up(torch.relu(blk.down(x)))  # noqa: E731
+    gate = lambda i: torch.sigmoid(b.gates[i] / GATE_TEMPERATURE)  # noqa: E731
+    h = san(b.blocks[0], gate(0) * x[:, 0])
+    for i in (1, 2):
+        h = san(b.blocks[i], gate(i) * x[:, i] + (1 - gate(i)) * h)
+    assert torch.allclose(b(x), b.out(h), atol=1e-6)
+
+
 def test_taps_default_to_every_other_layer_ending_at_the_last():
     assert default_taps(12) == [0, 2, 4, 6, 8, 10, 12]
     assert default_taps(4) == [0, 2, 4]

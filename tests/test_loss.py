@@ -84,3 +84,27 @@ def test_the_paper_popularity_rule_keeps_the_loss_and_its_gradients_finite():
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(user.grad).all() and torch.isfinite(emb.grad).all()
     assert not torch.equal(loss, inbatch_loss(user, emb, ids, smoothed.log_pop))  # the rule matters
+
+
+def test_paper_sasrec_is_the_papers_block():
+    """architecture = paper: ReLU FFN, LayerNorm eps 1e-6, no Q/K/V/O biases (2 blocks x (3d + d) fewer
+    parameters), xavier-normal Q, K and V as three [d, d] matrices, zero biases."""
+    from benchmark.recommender import SASRec
+
+    torch.manual_seed(0)
+    ours, paper = SASRec(64, 10, 2, 2, 0.1), SASRec(64, 10, 2, 2, 0.1, architecture="paper")
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(ours) - n(paper) == 2 * (3 * 64 + 64)
+    layer = paper.encoder.layers[0]
+    assert layer.self_attn.in_proj_bias is None and layer.self_attn.out_proj.bias is None
+    assert layer.activation_relu_or_gelu == 1 and ours.encoder.layers[0].activation_relu_or_gelu == 2
+    assert {m.eps for m in paper.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-6}
+    q = layer.self_attn.in_proj_weight[:64]
+    assert abs(q.std().item() - math.sqrt(2 / 128)) < 0.01  # xavier-normal of one [64, 64] matrix
+    assert torch.all(layer.linear1.bias == 0) and torch.all(layer.linear2.bias == 0)
+    emb, mask = torch.randn(3, 10, 64), torch.ones(3, 10)
+    mask[0, :6] = 0
+    for mode in (True, False):  # training and the inference fast path
+        paper.train(mode)
+        with torch.no_grad():
+            assert torch.isfinite(paper(emb, mask)).all()

@@ -14,7 +14,7 @@ import torch
 from benchmark.backbones import load_backbones
 from benchmark.config import load_config
 from benchmark.errors import BenchError
-from benchmark.recommender import SeqRecommender
+from benchmark.factory import build_model
 from benchmark.prepare import prepare, seed_everything
 from benchmark.recipe import check_methods, method_names
 from benchmark.runner import run_method
@@ -31,10 +31,10 @@ H, L, I, D, SEQ = 64, 4, 128, 64, 10
 VOCAB, TEXT_POS, PATCHES = 30522, 64, (32 // 8) ** 2
 
 
-def small(tmp_path=None, **methods) -> object:
+def small(tmp_path=None, train: dict | None = None, **methods) -> object:
     over = {"run": {"isolate": False, "epochs": 1},
             "data": {"synthetic": {"users": 64, "items": 40}},
-            "train": {"max_steps_per_epoch": 2},
+            "train": {"max_steps_per_epoch": 2, **(train or {})},
             "methods": {"iisan-cached": {"cache_dir": str(tmp_path or "/nonexistent")}, **methods}}
     return load_config(None, over)
 
@@ -52,13 +52,8 @@ def prep_for(cfg):
 def build(cfg, name: str, seed: int = 0):
     prep = prep_for(cfg)
     seed_everything(seed)
-    backbones = load_backbones(cfg.backbone, cfg.data)
-    encoders = (backbones.text, backbones.vision)
-    method = get_method_for(name, cfg)(options_for(name, cfg))
-    tower = method.build(BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=CPU))
-    t = cfg.train
-    model = SeqRecommender(tower, t.item_dim, cfg.data.max_seq_len, t.num_blocks, t.num_heads, t.dropout)
-    return model, encoders, prep
+    built = build_model(cfg, name, prep.data, CPU)
+    return built.model, built.encoders, prep
 
 
 def trainable(model) -> int:
@@ -129,6 +124,21 @@ def test_text_only_methods_adapt_only_the_text_encoder(tmp_path):
         model, encoders, _ = build(cfg, name)
         assert encoders[1] is None
         assert trainable(model) == added + text_heads, name
+
+
+def test_paper_architecture_puts_a_gelu_after_each_modality_projection(tmp_path):
+    cfg = small(tmp_path, train={"architecture": "paper"})
+    model, _, _ = build(cfg, "fft")
+    tower = model.item_tower.eval()
+    ids = torch.arange(1, 6)
+    gelu = torch.nn.functional.gelu
+    with torch.no_grad():
+        t = tower.text(**tower.inputs.text(ids)).last_hidden_state[:, 0]
+        v = tower.vision(pixel_values=tower.inputs.pixels(ids)).last_hidden_state[:, 0]
+        want = tower.fuse(torch.cat([gelu(tower.text_proj(t)), gelu(tower.image_proj(v))], dim=-1))
+        assert torch.allclose(tower(ids), want, atol=1e-6)
+    ours, _, _ = build(small(tmp_path), "fft")
+    assert trainable(ours) - trainable(model) == 2 * 4 * D  # the paper's SASRec: no Q/K/V/O biases
 
 
 # --------------------------------------------------------------------------- frozen stays frozen

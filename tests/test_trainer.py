@@ -107,7 +107,7 @@ def test_paper_protocol_resolves_to_the_papers_recipe_per_method(tmp_path):
         "iisan-cached": (64, 2e-4, 1e-4, d.lr_backbone, d.lr_backbone_vision)}
     for n in got:  # selection by valid HR@10 with patience 11, popularity count / total
         t = method_config(cfg, n).train
-        assert (t.select_by, t.patience, t.popularity) == ("hr", 11, "count")
+        assert (t.select_by, t.patience, t.popularity, t.architecture) == ("hr", 11, "count", "paper")
     lora = method_config(cfg, "lora")
     assert lora.methods["lora"] == {"alpha": 1, "dropout": 0.0}  # scaling 1/8 at r = 8
     mine = small_cfg(tmp_path, train={"paper_protocol": True}, methods={"lora": {"alpha": 4}})
@@ -147,7 +147,7 @@ def test_profile_steps_writes_a_trace_after_training(tmp_path):
 
 
 def test_resident_memory_counts_item_inputs_and_parameters_but_not_the_host_image_table():
-    from benchmark.runner import resident_mb
+    from benchmark.factory import resident_mb
 
     model, encoders, prep = build(small(), "fft")
     d = prep.data

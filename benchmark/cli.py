@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from .errors import BenchError
-
+from iisan_util.errors import BenchError
 
 # flag -> (config section, key); errors about a flag's value name the flag (--epochs), not the file
 FLAGS = {"methods": ("run", "methods"), "epochs": ("run", "epochs"), "device": ("run", "device"),
@@ -38,7 +37,7 @@ def _origins(**flags: Any) -> dict[str, str]:
 
 def _config(config_path: str | None, sets: tuple[str, ...], **flags: Any):
     """The config from a file, ``--set`` pairs and flags (flags win), errors naming their source."""
-    from .config import load_config, merge, parse_sets
+    from benchmark.config import load_config, merge, parse_sets
 
     return load_config(config_path, merge(parse_sets(sets), _overrides(**flags)), _origins(**flags))
 
@@ -73,7 +72,7 @@ def cli() -> None:
                    "the flags above win over it).")
 def run(config_path: str | None, no_progress: bool, force: bool, sets: tuple[str, ...], **flags: Any) -> None:
     """Train and evaluate the selected methods; write OUT/results.jsonl and the report."""
-    from .runner import run_benchmark
+    from benchmark.launch.runner import run_benchmark
 
     cfg = _config(config_path, sets, **flags)
     failed: list[str] = []
@@ -116,9 +115,8 @@ def list_cmd(pattern: str) -> None:
 @click.option("--image-size", type=int, help="ViT input size (default: 224 for --backbone base, as the paper; else data.image_size).")
 def params(config_path: str | None, methods: str, image_size: int | None, **flags: Any) -> None:
     """Trainable and total parameters of every method, built on the meta device (no weights)."""
-    from methods.params import params_command
-
-    from .recipe import check_methods, method_names
+    from benchmark.commands.params import params_command
+    from benchmark.launch.recipe import check_methods, method_names
 
     flags["images"] = "synthetic" if flags.get("images") == "real" else flags.get("images")
     cfg = _config(config_path, (), methods=methods, **flags)
@@ -141,7 +139,7 @@ def params(config_path: str | None, methods: str, image_size: int | None, **flag
 @click.option("--rebuild", is_flag=True, help="Rebuild even if a valid cache exists.")
 def cache(config_path: str | None, rebuild: bool, **flags: Any) -> None:
     """Build the iisan-cached cache of tapped CLS states (run builds it when missing)."""
-    from .cache_command import cache_command
+    from benchmark.commands.cache import cache_command
 
     cfg = _config(config_path, (), **flags)
     cache_command(cfg, rebuild=rebuild, echo=click.echo)
@@ -162,7 +160,7 @@ def floors(config_path: str | None, steps: int, sets: tuple[str, ...], **flags: 
     step) on this machine, for the config's shapes; the report shows each method against it."""
     from pathlib import Path
 
-    from .floors import floors_command
+    from benchmark.launch.floors import floors_command
 
     cfg = _config(config_path, sets, **flags)
     click.echo(f"floors: {floors_command(cfg, Path(cfg.run.out), steps)}")

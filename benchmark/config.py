@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import BenchError, nearest
+from iisan_util.errors import BenchError, nearest
 
 
 @dataclass
@@ -106,7 +106,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10])
-    # which of the user's past items compete in the ranking (benchmark.metrics): all_history = the
+    # which of the user's past items compete in the ranking (benchmark.training.metrics): all_history = the
     # paper's (a repeated target is masked too: a miss), history_except_target, none (repeat-aware)
     masking: Literal["all_history", "history_except_target", "none"] = "all_history"
     eval_batch_size: int = 256
@@ -286,6 +286,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def validate(cfg: BenchConfig) -> None:
     """Ranges, finiteness and combinations (``benchmark.config_checks``)."""
-    from .config_checks import check
+    from benchmark.config_checks import check
 
     check(cfg)

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-from .errors import BenchError
+from iisan_util.errors import BenchError
 
 Rule = tuple[Callable[[Any], bool], str]
 GT0: Rule = (lambda v: v > 0, "> 0")

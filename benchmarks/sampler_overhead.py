@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from benchmark.config import load_config
-from benchmark.profiler import ProcessSampler, default_interval_s
+from benchmark.measure.profiler import ProcessSampler, default_interval_s
 
 DEFAULT_POLICY = "normal"  # what the benchmark itself uses; "idle" is the SCHED_IDLE experiment
 
@@ -69,13 +69,13 @@ class IdleSampler(ProcessSampler):
     def _loop(self) -> None:
         lower_sampler_priority()
         super()._loop()
+from benchmark.launch.prepare import prepare, resolve_device, seed_everything
 from iisan_util.atomic import atomic_write_text
-from benchmark.prepare import prepare, resolve_device, seed_everything
 
 
 def build_trainer(cfg, prep, device):
-    from benchmark.factory import build_model
-    from benchmark.trainer import Trainer
+    from benchmark.launch.factory import build_model
+    from benchmark.training.trainer import Trainer
 
     seed_everything(cfg.run.seed)
     model = build_model(cfg, "fft", prep.data, device).model
@@ -84,7 +84,7 @@ def build_trainer(cfg, prep, device):
 
 def _nvml_for(uuid: str | None):
     """(Nvml, handle) of the training GPU, as the benchmark's samplers use them; (None, None) on CPU."""
-    from benchmark.nvml import Nvml
+    from benchmark.measure.nvml import Nvml
 
     nvml = Nvml.open() if uuid else None
     return nvml, (nvml.handle_for_uuid(uuid) if nvml is not None else None)
@@ -158,7 +158,7 @@ class OutOfProcess:
 
 
 def measure(trainer, sampler, pairs: int, epoch0: int) -> tuple[dict, int]:
-    from benchmark.trainer import TrainOutcome
+    from benchmark.training.trainer import TrainOutcome
 
     off, on = [], []
     epoch = epoch0
@@ -212,11 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     trainer = build_trainer(cfg, prep, device)
     uuid = None
     if device.type == "cuda":  # the samplers then read NVML too, as in a GPU benchmark run
-        from benchmark.nvml import torch_uuid
+        from benchmark.measure.nvml import torch_uuid
 
         uuid = torch_uuid(device)
     load0 = os.getloadavg()
-    from benchmark.trainer import TrainOutcome
+    from benchmark.training.trainer import TrainOutcome
 
     for e in (1, 2):  # warm-up blocks, discarded
         trainer.train_epoch(e, TrainOutcome())

@@ -1,5 +1,2 @@
-"""Fine-tuning strategies, one module per strategy, behind one registry."""
-
-from .registry import available, describe, get_method, register_method, select
-
-__all__ = ["available", "describe", "get_method", "register_method", "select"]
+"""Fine-tuning strategies, one module per strategy (a package where one needs several files), behind
+one registry (``methods.registry``). Nothing is imported here, so reading the registry stays cheap."""

@@ -8,9 +8,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from benchmark.backbones import Backbones
-from benchmark.data import SeqDataset
-from benchmark.trainer import compute_dtype
+from benchmark.data.dataset import SeqDataset
+from benchmark.models.backbones import Backbones
+from benchmark.training.trainer import compute_dtype
 
 from .base import BuildContext, EncoderTower
 

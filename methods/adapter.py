@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from benchmark.errors import BenchError
+from iisan_util.errors import BenchError
 
 from ._common import encoders, freeze, grouped_tower, param_ids
 from .base import BuildContext, ItemTower, Method

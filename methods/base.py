@@ -14,10 +14,10 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from benchmark.backbones import Backbones
 from benchmark.config import BenchConfig
-from benchmark.data import SeqDataset
-from benchmark.record import CacheCost
+from benchmark.data.dataset import SeqDataset
+from benchmark.measure.record import CacheCost
+from benchmark.models.backbones import Backbones
 
 
 @dataclass

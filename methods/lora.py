@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from benchmark.errors import BenchError
+from iisan_util.errors import BenchError
 
 from ._common import peft_tower
 from .base import BuildContext, ItemTower, Method

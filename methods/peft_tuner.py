@@ -21,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
-from benchmark.errors import BenchError, nearest
+from iisan_util.errors import BenchError, nearest
 
 from ._common import first_line, peft_tower
 from .base import BuildContext, ItemTower, Method

@@ -1,7 +1,7 @@
 """Method registry: ``@register_method("name")`` on a class, lazy imports, wildcard selection.
 
-A built-in method is one file in this package with one decorator: the registry finds it by reading
-the package's files for ``@register_method("...")`` (without importing them), so ``iisan-bench
+A built-in method is one file in this package with one decorator (or a sub-package, where a strategy
+needs several files: ``methods/iisan/``): the registry finds it by reading the package's files for ``@register_method("...")`` (without importing them), so ``iisan-bench
 list`` and config validation stay fast and a broken optional dependency breaks only the method
 that needs it. Methods of one's own come from a module named in ``IISAN_BENCH_IMPORTS`` or from
 an installed package's entry point in the group ``iisan_bench.methods`` (``name = "module"``).
@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmark.errors import BenchError, nearest
+from iisan_util.errors import BenchError, nearest
 
 if TYPE_CHECKING:
     from .base import Method
@@ -32,13 +32,15 @@ _REGISTRY: dict[str, type["Method"]] = {}
 @cache
 def found() -> dict[str, tuple[str, bool]]:
     """name -> (module, listed) of every method this package's files (and entry points) register."""
-    import methods
+    import methods  # the package's folders (its __path__), not its contents: it imports nothing
 
     out: dict[str, tuple[str, bool]] = {}
     for folder in methods.__path__:
-        for path in sorted(Path(folder).glob("*.py")):
+        for path in sorted(Path(folder).rglob("*.py")):  # a strategy is a file, or a package (methods/iisan/)
+            parts = path.relative_to(folder).with_suffix("").parts
+            module = ".".join(("methods",) + (parts[:-1] if parts[-1] == "__init__" else parts))
             for m in _DECORATOR.finditer(path.read_text(encoding="utf-8")):
-                out.setdefault(m.group(1), (f"methods.{path.stem}", m.group(3) != "False"))
+                out.setdefault(m.group(1), (module, m.group(3) != "False"))
     for ep in entry_points(group=ENTRY_POINTS):
         out.setdefault(ep.name, (ep.value.split(":")[0], True))
     return out

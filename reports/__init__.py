@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iisan_util.atomic import atomic_write_text
+
 from .load import ReportError, load_results
 
 __all__ = ["ReportError", "build_report"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 CV_THRESHOLD = 0.05
-SCHEMA_VERSION = 2  # the newest record version this reporter reads (benchmark.record.SCHEMA_VERSION)  # coefficient of variation above which repeats are flagged as noisy
+SCHEMA_VERSION = 2  # the newest record version this reporter reads (benchmark.measure.record.SCHEMA_VERSION)  # coefficient of variation above which repeats are flagged as noisy
 
 
 class ReportError(Exception):

@@ -14,9 +14,20 @@ from .floors import floors_section
 from .load import CV_THRESHOLD, Results, Run
 from .paper import PAPER_SOURCE
 from .plots import Plot
-from .targets import NOTE as TARGETS_NOTE, applies as targets_apply, paper_targets, targets_table
-from .tables import (NOISY, batch_sizes, efficiency_table, eval_cost_table, ok_methods, popularity, quality_table,
-                     relative_table, show_paper)
+from .tables import (
+    NOISY,
+    batch_sizes,
+    efficiency_table,
+    eval_cost_table,
+    ok_methods,
+    popularity,
+    quality_table,
+    relative_table,
+    show_paper,
+)
+from .targets import NOTE as TARGETS_NOTE
+from .targets import applies as targets_apply
+from .targets import paper_targets, targets_table
 from .tpme import TpmeResult
 
 MEMORY_SOURCES = {
@@ -49,12 +60,7 @@ def _int(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def header(results: Results, tp: TpmeResult) -> list[str]:
-    runs = results.runs
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    stamps = sorted(str(s) for s in _uniq(runs, "timestamp"))
-    ran = f"{stamps[0]} … {stamps[-1]}" if len(stamps) > 1 else (stamps[0] if stamps else "unknown")
-
+def _devices(runs) -> list[str]:
     devices = []
     for r in runs:
         detail = [str(v) for v in (r.get("env", "device_name"),) if v]
@@ -63,9 +69,10 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
         d = " ".join(str(x) for x in (r.get("env", "device"), f"({', '.join(detail)})" if detail else None) if x)
         if d and d not in devices:
             devices.append(d)
-    versions = ", ".join(f"{name} {_join(_uniq(runs, 'env', name))}"
-                         for name in ("python", "torch", "transformers", "peft"))
+    return devices
 
+
+def _datasets(runs) -> list[str]:
     datasets = []
     for r in runs:
         d = r.get("data") or {}
@@ -75,8 +82,11 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
         text = f"`{d.get('name', 'unknown')}`" + (f" ({', '.join(parts)})" if parts else "")
         if text not in datasets:
             datasets.append(text)
+    return datasets
 
-    backbones, inits = [], _uniq(runs, "backbone", "init")
+
+def _backbones(runs) -> list[str]:
+    backbones = []
     for r in runs:
         b = r.get("backbone") or {}
         if not b:
@@ -86,39 +96,28 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
                 f"{'**random-init**' if b.get('init') == 'random' else str(b.get('init') or 'init unknown')}")
         if text not in backbones:
             backbones.append(text)
-    images = [IMAGES.get(str(v), f"images: {v}") for v in _uniq(runs, "data", "images")]
-    sources = sorted({m.memory_source for m in results.methods if m.memory_source})
-    src_text = "; ".join(MEMORY_SOURCES.get(s, f"`{s}`") for s in sources) or "unknown"
-    reps = sorted({m.n_ok for m in ok_methods(results)})
-    rep_text = (f"{reps[0]} per method" if len(reps) == 1 else f"{reps[0]}–{reps[-1]} per method") if reps else "none ok"
-    if reps and reps[-1] > 1:
-        rep_text += (" (tables show the mean ± sample standard deviation over repeats; "
-                     f"{NOISY} marks a coefficient of variation above {CV_THRESHOLD:.0%})")
+    return backbones
 
-    lines = [
-        "# iisan-bench report",
-        "",
-        f"- **Generated:** {now} from `{results.path.name}` (runs finished {ran})",
-        f"- **Device:** {_join(devices)}",
-        f"- **Versions:** {versions}",
-        f"- **Git sha:** {_join(_uniq(runs, 'env', 'git_sha'))}",
-        f"- **Dataset:** {_join(datasets)}",
-        f"- **Images:** {_join(images)}",
-        f"- **Backbone:** {_join(backbones)}",
-        *_training_line(runs),
-        *_evaluation_line(runs),
-        *_bounded_steps(runs),
-        *_batch_line(results),
-        f"- **Memory source:** {src_text}",
-        f"- **Repeats:** {rep_text}",
-    ]
+
+def _repeats(results: Results) -> str:
+    reps = sorted({m.n_ok for m in ok_methods(results)})
+    text = (f"{reps[0]} per method" if len(reps) == 1 else f"{reps[0]}–{reps[-1]} per method") if reps else "none ok"
+    if reps and reps[-1] > 1:
+        text += (" (tables show the mean ± sample standard deviation over repeats; "
+                 f"{NOISY} marks a coefficient of variation above {CV_THRESHOLD:.0%})")
+    return text
+
+
+def _caveats(runs, sources: list[str], devices: list[str]) -> list[str]:
+    """Warnings and notes a reader must see before any number."""
+    lines = []
     if len(sources) > 1:
         lines.append("- **Warning:** methods were measured with different memory sources; "
                      "their peak memory (and TPME) are not directly comparable.")
     if len(devices) > 1:
         lines.append("- **Warning:** runs come from more than one device; times are not directly comparable.")
     lines.append("")
-    if "random" in inits:
+    if "random" in _uniq(runs, "backbone", "init"):
         lines += ["> **Random-init backbones.** Efficiency numbers (time, memory, parameters, TPME) do not "
                   "depend on the weights, but quality numbers (HR, NDCG, MRR) do: here they only show the "
                   "pipeline learns, not how the methods compare with pretrained encoders.", ""]
@@ -126,6 +125,38 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
         lines += ["> **Synthetic images.** Item images are generated placeholders, so the vision path costs "
                   "what real images would cost but carries no real visual signal.", ""]
     return lines
+
+
+def header(results: Results, tp: TpmeResult) -> list[str]:
+    """The report's opening lines: how every number below was obtained."""
+    runs = results.runs
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamps = sorted(str(s) for s in _uniq(runs, "timestamp"))
+    ran = f"{stamps[0]} … {stamps[-1]}" if len(stamps) > 1 else (stamps[0] if stamps else "unknown")
+    devices = _devices(runs)
+    versions = ", ".join(f"{name} {_join(_uniq(runs, 'env', name))}"
+                         for name in ("python", "torch", "transformers", "peft"))
+    images = [IMAGES.get(str(v), f"images: {v}") for v in _uniq(runs, "data", "images")]
+    sources = sorted({m.memory_source for m in results.methods if m.memory_source})
+    src_text = "; ".join(MEMORY_SOURCES.get(s, f"`{s}`") for s in sources) or "unknown"
+    return [
+        "# iisan-bench report",
+        "",
+        f"- **Generated:** {now} from `{results.path.name}` (runs finished {ran})",
+        f"- **Device:** {_join(devices)}",
+        f"- **Versions:** {versions}",
+        f"- **Git sha:** {_join(_uniq(runs, 'env', 'git_sha'))}",
+        f"- **Dataset:** {_join(_datasets(runs))}",
+        f"- **Images:** {_join(images)}",
+        f"- **Backbone:** {_join(_backbones(runs))}",
+        *_training_line(runs),
+        *_evaluation_line(runs),
+        *_bounded_steps(runs),
+        *_batch_line(results),
+        f"- **Memory source:** {src_text}",
+        f"- **Repeats:** {_repeats(results)}",
+        *_caveats(runs, sources, devices),
+    ]
 
 
 def _memory_meaning(results: Results) -> str:
@@ -288,7 +319,11 @@ def _training_line(runs) -> list[str]:
     per = (f"; {steps[0]:,} steps per epoch" if len(steps) == 1 else
            f"; {steps[0]:,}–{steps[-1]:,} steps per epoch (by method)" if steps else "")
     plural = "" if epochs == [1] else "s"
-    return [f"- **Training:** up to {_join(epochs)} epoch{plural}{stop}{per}"]
+    arch = _uniq(runs, "config", "resolved", "train", "architecture") or ["ours"]  # older records: ours
+    model = ("; model details: the paper code's (`train.architecture = paper`: SASRec with ReLU, eps 1e-6, "
+             "bias-free attention, xavier; GELU heads; SAN N(0, 0.01), first step gated)" if arch == ["paper"] else
+             "; model details: mixed (`train.architecture` differs between methods)" if len(arch) > 1 else "")
+    return [f"- **Training:** up to {_join(epochs)} epoch{plural}{stop}{per}{model}"]
 
 
 MASKING = {

@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 from iisan_util.atomic import atomic_write_text
+
 from .load import CV_THRESHOLD, Results
 from .paper import paper_figures
 from .tables import metric_keys, popularity

@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib
 
 import pytest
+from nvml_fake import FakePynvml, install_fake_cuda
 
 from methods import registry
-from nvml_fake import FakePynvml, install_fake_cuda
 
 
 @pytest.fixture

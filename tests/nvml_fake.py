@@ -8,8 +8,8 @@ import types
 
 import torch
 
-from benchmark import profiler
-from benchmark.nvml import MB, normalize_uuid
+from benchmark.measure import profiler
+from benchmark.measure.nvml import MB, normalize_uuid
 
 UUID_A = "GPU-11111111-2222-3333-4444-555555555555"
 UUID_B = "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"

@@ -5,10 +5,9 @@ import socket
 import pytest
 import torch
 
-from benchmark.backbones import (bert_tokenizer, load_backbones, load_tokenizer, minilm_dir, offline,
-                                 text_source)
 from benchmark.config import BackboneConfig, DataConfig
-from benchmark.errors import BenchError
+from benchmark.models.backbones import bert_tokenizer, load_backbones, load_tokenizer, minilm_dir, offline, text_source
+from iisan_util.errors import BenchError
 
 TEXT_ONLY = DataConfig(images="none")
 IMAGES = DataConfig(images="synthetic", image_size=32)
@@ -171,7 +170,7 @@ def test_bert_vocab_can_come_from_the_environment(tmp_path, monkeypatch):
 def test_check_backbones_fails_early_without_building_anything(tmp_path, no_network):
     from transformers import BertConfig
 
-    from benchmark.backbones import check_backbones
+    from benchmark.models.backbones import check_backbones
 
     check_backbones(BackboneConfig(preset="minilm", init="pretrained"), IMAGES)  # packaged text + random ViT
     check_backbones(BackboneConfig(preset="base", init="random"), IMAGES)

@@ -10,8 +10,8 @@ import torch
 
 from benchmark.cli import main
 from benchmark.config import DataConfig
-from benchmark.data import tsv_dataset
-from benchmark.errors import BenchError
+from benchmark.data.dataset import tsv_dataset
+from iisan_util.errors import BenchError
 
 
 def write_dataset(root: Path, items: str | bytes | None = None, users: str | bytes | None = None) -> Path:
@@ -257,7 +257,7 @@ def test_a_value_from_the_config_file_names_the_file(tmp_path, capsys):
 
 def test_a_small_synthetic_topic_no_longer_hangs():
     from benchmark.config import DataConfig, SyntheticConfig
-    from benchmark.data import synthetic_dataset
+    from benchmark.data.dataset import synthetic_dataset
 
     ds = synthetic_dataset(DataConfig(images="none", synthetic=SyntheticConfig(items=8, clusters=1)), 0)
     assert ds.sequences and all(len(set(s)) == len(s) <= 8 for s in ds.sequences)
@@ -281,7 +281,7 @@ def test_two_sweeps_appending_at_once_lose_no_record(tmp_path):
     import sys
 
     path = tmp_path / "results.jsonl"
-    code = ("import sys; from pathlib import Path; from benchmark.results import append_result\n"
+    code = ("import sys; from pathlib import Path; from benchmark.measure.results import append_result\n"
             "for i in range(200): append_result(Path(sys.argv[1]), {'who': sys.argv[2], 'i': i, 'pad': 'x' * 2000})")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path), w], cwd=Path(__file__).parent.parent)
              for w in ("a", "b")]
@@ -294,7 +294,7 @@ def test_payloads_left_by_a_killed_sweep_are_removed_at_the_next_start(tmp_path)
     import subprocess
     import sys
 
-    from benchmark.isolation import OWNER, clean_stale
+    from benchmark.launch.isolation import OWNER, clean_stale
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -319,7 +319,7 @@ def test_params_with_a_negative_image_size_is_one_line(capsys):
 
 
 def test_a_full_disk_while_writing_the_payload_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
-    from benchmark import isolation
+    from benchmark.launch import isolation
 
     def full(*_a, **_k):
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
@@ -350,10 +350,10 @@ def test_a_damaged_results_file_is_named_at_its_line_and_never_appended_to(tmp_p
 
 def test_a_diverged_run_is_diverged_with_its_last_finite_loss_and_strict_json(tmp_path, monkeypatch):
     from benchmark.config import load_config
-    from benchmark.recommender import SeqRecommender
-    from benchmark.results import append_result
-    from benchmark.prepare import prepare
-    from benchmark.runner import run_method
+    from benchmark.launch.prepare import prepare
+    from benchmark.launch.runner import run_method
+    from benchmark.measure.results import append_result
+    from benchmark.models.recommender import SeqRecommender
 
     real = SeqRecommender.loss
     calls = []

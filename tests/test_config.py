@@ -3,7 +3,7 @@
 import pytest
 
 from benchmark.config import BenchConfig, load_config
-from benchmark.errors import BenchError
+from iisan_util.errors import BenchError
 
 
 def test_embedded_default_loads_and_matches_dataclass_defaults():
@@ -67,10 +67,12 @@ def test_set_overrides_read_toml_values_and_flags_win():
         parse_sets(["data.synthetic=1", "data.synthetic.users=2"])
 
 
-def test_paper_config_is_the_issue_setting():
+def test_paper_config_builds_the_papers_models():
+    """configs/paper.toml is the paper's setting: counted on the meta device, its models have the
+    paper's trainable parameters, at the paper's image size, as the params command counts them."""
+    from benchmark.commands.params import PAPER, PAPER_IMAGE_SIZE, count_all, params_config
+
     cfg = load_config("configs/paper.toml")
-    assert (cfg.backbone.preset, cfg.backbone.init, cfg.backbone.attn_implementation) == ("base", "random", "sdpa")
-    assert (cfg.data.image_size, cfg.data.text_tokens, cfg.data.max_seq_len, cfg.data.images) == (224, 30, 10, "synthetic")
-    assert cfg.data.dataset.endswith("shared/datasets/Scientific")
-    assert (cfg.train.batch_size, cfg.train.precision, cfg.run.epochs, cfg.run.device) == (64, "bf16", 1, "cuda")
-    assert cfg.train.paper_protocol is False and cfg.run.isolate is True
+    assert params_config(cfg).data.image_size == cfg.data.image_size == PAPER_IMAGE_SIZE
+    rows = {r["method"]: r["trainable"] for r in count_all(params_config(cfg), ["fft", "iisan"])}
+    assert {k: round(v / 1e6, 1) for k, v in rows.items()} == {k: round(PAPER[k] / 1e6, 1) for k in rows}

@@ -4,8 +4,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
-from benchmark.flops import (EncoderShape, encoder_flops, forward_flops_per_item, items_encoded_per_epoch, layer_flops,
-                             peak_flops, vision_shape)
+from benchmark.measure.flops import (
+    EncoderShape,
+    encoder_flops,
+    forward_flops_per_item,
+    items_encoded_per_epoch,
+    layer_flops,
+    peak_flops,
+    vision_shape,
+)
 
 
 def test_layer_flops_by_hand():
@@ -17,7 +24,7 @@ def test_layer_flops_by_hand():
 def test_bert_base_forward_matches_known_scale():
     # BERT-base, 30 tokens: 12 * (8*30*768^2 + 4*900*768 + 4*30*768*3072) = 12 * 427,438,080 = 5.1293e9
     cfg = BertConfig()
-    from benchmark.flops import text_shape
+    from benchmark.measure.flops import text_shape
     assert encoder_flops(text_shape(cfg, 30)) == 12 * 427_438_080
 
 

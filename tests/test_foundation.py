@@ -6,16 +6,8 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.config import load_config
-from benchmark.runner import run_benchmark
-
-SMALL = {"data": {"synthetic": {"users": 240, "items": 120}}, "run": {"epochs": 1, "isolate": False},
-         "train": {"max_steps_per_epoch": 3}}
-
-
-def small_cfg(tmp_path, name="out", **extra):
-    over = {**SMALL, "run": {**SMALL["run"], "out": str(tmp_path / name), "methods": ["fft"]}}
-    over.update(extra)
-    return load_config(None, over)
+from benchmark.launch.runner import run_benchmark
+from tests.helpers import small_cfg
 
 
 def test_record_is_complete_and_seeded_runs_repeat(tmp_path):

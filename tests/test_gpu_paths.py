@@ -17,14 +17,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark import kernels, launch, payload
 from benchmark.config import load_config
-from benchmark.prepare import prepare
-from benchmark.runner import resolve_runtime
-from benchmark.trainer import TrainOutcome
+from benchmark.launch import launchers as launch
+from benchmark.launch import payload
+from benchmark.launch.prepare import prepare
+from benchmark.launch.runner import resolve_runtime
+from benchmark.models import kernels
+from benchmark.training.trainer import TrainOutcome
 from methods.registry import get_method_for
-from tests.test_methods import build, small
-from tests.test_trainer import trainer_for
+from tests.helpers import build, small, trainer_for
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,3 +178,27 @@ def test_floors_time_the_same_work_and_the_report_sets_methods_against_them(tmp_
     section = md.split("### Distance from the plain-PyTorch floor")[1].split("\n## ")[0]
     assert re.search(r"\| `fft` \| [^|]+ \| [^|]+ \| \d+\.\d\d× \| both encoders", section)
     assert re.search(r"\| `iisan-cached` \| [^|]+ \| [^|]+ \| \d+\.\d\d× \| side network", section)
+
+
+# --------------------------------------------------------------------------- on a real GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_real_gpu_sweep_measures_phases_and_passes_its_memory_cross_checks(tmp_path):
+    """What the fakes above stand in for: on a real card every run is ok, its headline is the
+    allocator's training peak, each phase has a peak, and allocated <= NVML process <= reserved +
+    context holds at every phase edge (docs/gpu-session.md runs this first)."""
+    from benchmark.launch.runner import run_benchmark
+
+    cfg = load_config(None, {"run": {"methods": ["fft", "iisan", "iisan-cached"], "epochs": 1, "device": "cuda",
+                                     "out": str(tmp_path / "out")},
+                             "train": {"max_steps_per_epoch": 4, "precision": "bf16"},
+                             "methods": {"iisan-cached": {"cache_dir": str(tmp_path / "cache")}}})
+    path = run_benchmark(cfg, progress=False, echo=lambda *_: None)
+    for rec in map(json.loads, path.read_text().splitlines()):
+        mem = rec["memory"]
+        assert rec["status"] == "ok", (rec["method"], rec["error"])
+        assert mem["source"] == "cuda" and mem["phase"] == "train", rec["method"]
+        assert all(mem["phases"][p]["peak_mb"] > 0 for p in ("setup", "train", "eval")), mem["phases"]
+        assert [c for c in mem["checks"] if not c["ok"]] == [], rec["method"]

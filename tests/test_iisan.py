@@ -11,15 +11,22 @@ import types
 import pytest
 import torch
 
-from benchmark.backbones import load_backbones
 from benchmark.config import load_config
-from benchmark.errors import BenchError
-from benchmark.prepare import prepare, seed_everything
-from benchmark.runner import run_method
-from methods import iisan_cache
+from benchmark.launch.prepare import prepare, seed_everything
+from benchmark.launch.runner import run_method
+from benchmark.models.backbones import load_backbones
+from iisan_util.errors import BenchError
 from methods.base import BuildContext, ItemInputs
-from methods.iisan import (GATE_TEMPERATURE, BackboneTaps, IISANCachedOptions, IISANOptions, SideNetwork,
-                           default_taps, resolve_taps)
+from methods.iisan import (
+    GATE_TEMPERATURE,
+    BackboneTaps,
+    IISANCachedOptions,
+    IISANOptions,
+    SideNetwork,
+    default_taps,
+    resolve_taps,
+)
+from methods.iisan import cache as iisan_cache
 from methods.registry import get_method, options_for
 
 torch.set_num_threads(1)
@@ -264,7 +271,7 @@ def test_cache_build_is_a_one_off_cost_with_its_own_time_and_memory_phase(tmp_pa
 
 
 def test_auto_build_batch_keeps_the_base_backbones_within_4_gb():
-    from benchmark.backbones import load_backbones
+    from benchmark.models.backbones import load_backbones
 
     cfg = load_config(None, {"backbone": {"preset": "base", "init": "random"}, "data": {"image_size": 224}})
     with torch.device("meta"):

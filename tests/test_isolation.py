@@ -11,8 +11,8 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.config import load_config
-from benchmark.errors import BenchError
-from benchmark.runner import run_benchmark
+from benchmark.launch.runner import run_benchmark
+from iisan_util.errors import BenchError
 
 # t-tiny, t-oom, t-fail, t-crash: registered per test (tests/conftest.py), never leaked into 'all'
 pytestmark = pytest.mark.usefixtures("plugin_methods")
@@ -120,8 +120,8 @@ def _config_file(tmp_path) -> str:
 
 
 def test_modules_of_ones_own_methods_are_named_in_an_env_var(tmp_path, monkeypatch):
-    from benchmark.errors import BenchError
-    from benchmark.payload import ENV_IMPORTS
+    from benchmark.launch.payload import ENV_IMPORTS
+    from iisan_util.errors import BenchError
 
     monkeypatch.setenv(ENV_IMPORTS, "bench_test_methods, no_such_module_xyz")
     with pytest.raises(BenchError, match="IISAN_BENCH_IMPORTS: cannot import 'no_such_module_xyz'"):
@@ -139,7 +139,7 @@ def test_a_child_dies_with_its_parent(tmp_path, armed):
     import time
 
     ready = tmp_path / "ready"
-    arm = "from benchmark.child import die_with_parent; die_with_parent(int(os.environ['IISAN_BENCH_PARENT_PID'])); "
+    arm = "from benchmark.launch.child import die_with_parent; die_with_parent(int(os.environ['IISAN_BENCH_PARENT_PID'])); "
     grandchild = (f"import os, time, pathlib; {arm if armed else ''}"
                   f"pathlib.Path({str(ready)!r}).write_text('1'); time.sleep(30)")
     parent = ("import os, subprocess, sys, time, pathlib; env = dict(os.environ, IISAN_BENCH_PARENT_PID=str(os.getpid())); "

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from benchmark.recommender import NEG, inbatch_loss, inbatch_logits_mask
+from benchmark.models.recommender import NEG, inbatch_logits_mask, inbatch_loss
 
 
 def loop_loss(user, item_emb, ids, log_pop):
@@ -68,8 +68,8 @@ def test_the_paper_popularity_rule_keeps_the_loss_and_its_gradients_finite():
     """count / total gives the padding item log(0) = -inf; rows whose target is padding are ignored,
     and must not turn the gradients into NaN (0 x NaN) through their softmax."""
     from benchmark.config import load_config
-    from benchmark.data import load_dataset, make_split
-    from benchmark.recommender import inbatch_loss
+    from benchmark.data.dataset import load_dataset, make_split
+    from benchmark.models.recommender import inbatch_loss
 
     cfg = load_config(None, {"data": {"synthetic": {"users": 240, "items": 120}}})
     ds = load_dataset(cfg.data, 42)
@@ -89,7 +89,7 @@ def test_the_paper_popularity_rule_keeps_the_loss_and_its_gradients_finite():
 def test_paper_sasrec_is_the_papers_block():
     """architecture = paper: ReLU FFN, LayerNorm eps 1e-6, no Q/K/V/O biases (2 blocks x (3d + d) fewer
     parameters), xavier-normal Q, K and V as three [d, d] matrices, zero biases."""
-    from benchmark.recommender import SASRec
+    from benchmark.models.recommender import SASRec
 
     torch.manual_seed(0)
     ours, paper = SASRec(64, 10, 2, 2, 0.1), SASRec(64, 10, 2, 2, 0.1, architecture="paper")

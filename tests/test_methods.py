@@ -6,58 +6,27 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 
 import pytest
 import torch
 
-from benchmark.backbones import load_backbones
 from benchmark.config import load_config
-from benchmark.errors import BenchError
-from benchmark.factory import build_model
-from benchmark.prepare import prepare, seed_everything
-from benchmark.recipe import check_methods, method_names
-from benchmark.runner import run_method
-from benchmark.trainer import Trainer, TrainOutcome
+from benchmark.launch.prepare import seed_everything
+from benchmark.launch.recipe import check_methods, method_names
+from benchmark.launch.runner import run_method
+from benchmark.models.backbones import load_backbones
+from benchmark.training.trainer import Trainer, TrainOutcome
+from iisan_util.errors import BenchError
 from methods.base import BuildContext
 from methods.registry import available, describe, get_method_for, options_for, select
+from tests.helpers import CPU, build, prep_for, small, trainable
 
 torch.set_num_threads(1)
-CPU = torch.device("cpu")
 METHODS = ["fft", "lora", "adapter", "bitfit", "iisan", "iisan-cached"]
 
 # tiny preset: BERT and ViT with H = 64, L = 4 layers, FFN 128; 32 px images, 8 px patches
 H, L, I, D, SEQ = 64, 4, 128, 64, 10
 VOCAB, TEXT_POS, PATCHES = 30522, 64, (32 // 8) ** 2
-
-
-def small(tmp_path=None, train: dict | None = None, **methods) -> object:
-    over = {"run": {"isolate": False, "epochs": 1},
-            "data": {"synthetic": {"users": 64, "items": 40}},
-            "train": {"max_steps_per_epoch": 2, **(train or {})},
-            "methods": {"iisan-cached": {"cache_dir": str(tmp_path or "/nonexistent")}, **methods}}
-    return load_config(None, over)
-
-
-_PREP: dict = {}
-
-
-def prep_for(cfg):
-    key = json.dumps(cfg.data.__dict__, default=str, sort_keys=True)
-    if key not in _PREP:
-        _PREP[key] = prepare(cfg)
-    return _PREP[key]
-
-
-def build(cfg, name: str, seed: int = 0):
-    prep = prep_for(cfg)
-    seed_everything(seed)
-    built = build_model(cfg, name, prep.data, CPU)
-    return built.model, built.encoders, prep
-
-
-def trainable(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # --------------------------------------------------------------------------- analytic counts
@@ -271,7 +240,7 @@ def test_configured_ia3_runs_through_the_trainer(tmp_path):
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     """``iisan-bench run --methods all`` on the embedded default (about 100 s on 2 CPU cores)."""
-    from benchmark.runner import run_benchmark
+    from benchmark.launch.runner import run_benchmark
 
     out = tmp_path_factory.mktemp("default-run")
     cfg = load_config(None, {"run": {"methods": ["all"], "out": str(out)},
@@ -280,7 +249,7 @@ def default_run(tmp_path_factory):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.skipif(os.environ.get("IISAN_BENCH_SKIP_SLOW") == "1", reason="IISAN_BENCH_SKIP_SLOW=1")
+@pytest.mark.slow
 def test_every_method_beats_popularity_on_the_default(default_run):
     assert [r["method"] for r in default_run] == METHODS
     for r in default_run:

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from benchmark.metrics import metrics_from_ranks, target_ranks
-
+from benchmark.training.metrics import metrics_from_ranks, target_ranks
 
 # items 0..6; item 0 is padding and never ranked
 SCORES = torch.tensor([
@@ -34,7 +33,7 @@ def test_ranks_by_hand_under_each_masking_rule(masking, ranks):
 
 
 def test_repeated_targets_are_counted():
-    from benchmark.metrics import repeats_history
+    from benchmark.training.metrics import repeats_history
 
     assert repeats_history(TARGET, HISTORY).tolist() == [False, False, True, False]
     with pytest.raises(ValueError, match="unknown masking rule 'paper'"):

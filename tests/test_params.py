@@ -6,10 +6,10 @@ import re
 
 import torch
 
+from benchmark.commands.params import PAPER, count_all, params_config
 from benchmark.config import load_config
-from benchmark.factory import build_model, count_params
-from benchmark.prepare import prepare, seed_everything
-from methods.params import PAPER, count_all, params_config
+from benchmark.launch.factory import build_model, count_params
+from benchmark.launch.prepare import prepare, seed_everything
 from methods.registry import available
 
 torch.set_num_threads(1)

@@ -9,14 +9,14 @@ import types
 
 import pytest
 import torch
-
-from benchmark import profiler
-from benchmark.isolation import IsolatedRunner
-from benchmark.nvml import MB, Nvml
-from benchmark.phases import MemoryProfiler, apply_samples, settle
-from benchmark.profiler import Sample, cuda_start
-from benchmark.record import Check, Memory, PhaseMemory, RunRecord, Timing
 from nvml_fake import UUID_B
+
+from benchmark.launch.isolation import IsolatedRunner
+from benchmark.measure import profiler
+from benchmark.measure.nvml import MB, Nvml
+from benchmark.measure.phases import MemoryProfiler, apply_samples, settle
+from benchmark.measure.profiler import Sample, cuda_start
+from benchmark.measure.record import Check, Memory, PhaseMemory, RunRecord, Timing
 
 CUDA = torch.device("cuda", 0)
 

@@ -9,11 +9,11 @@ import os
 import sys
 
 import torch
-
-from benchmark.isolation import ReadyHandle
-from benchmark.nvml import MB, Nvml, normalize_uuid
-from benchmark.profiler import ProcessSampler, Sample, cuda_start, write_timeline_csv
 from nvml_fake import OTHER_PID, UUID_A, UUID_B, FakeMismatchError, FakeNVMLError, FakePynvml
+
+from benchmark.launch.isolation import ReadyHandle
+from benchmark.measure.nvml import MB, Nvml, normalize_uuid
+from benchmark.measure.profiler import ProcessSampler, Sample, cuda_start, write_timeline_csv
 
 # ------------------------------------------------------------------------------- the NVML layer
 

@@ -8,7 +8,7 @@ import pytest
 import methods
 from benchmark.cli import main
 from benchmark.config import load_config
-from benchmark.errors import BenchError
+from iisan_util.errors import BenchError
 from methods import registry
 from methods.base import Method
 
@@ -68,8 +68,8 @@ def test_option_errors_name_the_methods_own_table():
 def test_an_unknown_parameter_group_is_one_line_naming_the_tower(tmp_path):
     import torch
 
-    from benchmark.recommender import SeqRecommender
-    from benchmark.trainer import Trainer
+    from benchmark.models.recommender import SeqRecommender
+    from benchmark.training.trainer import Trainer
     from tests.test_trainer import trainer_for
 
     _, prep = trainer_for("fft", tmp_path)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from test_reports import TPME_DEFAULT, read_csv, record, write  # noqa: E402  (tests/ is on sys.path)
+from report_helpers import TPME_DEFAULT, read_csv, record, section, write  # noqa: E402  (tests/ is on sys.path)
 
 from reports import build_report  # noqa: E402
 from reports.paper import PAPER
@@ -20,10 +19,6 @@ def paper_methods() -> list[dict]:
         record("iisan-cached", 5.0, 5_000_000, 67.0),
         record("lora", 80.0, 1_000_000, 900.0),
     ]
-
-
-def section(md: str, title: str) -> str:
-    return md.split(title, 1)[1].split("\n#", 1)[0]
 
 
 def test_paper_constants_match_the_paper_figures() -> None:

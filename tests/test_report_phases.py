@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from report_helpers import record, write  # tests/ is on sys.path
 
 from reports import ReportError, build_report
-from test_reports import record, write  # tests/ is on sys.path
 
 
 def phased(method: str, time_s: float, train_mb: float, eval_mb: float, **cache) -> dict:
@@ -69,3 +69,15 @@ def test_a_record_from_a_newer_schema_is_refused_with_its_line(tmp_path: Path) -
     newer["schema_version"] = 99
     with pytest.raises(ReportError, match=r"results.jsonl:2: schema_version 99 is newer than this reporter"):
         build_report(write(tmp_path, [record("lora"), newer]))
+
+
+def test_the_header_states_the_papers_model_details(tmp_path: Path) -> None:
+    recs = [phased("fft", 28.9, 34_000.0, 34_600.0), phased("iisan", 13.5, 9_000.0, 18_800.0)]
+    assert "model details" not in build_report(write(tmp_path / "ours", recs)).read_text()
+    for r in recs:
+        r["config"]["resolved"]["train"]["architecture"] = "paper"
+    md = build_report(write(tmp_path / "paper", recs)).read_text()
+    assert "189 steps per epoch; model details: the paper code's (`train.architecture = paper`" in md
+    recs[0]["config"]["resolved"]["train"]["architecture"] = "ours"
+    md = build_report(write(tmp_path / "mixed", recs)).read_text()
+    assert "model details: mixed (`train.architecture` differs between methods)" in md

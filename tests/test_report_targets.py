@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_report_paper import section
-from test_reports import TPME_DEFAULT, record, write  # noqa: E402  (tests/ is on sys.path)
+from report_helpers import TPME_DEFAULT, record, section, write  # noqa: E402  (tests/ is on sys.path)
 
 from reports import build_report  # noqa: E402
 from reports.targets import MEMORY_GATE, MFU_UNKNOWN, NOTE

@@ -5,23 +5,10 @@ import json
 import pytest
 import torch
 
-from benchmark.recipe import method_config
-from benchmark.runner import run_benchmark
-from benchmark.trainer import Trainer, TrainOutcome
-from tests.test_foundation import small_cfg
-from tests.test_methods import build, small
-
-CPU = torch.device("cpu")
-
-
-def trainer_for(name="fft", cache_dir=None, **train):
-    """A CPU trainer for a small model; ``train`` overrides TrainConfig fields (the model sees them too)."""
-    import dataclasses
-
-    cfg = small(cache_dir)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
-    model, _, prep = build(cfg, name)
-    return Trainer(model, prep.split, prep.data.n_items, cfg.train, cfg.eval, CPU, seed=1, progress=False), prep
+from benchmark.launch.recipe import method_config
+from benchmark.launch.runner import run_benchmark
+from benchmark.training.trainer import TrainOutcome
+from tests.helpers import build, small, small_cfg, trainer_for
 
 
 def test_epoch_batches_are_the_shuffled_rows_with_their_distinct_items_bucketed():
@@ -147,7 +134,7 @@ def test_profile_steps_writes_a_trace_after_training(tmp_path):
 
 
 def test_resident_memory_counts_item_inputs_and_parameters_but_not_the_host_image_table():
-    from benchmark.factory import resident_mb
+    from benchmark.launch.factory import resident_mb
 
     model, encoders, prep = build(small(), "fft")
     d = prep.data

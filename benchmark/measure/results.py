@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def git_sha() -> str | None:
     try:
         here = Path(__file__).resolve().parent

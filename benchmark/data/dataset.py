@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DataConfig
-from .errors import BenchError
+from benchmark.config import DataConfig
+from iisan_util.errors import BenchError
 
 
 @dataclass
@@ -334,7 +334,7 @@ def tsv_dataset(folder: str | Path, cfg: DataConfig) -> SeqDataset:
         ds.image_mode = "synthetic"
         ds.timings["images_s"] = time.perf_counter() - t0
     elif cfg.images == "real":
-        from . import images  # lazy: PIL only when needed
+        from benchmark.data import images  # lazy: PIL only when needed
 
         t0 = time.perf_counter()
         ds.images = images.load_real_images(folder, order, cfg)

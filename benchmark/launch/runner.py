@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
-from .config import BenchConfig
-from .errors import BenchError
-from .prepare import Prepared, prepare, resolve_device, seed_everything
-from .recipe import check_methods, method_config, method_names, new_record
-from .record import Memory, Params, RunRecord, Timing
-from .results import append_result, env_info
-from .util import safe_name
+from benchmark.config import BenchConfig
+from benchmark.launch.prepare import Prepared, prepare, resolve_device, seed_everything
+from benchmark.launch.recipe import check_methods, method_config, method_names, new_record
+from benchmark.measure.record import Memory, Params, RunRecord, Timing
+from benchmark.measure.results import append_result, env_info
+from iisan_util.errors import BenchError
+from iisan_util.names import safe_name
 
 MB = 1024 * 1024
 
@@ -43,10 +43,9 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
     ``sample_memory=False`` in an isolated child: its parent samples it from outside. The record's
     transient ``timeline`` and ``traceback`` are for the runner and never reach results.jsonl.
     """
+    from benchmark.measure.phases import MemoryProfiler
+    from benchmark.measure.profiler import default_interval_s
     from methods.registry import get_method_for
-
-    from .phases import MemoryProfiler
-    from .profiler import default_interval_s
 
     cfg = method_config(cfg, name)
     cls = get_method_for(name, cfg)
@@ -72,9 +71,9 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
 
 def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device: torch.device, repeat: int,
                         out_dir: Path | None, progress: bool, profiler, record: RunRecord) -> None:
-    from .factory import build_model, count_params, resident_mb
-    from .flops import flops_record
-    from .trainer import Trainer
+    from benchmark.launch.factory import build_model, count_params, resident_mb
+    from benchmark.measure.flops import flops_record
+    from benchmark.training.trainer import Trainer
 
     t0 = time.perf_counter()
     built = build_model(cfg, name, prep.data, device, out_dir=out_dir, phase=profiler.phase)
@@ -89,7 +88,7 @@ def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device
                       callbacks=[profiler], progress=progress, sdpa_backend=sdpa.backend)
     outcome = trainer.fit(cfg.run.epochs, t.patience)
     if t.profile_steps > 0 and out_dir is not None:  # after the measured epochs: never in their times
-        from .trace import trace_steps
+        from benchmark.training.trace import trace_steps
 
         profiler.phase("trace")
         record.trace = trace_steps(trainer, t.profile_steps, Path(out_dir), f"{safe_name(name)}-{repeat}")
@@ -111,8 +110,8 @@ def resolve_runtime(t, cls, backbones, prep: Prepared, device: torch.device):
     """``train.compile`` and ``train.sdpa_backend`` as this method runs on this device: ``auto``
     compile is the method's own choice on a GPU (``Method.auto_compile``) and off on CPU; ``auto``
     attention is measured on the encoders' attention shapes (``kernels.choose_sdpa_backend``)."""
-    from .kernels import AttnShape, choose_sdpa_backend
-    from .trainer import compute_dtype, typical_items
+    from benchmark.models.kernels import AttnShape, choose_sdpa_backend
+    from benchmark.training.trainer import compute_dtype, typical_items
 
     mode = t.compile
     if mode == "auto":
@@ -148,7 +147,7 @@ def summary_line(rec: RunRecord) -> str:
 
 def finished_runs(results: Path) -> set[tuple[str, int, str]]:
     """(method, repeat, config_hash) of every ok run already in ``results`` (the resume key)."""
-    from .results import read_results
+    from benchmark.measure.results import read_results
 
     try:
         recs = read_results(results)
@@ -159,7 +158,7 @@ def finished_runs(results: Path) -> set[tuple[str, int, str]]:
 
 def finish_record(rec: RunRecord, out: Path, device: torch.device) -> dict[str, Any]:
     """Write the run's side files (traceback log, memory timeline CSV); the record as JSON-ready dict."""
-    from .profiler import write_timeline_csv
+    from benchmark.measure.profiler import write_timeline_csv
 
     stem = f"{safe_name(rec.method)}-{rec.repeat}"
     if rec.traceback:
@@ -185,8 +184,8 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     run in flight. With ``[run] isolate`` every run is a fresh child process. Runs that did not end
     ok are added to ``failed`` (the CLI exits 1 for them).
     """
-    from .payload import import_extra_modules
-    from .outdir import check_comparable, comparable_settings
+    from benchmark.launch.outdir import check_comparable, comparable_settings
+    from benchmark.launch.payload import import_extra_modules
 
     import_extra_modules()  # IISAN_BENCH_IMPORTS: modules registering methods of one's own
     names = method_names(cfg)
@@ -209,8 +208,8 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
              f"({', '.join(skipped)}); --force reruns them")
     isolated = None
     if cfg.run.isolate and todo:
-        from .isolation import IsolatedRunner
-        from .profiler import default_interval_s
+        from benchmark.launch.isolation import IsolatedRunner
+        from benchmark.measure.profiler import default_interval_s
 
         isolated = IsolatedRunner(cfg, prep, device, out, progress=progress, echo=echo,
                                   interval=default_interval_s(device, cfg.run.sample_interval_ms))
@@ -232,7 +231,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
         if isolated is not None:
             isolated.close()
     if cfg.run.floors == "on" or (cfg.run.floors == "auto" and device.type == "cuda"):
-        from .floors import floors_command
+        from benchmark.launch.floors import floors_command
 
         echo(f"floors: {floors_command(cfg, out, steps=10, echo=echo)}")  # after every run: never beside one
     return results

@@ -25,9 +25,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .config import BenchConfig
-from .errors import BenchError
-from .trainer import autocast_for, compute_dtype, typical_items
+from benchmark.config import BenchConfig
+from benchmark.training.trainer import autocast_for, compute_dtype, typical_items
+from iisan_util.errors import BenchError
 
 FLOORS_FILE = "floors.json"
 
@@ -95,7 +95,7 @@ def frozen_forward_floor(encs: dict[str, nn.Module], inputs: dict[str, dict], de
 def cached_step(side: nn.Module, user: nn.Module, states: dict[str, torch.Tensor], ids: torch.Tensor,
                 uniq_n: int, device, precision: str, capturable: bool):
     """One cached-IISAN step (closure) on fixed tensors: gather, side network, SASRec, loss, Adam."""
-    from .recommender import inbatch_loss
+    from benchmark.models.recommender import inbatch_loss
 
     params = list(side.parameters()) + list(user.parameters())
     opt = torch.optim.Adam(params, lr=1e-3, fused=True, capturable=capturable)
@@ -144,13 +144,12 @@ def _attempt(what: str, fn: Callable[[], dict[str, Any]], echo) -> dict[str, Any
 
 def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo=print) -> dict[str, Any]:
     """Time the three floors for ``cfg`` on ``device``; the dict ``floors.json`` holds."""
+    from benchmark.launch.prepare import prepare, seed_everything
+    from benchmark.measure.results import env_info
+    from benchmark.models.backbones import load_backbones
+    from benchmark.models.recommender import SASRec
     from methods.iisan import build_side
     from methods.registry import options_for
-
-    from .backbones import load_backbones
-    from .recommender import SASRec
-    from .results import env_info
-    from .prepare import prepare, seed_everything
 
     t, prep = cfg.train, prepare(cfg)
     train = prep.split.train
@@ -194,8 +193,8 @@ def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo
 
 def floors_command(cfg: BenchConfig, out_dir: Path, steps: int, echo=print) -> Path:
     """``iisan-bench floors``: measure and write ``OUT/floors.json`` (the report picks it up)."""
+    from benchmark.launch.prepare import resolve_device
     from iisan_util.atomic import atomic_write_text
-    from .prepare import resolve_device
 
     if steps <= 0:
         raise BenchError(f"--steps must be > 0, got {steps}")

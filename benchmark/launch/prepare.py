@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import BenchConfig
-from .data import SeqDataset, Split, load_dataset, make_split, tokenize
-from .errors import BenchError
-from .metrics import metrics_from_ranks, repeats_history, target_ranks
+from benchmark.config import BenchConfig
+from benchmark.data.dataset import SeqDataset, Split, load_dataset, make_split, tokenize
+from benchmark.training.metrics import metrics_from_ranks, repeats_history, target_ranks
+from iisan_util.errors import BenchError
 
 
 @dataclass
@@ -64,7 +64,7 @@ def repeat_shares(split: Split) -> dict[str, float]:
 
 
 def prepare(cfg: BenchConfig) -> Prepared:
-    from .backbones import check_backbones, load_tokenizer
+    from benchmark.models.backbones import check_backbones, load_tokenizer
 
     check_backbones(cfg.backbone, cfg.data)  # an unavailable encoder fails before the output folder is touched
     t0 = time.perf_counter()

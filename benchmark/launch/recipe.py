@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .config import BenchConfig
-from .errors import BenchError, nearest
-from .prepare import Prepared, repeat_shares
-from .record import RunRecord
+from benchmark.config import BenchConfig
+from benchmark.launch.prepare import Prepared, repeat_shares
+from benchmark.measure.record import RunRecord
+from iisan_util.errors import BenchError, nearest
 
 
 def method_names(cfg: BenchConfig) -> list[str]:

@@ -1,4 +1,4 @@
-"""The zygote process (``python -m benchmark.zygote``, started by ``launch.ZygoteLauncher``): it imports
+"""The zygote process (``python -m benchmark.launch.zygote``, started by ``launch.ZygoteLauncher``): it imports
 torch, transformers and peft once, never touches CUDA, and forks a fresh child per request,
 reporting each child's exit code and peak RSS on stdout, until its stdin closes."""
 
@@ -11,10 +11,10 @@ import signal
 import sys
 from typing import Any
 
-from .launch import ENV_PARENT
-from .payload import ENV_IMPORTS
+from benchmark.launch.launchers import ENV_PARENT
+from benchmark.launch.payload import ENV_IMPORTS
 
-PRELOAD = ("torch", "transformers", "peft", "benchmark.child", "benchmark.runner", "methods.registry")
+PRELOAD = ("torch", "transformers", "peft", "benchmark.launch.child", "benchmark.launch.runner", "methods.registry")
 
 
 def _run_child(req: dict[str, Any]) -> None:
@@ -35,7 +35,7 @@ def _run_child(req: dict[str, Any]) -> None:
         import faulthandler
 
         faulthandler.enable()
-        from . import child
+        from benchmark.launch import child
 
         code = child.main([req["spawn"]])
     except BaseException:  # noqa: BLE001 - whatever happens, the zygote's loop must not run here
@@ -52,7 +52,7 @@ def serve() -> int:
     """The zygote: preload, then fork a child per request and report each exit, until stdin closes."""
     import importlib
 
-    from .child import die_with_parent
+    from benchmark.launch.child import die_with_parent
 
     die_with_parent(int(os.environ.get(ENV_PARENT, os.getppid())))
     for mod in PRELOAD:

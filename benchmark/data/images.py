@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import DataConfig
-from .errors import BenchError
+from benchmark.config import DataConfig
 from iisan_util.atomic import atomic_write
+from iisan_util.errors import BenchError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")  # in order of preference when several exist
 CACHE_VERSION = "v1"

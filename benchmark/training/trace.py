@@ -13,9 +13,8 @@ from typing import Any
 
 import torch
 
+from benchmark.training.trainer import Trainer, TrainOutcome
 from iisan_util.atomic import atomic_write_text
-
-from .trainer import Trainer, TrainOutcome
 
 TRACE_EPOCH = 10_000  # an epoch number no real epoch has (epoch 1 splits off warm-up steps)
 

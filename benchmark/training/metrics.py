@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 
-
 MASKING = ("all_history", "history_except_target", "none")
 
 

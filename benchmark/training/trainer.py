@@ -17,12 +17,12 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from .config import EvalConfig, TrainConfig
-from .data import Split
-from .errors import BenchError, DivergedError
-from .kernels import sdpa_context
-from .metrics import metrics_from_ranks, target_ranks
-from .recommender import SeqRecommender
+from benchmark.config import EvalConfig, TrainConfig
+from benchmark.data.dataset import Split
+from benchmark.models.kernels import sdpa_context
+from benchmark.models.recommender import SeqRecommender
+from benchmark.training.metrics import metrics_from_ranks, target_ranks
+from iisan_util.errors import BenchError, DivergedError
 
 WARMUP_STEPS = 3
 

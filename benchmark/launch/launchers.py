@@ -2,7 +2,7 @@
 
 Why a zygote: a child spent 5-7 s importing torch, transformers and peft before it could start
 (peft alone 3.5 s on 2 cores), 6 times per default sweep. The zygote (``python -m
-benchmark.zygote``) imports them once and forks a child per run: the child is still a fresh
+benchmark.launch.zygote``) imports them once and forks a child per run: the child is still a fresh
 process (no CUDA context, no allocator state, no model; the zygote never touches CUDA, which is
 what makes forking safe), but it starts in milliseconds. This is multiprocessing's
 forkserver-with-preload, with the run's exit status, signal and peak RSS (``wait4``) reported back.
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .payload import ENV_IMPORTS
+from benchmark.launch.payload import ENV_IMPORTS
 
 ENV_PARENT = "IISAN_BENCH_PARENT_PID"
 ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"
@@ -96,7 +96,7 @@ class FileTee(threading.Thread):
 
 
 class PopenLauncher:
-    """A fresh interpreter per run (``python -m benchmark.child SPEC``)."""
+    """A fresh interpreter per run (``python -m benchmark.launch.child SPEC``)."""
 
     def __init__(self, env: dict[str, str]):
         self.env = env
@@ -106,7 +106,7 @@ class PopenLauncher:
     def spawn(self, spec: Path, imports: list[str], stderr: Path) -> int:
         env = {**self.env, ENV_IMPORTS: ",".join(imports)}
         with open(stderr, "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "benchmark.child", str(spec)], env=env,
+            proc = subprocess.Popen([sys.executable, "-m", "benchmark.launch.child", str(spec)], env=env,
                                     stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         self.procs[proc.pid] = proc
         return proc.pid
@@ -129,7 +129,7 @@ class ZygoteLauncher:
 
     def __init__(self, env: dict[str, str]):
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmark.zygote"], env=env, stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmark.launch.zygote"], env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, bufsize=0)
         self.exits: dict[int, tuple[int, float | None]] = {}
         msg = self._read()

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import BackboneConfig, DataConfig
-from .errors import BenchError, nearest
-from .presets import KNOWN_CONFIGS, PRESETS
-
+from benchmark.config import BackboneConfig, DataConfig
+from benchmark.models.presets import KNOWN_CONFIGS, PRESETS
+from iisan_util.errors import BenchError, nearest
 
 
 @dataclass

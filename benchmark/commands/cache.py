@@ -12,15 +12,14 @@ def cache_command(cfg, rebuild: bool = False, echo=print):
     Prepares the data and builds the backbones exactly as the runner does for repeat 0 (seeded
     with ``run.seed`` right before the backbones are built, so random-init weights match).
     """
+    from benchmark.launch.prepare import prepare, resolve_device, seed_everything
+    from benchmark.launch.recipe import check_methods
+    from benchmark.models.backbones import load_backbones
     from methods._common import encoders, freeze, frozen_in_compute_dtype
     from methods.base import BuildContext, ItemInputs
     from methods.iisan import BackboneTaps, resolve_taps
-    from methods.iisan_cache import ensure_cache
+    from methods.iisan.cache import ensure_cache
     from methods.registry import options_for
-
-    from .backbones import load_backbones
-    from .prepare import prepare, resolve_device, seed_everything
-    from .recipe import check_methods
 
     check_methods(cfg, ["iisan-cached"])
     device = resolve_device(cfg.run.device)

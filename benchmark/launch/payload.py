@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .config import BenchConfig
-from .errors import BenchError
+from benchmark.config import BenchConfig
+from iisan_util.errors import BenchError
 
 ENV_IMPORTS = "IISAN_BENCH_IMPORTS"  # comma list of modules a child imports first (e.g. test methods)
 

@@ -12,7 +12,7 @@ How:
   2.9 GB image table costs a child milliseconds, not a 15-21 s read; no re-tokenising, no
   tokenizer). The overhead is recorded per run in ``isolation``.
 * The child is forked from a warm zygote that imported torch, transformers and peft once (Linux;
-  elsewhere a fresh ``python -m benchmark.child SPEC``; see ``benchmark.launch``): a fresh process
+  elsewhere a fresh ``python -m benchmark.launch.child SPEC``; see ``benchmark.launch.launchers``): a fresh process
   with the environment set before torch sees CUDA, a pid the parent can watch, and an exit code
   that says how it died. It imports the modules that registered the selected methods (the
   class's module, plus ``IISAN_BENCH_IMPORTS``, with the parent's ``sys.path``), runs
@@ -38,16 +38,15 @@ from typing import Any
 
 import torch
 
-from .config import BenchConfig
-from .errors import BenchError
-from .launch import STDERR_TAIL, FileTee, child_env, launcher
-from .nvml import Nvml
-from .payload import extra_modules, save_payload
-from .phases import apply_samples, settle
-from .profiler import MB, SAMPLE_INTERVAL_S, ProcessSampler, warn
-from .record import Memory, RunRecord, Timeline
-from .util import safe_name
-
+from benchmark.config import BenchConfig
+from benchmark.launch.launchers import STDERR_TAIL, FileTee, child_env, launcher
+from benchmark.launch.payload import extra_modules, save_payload
+from benchmark.measure.nvml import Nvml
+from benchmark.measure.phases import apply_samples, settle
+from benchmark.measure.profiler import MB, SAMPLE_INTERVAL_S, ProcessSampler, warn
+from benchmark.measure.record import Memory, RunRecord, Timeline
+from iisan_util.errors import BenchError
+from iisan_util.names import safe_name
 
 
 class ReadyHandle:
@@ -224,9 +223,8 @@ class IsolatedRunner:
             if rc != 0 and rec.status == "ok":  # wrote a record, then died on the way out
                 rec.status, rec.error = "failed", exit_reason(rc)
             return rec
+        from benchmark.launch.recipe import method_config, new_record
         from methods.registry import get_method_for
-
-        from .recipe import method_config, new_record
 
         env = {"device": self.device.type, "python": sys.version.split()[0], "torch": torch.__version__,
                "cuda": torch.version.cuda}

@@ -1,4 +1,4 @@
-"""Entry point of an isolated run: ``python -m benchmark.child SPEC.json`` (started by the parent).
+"""Entry point of an isolated run: ``python -m benchmark.launch.child SPEC.json`` (started by the parent).
 
 Loads the prepared dataset and config the parent saved, starts CUDA (measuring the context) and
 announces the GPU's UUID, runs one (method, repeat) through ``runner.run_method`` and writes the
@@ -40,17 +40,17 @@ def main(argv: list[str]) -> int:
     for p in spec.get("sys_path", []):
         if p not in sys.path:
             sys.path.append(p)
-    from .errors import BenchError
     from iisan_util.atomic import atomic_write_text
+    from iisan_util.errors import BenchError
 
     child: dict = {"t_enter": t_enter, "marks": []}
     out: dict = {}
     try:
         import torch
 
-        from .payload import import_extra_modules, load_payload
-        from .profiler import cuda_start, ru_maxrss_mb
-        from .runner import run_method
+        from benchmark.launch.payload import import_extra_modules, load_payload
+        from benchmark.launch.runner import run_method
+        from benchmark.measure.profiler import cuda_start, ru_maxrss_mb
 
         import_extra_modules()
         t0 = time.time()
@@ -59,9 +59,9 @@ def main(argv: list[str]) -> int:
         # what an in-process sweep imports once: here it counts as isolation overhead, not setup_s
         import peft  # noqa: F401
         import transformers  # noqa: F401
-        from methods.registry import get_method_for
 
-        from . import backbones  # noqa: F401
+        from benchmark.models import backbones  # noqa: F401
+        from methods.registry import get_method_for
 
         get_method_for(spec["method"], cfg)
         device = torch.device(spec["device"])
@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
     except BenchError as exc:  # a user error: the parent stops the sweep with this message
         out = {"bench_error": str(exc)}
     except Exception as exc:  # caught before run_method had a record: the parent builds one
-        from .record import classify
+        from benchmark.measure.record import classify
 
         status, error = classify(exc)
         out = {"early": {"status": status, "error": error, "traceback": traceback.format_exc()}}

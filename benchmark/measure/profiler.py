@@ -6,7 +6,7 @@
   RSS and, on a GPU, NVML per-process and device memory, every 10 ms on GPU and 50 ms on CPU.
 * ``write_timeline_csv`` writes the samples with their phases.
 
-The trainer-facing half (phases, the headline, cross-checks) is ``benchmark.phases``.
+The trainer-facing half (phases, the headline, cross-checks) is ``benchmark.measure.phases``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Callable
 import psutil
 import torch
 
-from .nvml import Nvml, torch_uuid
+from benchmark.measure.nvml import Nvml, torch_uuid
 
 MB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -14,16 +14,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .config import BenchConfig
-from .data import SeqDataset
-from .recommender import SeqRecommender
+from benchmark.config import BenchConfig
+from benchmark.data.dataset import SeqDataset
+from benchmark.models.recommender import SeqRecommender
 
 
 @dataclass
 class BuiltModel:
     model: SeqRecommender
     method: Any  # the methods.base.Method instance (its one-off costs are read after training)
-    backbones: Any  # benchmark.backbones.Backbones (its info goes into the record)
+    backbones: Any  # benchmark.models.backbones.Backbones (its info goes into the record)
     encoders: tuple[nn.Module | None, nn.Module | None]  # (text, vision) as loaded, before the method ran
 
 
@@ -38,10 +38,9 @@ def build_model(cfg: BenchConfig, name: str, data: SeqDataset, device: torch.dev
                 out_dir: Path | None = None, phase: Callable[[str], None] | None = None) -> BuiltModel:
     """Load the backbones, let method ``name`` build its item tower, wrap it in the recommender and
     move it to ``device`` (left where it is on the meta device: parameter counting)."""
+    from benchmark.models.backbones import load_backbones
     from methods.base import BuildContext
     from methods.registry import get_method_for, options_for
-
-    from .backbones import load_backbones
 
     backbones = load_backbones(cfg.backbone, cfg.data)
     encoders = (backbones.text, backbones.vision)

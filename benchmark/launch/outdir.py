@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import BenchError
 from iisan_util.atomic import atomic_write_text
+from iisan_util.errors import BenchError
 
 IGNORED_RUN_KEYS = ("methods", "out", "repeats", "isolate", "sample_interval_ms", "device", "floors")
 COMPARED_SECTIONS = ("data", "backbone", "train", "eval")
@@ -52,9 +52,8 @@ def comparable_settings(resolved: dict[str, Any], device: str | None) -> dict[st
 
 def recipe_keys() -> set[str]:
     """Training keys the paper protocol sets per method (they differ between methods by design)."""
+    from benchmark.launch.recipe import PAPER_TRAIN
     from methods.registry import available, get_method
-
-    from .recipe import PAPER_TRAIN
 
     return set(PAPER_TRAIN) | {k for name in available() for k in get_method(name).paper_train}
 

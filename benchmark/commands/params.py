@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from benchmark.errors import BenchError
+from iisan_util.errors import BenchError
 
 # Trainable parameters the paper reports (Table 2 / its code) for the base backbones.
 PAPER: dict[str, float] = {"fft": 194.9e6, "adapter": 4.97e6, "lora": 0.83e6, "bitfit": 0.41e6,
@@ -27,7 +27,7 @@ PAPER_IMAGE_SIZE = 224
 
 def _fake_data(cfg):
     """Two items with the run's token and image shapes: parameter counts do not depend on the data."""
-    from benchmark.data import SeqDataset
+    from benchmark.data.dataset import SeqDataset
 
     T, S = cfg.data.text_tokens, cfg.data.image_size
     ds = SeqDataset("params", ["1", "2"], ["a", "b"], [[1, 2, 1]])
@@ -41,9 +41,8 @@ def _fake_data(cfg):
 
 def count_method(cfg, name: str) -> dict[str, Any]:
     """Build ``name`` on the meta device and count its parameters (trainable by group, and total)."""
-    from benchmark.factory import build_model, count_params
-
-    from .registry import get_method_for
+    from benchmark.launch.factory import build_model, count_params
+    from methods.registry import get_method_for
 
     get_method_for(name, cfg)  # an unknown name fails here, before any build
     with torch.device("meta"):

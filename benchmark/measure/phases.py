@@ -22,11 +22,20 @@ import gc
 import os
 import statistics
 import time
+
 import torch
 
-from .profiler import (MB, SAMPLE_INTERVAL_S, ProcessSampler, Sample, cuda_start, reset_hwm, ru_maxrss_mb,
-                       vmhwm_mb)
-from .record import HEADLINE_PHASE, Check, Energy, Memory, PhaseMemory, Timeline
+from benchmark.measure.profiler import (
+    MB,
+    SAMPLE_INTERVAL_S,
+    ProcessSampler,
+    Sample,
+    cuda_start,
+    reset_hwm,
+    ru_maxrss_mb,
+    vmhwm_mb,
+)
+from benchmark.measure.record import HEADLINE_PHASE, Check, Energy, Memory, PhaseMemory, Timeline
 
 CHECK_TOLERANCE_MB = 4.0  # NVML and the allocator both count in 2 MiB pages
 

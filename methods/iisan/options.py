@@ -1,0 +1,64 @@
+"""IISAN's options ([methods.iisan] / [methods.iisan-cached]) and which hidden states it taps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import nn
+
+from iisan_util.errors import BenchError
+
+
+@dataclass
+class IISANOptions:
+    modality: Literal["intra_inter", "intra", "inter"] = "intra_inter"  # which branches
+    fusion: Literal["gated", "add"] = "gated"  # how a tapped state joins the side stream
+    bottleneck: int = 64  # SAN block width
+    taps: list[int] = field(default_factory=list)  # hidden states to tap (0 = embeddings); [] = 0,2,...,L
+
+    def check(self, key: str) -> None:
+        """Ranges, with errors naming ``key`` (the method's own [methods.NAME] table)."""
+        self.key = key  # later errors (taps out of range, modality) name the same table
+        if self.bottleneck <= 0:
+            raise BenchError(f"'{key}.bottleneck' must be > 0, got {self.bottleneck}")
+        if any(t < 0 for t in self.taps):
+            raise BenchError(f"'{key}.taps' must be layer indices >= 0, got {self.taps}")
+        if len(set(self.taps)) != len(self.taps):
+            raise BenchError(f"'{key}.taps' has duplicates: {self.taps}")
+
+
+@dataclass
+class IISANCachedOptions(IISANOptions):
+    cache_dir: str = ""  # "" = $IISAN_BENCH_CACHE, else $XDG_CACHE_HOME/iisan-bench, else ~/.cache/iisan-bench
+    cache_dtype: Literal["fp16", "fp32"] = "fp16"  # storage type of the cached states
+    build_batch_size: int = 0  # items encoded at once while building; 0 = sized to build in <= 4 GB
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        if self.build_batch_size < 0:
+            raise BenchError(f"'{key}.build_batch_size' must be >= 0 (0 = auto), got {self.build_batch_size}")
+
+
+def options_key(opts: IISANOptions) -> str:
+    """The [methods.NAME] table these options came from (set by ``check``), for later errors."""
+    return getattr(opts, "key", "methods.iisan")
+
+
+def default_taps(n_layers: int) -> list[int]:
+    """Every other hidden state, ending at the last layer: 0, 2, ..., L for even L."""
+    return sorted(range(n_layers, -1, -2))
+
+
+def resolve_taps(opts: IISANOptions, models: dict[str, nn.Module]) -> dict[str, list[int]]:
+    """Tapped hidden-state indices per encoder kind (text, vision)."""
+    out = {}
+    for kind, model in models.items():
+        n_layers = model.config.num_hidden_layers
+        taps = sorted(opts.taps) if opts.taps else default_taps(n_layers)
+        bad = [t for t in taps if t > n_layers]
+        if bad:
+            raise BenchError(f"'{options_key(opts)}.taps': {bad} out of range for the {kind} encoder "
+                             f"(hidden states 0..{n_layers})")
+        out[kind] = taps
+    return out

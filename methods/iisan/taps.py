@@ -1,0 +1,101 @@
+"""Where the side network's inputs come from: the live frozen encoders (forward hooks keep only the
+tapped CLS vectors) or the cache of those vectors."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from iisan_util.errors import BenchError
+from methods._common import freeze
+from methods.base import ItemInputs
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a BERT- or ViT-family encoder, in order."""
+    enc = getattr(model, "encoder", None)
+    for name in ("layer", "layers"):
+        layers = getattr(enc, name, None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise BenchError(f"{type(model).__name__}: no encoder.layer(s) to tap; IISAN needs a BERT- or ViT-family encoder")
+
+
+class TapCLS:
+    """Forward hooks that keep only the CLS vector of the tapped hidden states.
+
+    Why hooks rather than ``output_hidden_states=True``: that keeps every layer's full hidden states
+    ([N, tokens, H] x (L + 1)) alive until the forward ends, 13 x 197 x 768 floats an image for
+    ViT-base; the side network needs one vector of each tapped layer. Hidden state 0 is the
+    embeddings' output and state i the i-th block's output, exactly as in ``hidden_states``.
+    """
+
+    def __init__(self, model: nn.Module, taps: list[int]):
+        self.taps = taps
+        self.out: dict[int, torch.Tensor] = {}
+        modules = [model.embeddings, *encoder_layers(model)]
+        self.handles = [modules[t].register_forward_hook(self._hook(t)) for t in taps]
+
+    def _hook(self, tap: int):
+        def keep(module, args, output):
+            h = output[0] if isinstance(output, (tuple, list)) else output
+            self.out[tap] = h[:, 0]
+        return keep
+
+    def collect(self) -> torch.Tensor:
+        """[N, taps, H] of the forward just run."""
+        got = torch.stack([self.out[t] for t in self.taps], dim=1)
+        self.out.clear()
+        return got
+
+
+class BackboneTaps(nn.Module):
+    """CLS vectors of the tapped hidden states, computed by the frozen backbones without gradients."""
+
+    def __init__(self, models: dict[str, nn.Module], inputs: ItemInputs, taps: dict[str, list[int]]):
+        super().__init__()
+        self.text = models["text"]
+        self.vision = models.get("vision")
+        self.inputs = inputs
+        self.taps = taps
+        freeze(self.text, self.vision)
+        self._tap = {"text": TapCLS(self.text, taps["text"])}
+        if self.vision is not None:
+            self._tap["vision"] = TapCLS(self.vision, taps["vision"])
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "BackboneTaps":
+        super().train(mode)
+        self.text.eval()  # frozen feature extractors: never dropout, same states as the cache
+        if self.vision is not None:
+            self.vision.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self.text(**self.inputs.text(ids))
+        text = self._tap["text"].collect()
+        image = None
+        if self.vision is not None:
+            self.vision(pixel_values=self.inputs.pixels(ids).to(text.dtype))
+            image = self._tap["vision"].collect()
+        return text, image
+
+
+class CachedTaps(nn.Module):
+    """The same states read from a cache tensor per modality [n_items+1, taps, H] on the device.
+
+    Rows are stored as deviations from a per-(tap, dim) fp32 offset (see ``methods.iisan.cache``).
+    """
+
+    def __init__(self, text: tuple[torch.Tensor, torch.Tensor], image: tuple[torch.Tensor, torch.Tensor] | None):
+        super().__init__()
+        self.register_buffer("text", text[0], persistent=False)
+        self.register_buffer("text_offset", text[1], persistent=False)
+        self.has_image = image is not None
+        self.register_buffer("image", image[0] if image is not None else torch.zeros(0), persistent=False)
+        self.register_buffer("image_offset", image[1] if image is not None else torch.zeros(0), persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        text = self.text[ids].float() + self.text_offset
+        return text, (self.image[ids].float() + self.image_offset if self.has_image else None)

@@ -107,7 +107,8 @@ def list_cmd(pattern: str) -> None:
 
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: embedded bench.toml).")
-@click.option("--methods", default="all", show_default=True, help="'all', a comma list, or wildcards such as 'iisan*'.")
+@click.option("--methods", default="*", show_default=True,
+              help="'*' (every listed method), 'all' (the paper's six), a comma list, or wildcards such as 'iisan*'.")
 @click.option("--backbone", help="Backbone preset: tiny, minilm or base.")
 @click.option("--init", type=click.Choice(["pretrained", "random"]),
               help="Accepted for symmetry with run; counts never need weights (architecture only).")

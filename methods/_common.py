@@ -11,6 +11,7 @@ from torch import nn
 from benchmark.data.dataset import SeqDataset
 from benchmark.models.backbones import Backbones
 from benchmark.training.trainer import compute_dtype
+from iisan_util.errors import BenchError
 
 from .base import BuildContext, EncoderTower
 
@@ -21,6 +22,18 @@ def encoders(backbones: Backbones, data: SeqDataset) -> dict[str, nn.Module]:
     if backbones.vision is not None and data.images is not None:
         out["vision"] = backbones.vision
     return out
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a BERT- or ViT-family encoder, in order (``encoder.layer`` in BERT and
+    transformers 4's ViT, ``layers`` on the model itself in transformers 5's ViT)."""
+    for owner in (getattr(model, "encoder", None), model):
+        for name in ("layer", "layers"):
+            layers = getattr(owner, name, None)
+            if isinstance(layers, nn.ModuleList):
+                return layers
+    raise BenchError(f"{type(model).__name__}: no encoder.layer(s) or layers; this method needs a BERT- or "
+                     "ViT-family encoder")
 
 
 def freeze(*modules: nn.Module | None) -> None:
@@ -72,6 +85,17 @@ def grouped_tower(ctx: BuildContext, pretrained: set[int], replace: dict[str, nn
     return tower
 
 
+def checkpointed(tower: EncoderTower) -> EncoderTower:
+    """Gradient checkpointing on the tower's encoders (the standard memory baseline): each layer's
+    activations are recomputed in the backward pass instead of kept. Non-reentrant, so frozen inputs
+    and peft-wrapped encoders need nothing more; torch keeps the RNG state, so dropout masks and
+    therefore losses and gradients are those of the same method without it."""
+    for enc in (tower.text, tower.vision):
+        if enc is not None:  # transformers 5 names it activation checkpointing
+            enc.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return tower
+
+
 def param_ids(*modules: nn.Module | None) -> set[int]:
     return {id(p) for m in modules if m is not None for p in m.parameters()}
 
@@ -80,6 +104,35 @@ def first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     return (lines[0] if lines else type(exc).__name__)[:240]
 
+
+
+# Module-name suffixes one architecture spells differently from another: BERT (and transformers 4's
+# ViT) vs transformers 5's ViT. "output.dense" is a suffix of both of BERT's output projections
+# (attention and FFN), so it stands for both of ViT's.
+ALIASES = {"query": ("q_proj",), "key": ("k_proj",), "value": ("v_proj",), "attention.output.dense": ("o_proj",),
+           "intermediate.dense": ("fc1",), "output.dense": ("o_proj", "fc2"),
+           "q_proj": ("query",), "k_proj": ("key",), "v_proj": ("value",), "o_proj": ("attention.output.dense",),
+           "fc1": ("intermediate.dense",), "LayerNorm": ("layernorm_before", "layernorm_after", "layernorm")}
+
+
+def targets_for(model: nn.Module, names: list[str], kind: str) -> list[str]:
+    """``names`` (module-name suffixes) as ``model`` spells them: each kept when it matches a module of
+    the model, else replaced by its aliases for this architecture; one that matches nothing is a
+    one-line error naming the encoder and the modules it has."""
+    leaves = [n for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    has = lambda suffix: any(n == suffix or n.endswith("." + suffix) for n in leaves)  # noqa: E731
+    out: list[str] = []
+    for name in names:
+        alts = ALIASES.get(name, ())
+        if has(name):
+            out.append(name)
+        elif alts and all(has(a) for a in alts):
+            out.extend(alts)
+        else:
+            ends = sorted({n.split(".")[-1] for n in leaves})
+            raise BenchError(f"peft target '{name}' matches no module of the {kind} encoder "
+                             f"({type(model).__name__}); its modules end in: {', '.join(ends)}")
+    return sorted(set(out))
 
 
 def peft_tower(ctx, make_config: Callable[[str, object | None], object]) -> EncoderTower:
@@ -98,7 +151,12 @@ def peft_tower(ctx, make_config: Callable[[str, object | None], object]) -> Enco
     resolved = None
     for kind, model in encs.items():
         freeze(model)
-        pm = get_peft_model(model, make_config(kind, resolved))
+        config = make_config(kind, resolved)
+        for attr in ("target_modules", "feedforward_modules"):  # names as this encoder spells them
+            names = getattr(config, attr, None)
+            if isinstance(names, (list, set, frozenset)) and names:
+                setattr(config, attr, set(targets_for(model, sorted(names), kind)))
+        pm = get_peft_model(model, config)
         if resolved is None:
             resolved = pm.peft_config["default"]
         wrapped[kind] = pm

@@ -1,34 +1,43 @@
-"""Houlsby bottleneck adapters (Houlsby et al. 2019) through AdapterHub ``adapters``.
+"""Houlsby bottleneck adapters (Houlsby et al. 2019), our own small module.
 
-Two adapters per layer in both encoders: after the attention output and after the FFN output
-(``DoubleSeqBnConfig``, AdapterHub's Houlsby configuration), each Linear(H -> b) -> non-linearity
--> Linear(b -> H) + residual, with b = 64 by default (``reduction_factor = H / b``). ``adapters``
-supports BertModel and ViTModel natively (``adapters.init`` then ``add_adapter`` +
-``train_adapter``); ``train_adapter`` freezes every pretrained weight, so only the adapters (and
-the heads) train.
+Why not AdapterHub: ``adapters`` 1.3 (the newest) pins transformers 4.57, a release line with known
+advisories (issue #14); the adapter itself is a dozen lines. Two adapters per layer in both
+encoders, after the attention sub-layer's output projection and after the FFN's (``placement =
+"houlsby"``; ``"pfeiffer"``: the FFN only), each x + Linear(b -> H)(act(Linear(H -> b)(x))), b = 64.
+Each wraps the output projection (``attention.output.dense`` / ``output.dense`` in BERT,
+``attention.o_proj`` / ``mlp.fc2`` in transformers 5's ViT), so it acts before that sub-layer's
+dropout, residual and LayerNorm, as in the paper's code. Every pretrained weight is frozen (the
+LayerNorms too), only the adapters (and the heads) train. Default init and activation are the
+paper's code: weights N(0, 0.01), zero biases, ReLU, so an adapter starts close to the identity.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+from torch import nn
+
 from iisan_util.errors import BenchError
 
-from ._common import encoders, freeze, grouped_tower, param_ids
+from ._common import encoder_layers, encoders, freeze, grouped_tower, param_ids
 from .base import BuildContext, ItemTower, Method
 from .registry import register_method
 
-ADAPTER_NAME = "bench"
+# the output projection of each sub-layer, by architecture (first match per layer wins)
+ATTENTION_OUT = ("attention.output.dense", "attention.o_proj", "self_attn.out_proj", "attention.out_proj")
+FFN_OUT = ("output.dense", "mlp.fc2", "mlp.down_proj")
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "tanh": nn.Tanh}
 
 
 @dataclass
 class AdapterOptions:
-    bottleneck: int = 64  # adapter width b; reduction_factor = hidden / b
-    non_linearity: str = "swish"  # AdapterHub's Houlsby default (relu, gelu, swish, tanh, ...)
+    bottleneck: int = 64  # adapter width b
+    non_linearity: Literal["relu", "gelu", "swish", "tanh"] = "relu"  # the paper's code: ReLU
     placement: Literal["houlsby", "pfeiffer"] = "houlsby"  # houlsby: after attention and FFN; pfeiffer: FFN only
     dropout: float = 0.0  # dropout inside the adapter
+    init_std: float = 0.01  # N(0, init_std) weights, zero biases (the paper's code)
 
     def check(self, key: str) -> None:
         """Ranges, with errors naming ``key`` (the method's own [methods.NAME] table)."""
@@ -36,47 +45,81 @@ class AdapterOptions:
             raise BenchError(f"'{key}.bottleneck' must be > 0, got {self.bottleneck}")
         if not 0.0 <= self.dropout < 1.0:
             raise BenchError(f"'{key}.dropout' must be in [0, 1), got {self.dropout}")
+        if self.init_std <= 0:
+            raise BenchError(f"'{key}.init_std' must be > 0, got {self.init_std}")
+
+
+class Bottleneck(nn.Module):
+    """x + up(dropout(act(down(x))))."""
+
+    def __init__(self, hidden: int, o: AdapterOptions):
+        super().__init__()
+        self.down = nn.Linear(hidden, o.bottleneck)
+        self.act = ACTIVATIONS[o.non_linearity]()
+        self.drop = nn.Dropout(o.dropout)
+        self.up = nn.Linear(o.bottleneck, hidden)
+        for lin in (self.down, self.up):
+            nn.init.normal_(lin.weight, std=o.init_std)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.drop(self.act(self.down(x))))
+
+
+class Adapted(nn.Module):
+    """A frozen output projection followed by its adapter (``base`` keeps the pretrained weights)."""
+
+    def __init__(self, base: nn.Linear, adapter: Bottleneck):
+        super().__init__()
+        self.base = base
+        self.adapter = adapter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.base(x))
+
+
+def output_projection(layer: nn.Module, candidates: tuple[str, ...], kind: str, what: str) -> tuple[nn.Module, str]:
+    """(parent module, attribute) of the first of ``candidates`` that ``layer`` has, as an nn.Linear."""
+    for path in candidates:
+        *parents, leaf = path.split(".")
+        owner = layer
+        for name in parents:
+            owner = getattr(owner, name, None)
+        if owner is not None and isinstance(getattr(owner, leaf, None), nn.Linear):
+            return owner, leaf
+    have = sorted(n for n, m in layer.named_modules() if isinstance(m, nn.Linear))
+    raise BenchError(f"adapter: the {kind} encoder ({type(layer).__name__}) has no {what} output projection "
+                     f"(looked for {', '.join(candidates)}); its Linear modules: {', '.join(have)}")
+
+
+def add_adapters(model: nn.Module, kind: str, o: AdapterOptions) -> int:
+    """Wrap the output projections of every layer of ``model`` with adapters; returns how many."""
+    hidden = model.config.hidden_size
+    if o.bottleneck > hidden:
+        raise BenchError(f"'methods.adapter.bottleneck' = {o.bottleneck} is wider than the {kind} encoder's "
+                         f"hidden size {hidden}")
+    sites = (("attention", ATTENTION_OUT), ("FFN", FFN_OUT)) if o.placement == "houlsby" else (("FFN", FFN_OUT),)
+    n = 0
+    for layer in encoder_layers(model):
+        for what, candidates in sites:
+            owner, leaf = output_projection(layer, candidates, kind, what)
+            base = getattr(owner, leaf)
+            adapter = Bottleneck(base.out_features, o).to(device=base.weight.device, dtype=base.weight.dtype)
+            setattr(owner, leaf, Adapted(base, adapter))
+            n += 1
+    return n
 
 
 @register_method("adapter")
 class Adapter(Method):
-    description = "Houlsby bottleneck adapters (AdapterHub) after attention and FFN in both encoders."
+    description = "Houlsby bottleneck adapters (our own module) after attention and FFN in both encoders."
     paper_train = {"batch_size": 32, "lr_head": 2e-4, "lr_peft": 4e-4}
     Options = AdapterOptions
 
     def build(self, ctx: BuildContext) -> ItemTower:
-        from adapters import DoubleSeqBnConfig, SeqBnConfig
-
-        o = self.opts
         encs = encoders(ctx.backbones, ctx.data)
         pretrained = param_ids(*encs.values())
-        config_cls = DoubleSeqBnConfig if o.placement == "houlsby" else SeqBnConfig
-        quiet = logging.getLogger("adapters.model_mixin")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # "none are activated" fires before train_adapter
-        try:
-            for kind, model in encs.items():
-                self._add(model, kind, config_cls)
-        finally:
-            quiet.setLevel(level)
+        for kind, model in encs.items():
+            freeze(model)
+            add_adapters(model, kind, self.opts)
         return grouped_tower(ctx, pretrained)
-
-    def _add(self, model, kind: str, config_cls) -> None:
-        import adapters
-
-        o = self.opts
-        hidden = model.config.hidden_size
-        if o.bottleneck > hidden:
-            raise BenchError(f"'methods.{self.name}.bottleneck' = {o.bottleneck} is wider than the {kind} "
-                             f"encoder's hidden size {hidden}")
-        freeze(model)
-        adapters.init(model)
-        model.add_adapter(ADAPTER_NAME, config=config_cls(reduction_factor=hidden / o.bottleneck,
-                                                          non_linearity=o.non_linearity, dropout=o.dropout),
-                          set_active=True)
-        model.train_adapter(ADAPTER_NAME)  # freezes the model, activates and unfreezes the adapter
-        widths = {m.adapter_down[0].out_features for n, m in model.named_modules()
-                  if n.endswith(f"adapters.{ADAPTER_NAME}") and hasattr(m, "adapter_down")}
-        if widths != {o.bottleneck}:
-            raise BenchError(f"adapters built bottleneck widths {sorted(widths)} for the {kind} encoder, "
-                             f"expected {o.bottleneck}")

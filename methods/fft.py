@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import end_to_end_tower
+from ._common import checkpointed, end_to_end_tower
 from .base import BuildContext, ItemTower, Method
 from .registry import register_method
 
@@ -18,3 +18,11 @@ class FullFineTuning(Method):
             if module is not None:
                 module.requires_grad_(True)
         return end_to_end_tower(ctx, lambda _name: "backbone")
+
+
+@register_method("fft-gc", in_all=False)
+class FullFineTuningCheckpointed(FullFineTuning):
+    description = "Full fine-tuning with gradient checkpointing on both encoders (the memory baseline)."
+
+    def build(self, ctx: BuildContext) -> ItemTower:
+        return checkpointed(super().build(ctx))

@@ -17,7 +17,7 @@ from typing import Literal
 
 from iisan_util.errors import BenchError
 
-from ._common import peft_tower
+from ._common import checkpointed, peft_tower
 from .base import BuildContext, ItemTower, Method
 from .registry import register_method
 
@@ -57,3 +57,11 @@ class LoRA(Method):
                               target_modules=list(o.target_modules), bias=o.bias)
 
         return peft_tower(ctx, make)
+
+
+@register_method("lora-gc", in_all=False)
+class LoRACheckpointed(LoRA):
+    description = "LoRA with gradient checkpointing on both encoders (the memory baseline)."
+
+    def build(self, ctx: BuildContext) -> ItemTower:
+        return checkpointed(super().build(ctx))

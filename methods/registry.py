@@ -25,13 +25,14 @@ if TYPE_CHECKING:
 ENTRY_POINTS = "iisan_bench.methods"
 # The paper's order, for the built-ins; methods found besides them run after, in file order.
 RUN_ORDER = ("fft", "lora", "adapter", "bitfit", "iisan", "iisan-cached")
-_DECORATOR = re.compile(r"""^@register_method\(\s*["']([^"']+)["']\s*(,\s*listed\s*=\s*(True|False))?\s*\)""", re.M)
+_DECORATOR = re.compile(r"""^@register_method\(\s*["']([^"']+)["']([^)]*)\)""", re.M)
+_OFF = r"\b{}\s*=\s*False\b"
 _REGISTRY: dict[str, type["Method"]] = {}
 
 
 @cache
-def found() -> dict[str, tuple[str, bool]]:
-    """name -> (module, listed) of every method this package's files (and entry points) register."""
+def found() -> dict[str, tuple[str, bool, bool]]:
+    """name -> (module, listed, in 'all') of every method this package's files (and entry points) register."""
     import methods  # the package's folders (its __path__), not its contents: it imports nothing
 
     out: dict[str, tuple[str, bool]] = {}
@@ -40,15 +41,19 @@ def found() -> dict[str, tuple[str, bool]]:
             parts = path.relative_to(folder).with_suffix("").parts
             module = ".".join(("methods",) + (parts[:-1] if parts[-1] == "__init__" else parts))
             for m in _DECORATOR.finditer(path.read_text(encoding="utf-8")):
-                out.setdefault(m.group(1), (module, m.group(3) != "False"))
+                kw = m.group(2)
+                out.setdefault(m.group(1), (module, not re.search(_OFF.format("listed"), kw),
+                                            not re.search(_OFF.format("in_all"), kw)))
     for ep in entry_points(group=ENTRY_POINTS):
-        out.setdefault(ep.name, (ep.value.split(":")[0], True))
+        out.setdefault(ep.name, (ep.value.split(":")[0], True, True))
     return out
 
 
-def register_method(name: str, listed: bool = True):
+def register_method(name: str, listed: bool = True, in_all: bool = True):
     """Class decorator: make ``cls`` available as ``name`` (``listed=False``: selectable only through
-    configuration, like the generic peft tuner). The class must be a ``Method`` with a ``build``."""
+    configuration, like the generic peft tuner; ``in_all=False``: listed and selectable by name or
+    wildcard, but not by ``all``, which reproduces the paper's table). The class must be a ``Method``
+    with a ``build``."""
     from .base import Method
 
     def deco(cls):
@@ -60,6 +65,7 @@ def register_method(name: str, listed: bool = True):
             raise ValueError(f"method '{name}' is already registered by {_REGISTRY[name].__module__}")
         cls.name = name
         cls.listed = listed
+        cls.in_all = in_all
         _REGISTRY[name] = cls
         return cls
 
@@ -68,9 +74,16 @@ def register_method(name: str, listed: bool = True):
 
 def available() -> list[str]:
     """Every listed method name, in the order the benchmark runs them."""
-    listed = [n for n, (_, shown) in found().items() if shown]
+    listed = [n for n, (_, shown, _all) in found().items() if shown]
     listed += [n for n, c in _REGISTRY.items() if getattr(c, "listed", True) and n not in listed]
     return sorted(listed, key=lambda n: (RUN_ORDER.index(n) if n in RUN_ORDER else len(RUN_ORDER)))
+
+
+def in_all(name: str) -> bool:
+    """Whether ``--methods all`` runs ``name`` (the paper's methods, plugins and configured tuners do)."""
+    if name in found():
+        return found()[name][2]
+    return getattr(_REGISTRY.get(name), "in_all", True)
 
 
 def get_method(name: str) -> type["Method"]:
@@ -96,7 +109,7 @@ def select(patterns: list[str] | str, extra: list[str] | None = None) -> list[st
         if not pat:
             continue
         if pat == "all":
-            matched = names
+            matched = [n for n in names if in_all(n)]
         else:
             matched = [n for n in names if fnmatch.fnmatchcase(n, pat)]
         if not matched:

@@ -85,6 +85,7 @@ class MethodSummary:
     failures: list[Run]  # repeats that ended oom/failed (listed in the report)
     params_trainable: int | None = None
     params_total: int | None = None
+    checkpoint_mb: float | None = None  # the trainable tensors: the per-task checkpoint
     time_epoch_s: Stat = field(default_factory=lambda: Stat(None, None, 0))
     peak_mb: Stat = field(default_factory=lambda: Stat(None, None, 0))  # training phase (schema 1: whole run)
     eval_peak_mb: Stat = field(default_factory=lambda: Stat(None, None, 0))  # evaluation phase
@@ -244,6 +245,7 @@ def summarise(path: Path, method: str, runs: list[Run]) -> MethodSummary:
     total = _number(path, first.line, first.get("params", "total"), "params.total")
     s.params_trainable = None if trainable is None else int(trainable)
     s.params_total = None if total is None else int(total)
+    s.checkpoint_mb = _number(path, first.line, first.get("params", "checkpoint_mb"), "params.checkpoint_mb")
     num = lambda r, *k: _number(path, r.line, r.get(*k), ".".join(k))  # noqa: E731
     s.time_epoch_s = Stat.of([_epoch_time(path, r) for r in ok])
     s.peak_mb = Stat.of([num(r, "memory", "peak_mb") for r in ok])

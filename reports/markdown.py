@@ -17,6 +17,7 @@ from .plots import Plot
 from .tables import (
     NOISY,
     batch_sizes,
+    checkpoint_table,
     efficiency_table,
     eval_cost_table,
     ok_methods,
@@ -209,7 +210,16 @@ def _efficiency(results: Results, tp: TpmeResult) -> list[str]:
         if show_paper(tp, [m.method for m in ok_methods(results) if m.method in tp.relative]):
             lines += [f"Paper columns: as reported by {PAPER_SOURCE}; ours are measured in one run on the "
                       "device in the header, with this report's data, backbone and batch size.", ""]
-    return lines + _eval_cost(results) + floors_section(results)
+    return lines + _eval_cost(results) + _checkpoints(results) + floors_section(results)
+
+
+def _checkpoints(results: Results) -> list[str]:
+    t = checkpoint_table(results)
+    if t is None:
+        return []
+    return ["### What a user ships per task", "", t.markdown(), "",
+            "The trainable tensors as stored (fp32): one task's checkpoint; the frozen backbone is shared "
+            "by every task (an IISAN checkpoint holds no encoder weights at all).", ""]
 
 
 def _eval_cost(results: Results) -> list[str]:

@@ -33,7 +33,7 @@ def summary_rows(results: Results, tp: TpmeResult) -> tuple[list[str], list[dict
             "method": m.method, "status": m.status,
             "error": m.last_error or "", "repeats": m.n_ok, "runs": m.n_runs,
             "params_trainable": _num(m.params_trainable), "params_total": _num(m.params_total),
-            "params_trainable_pct_of_total": _num(pct_total),
+            "params_trainable_pct_of_total": _num(pct_total), "checkpoint_mb": _num(m.checkpoint_mb),
             "time_epoch_s_mean": _num(m.time_epoch_s.mean), "time_epoch_s_std": _num(m.time_epoch_s.std),
             "time_epoch_s_cv": _num(m.time_epoch_s.cv), "time_cv_flag": int(m.time_epoch_s.noisy),
             "peak_mb_mean": _num(m.peak_mb.mean), "peak_mb_std": _num(m.peak_mb.std),

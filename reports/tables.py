@@ -300,6 +300,15 @@ def eval_cost_table(results: Results) -> Table | None:
     return Table(headers, rows, right={1, 2})
 
 
+def checkpoint_table(results: Results) -> Table | None:
+    """Per-task checkpoint size of each ok method; None when no record carries it (older records)."""
+    oks = [m for m in ok_methods(results) if m.checkpoint_mb is not None]
+    if not oks:
+        return None
+    rows = [[f"`{m.method}`", fmt_params(m.params_trainable), fmt_mb(m.checkpoint_mb)] for m in oks]
+    return Table(["Method", "Trainable params", "Checkpoint per task"], rows, right={1, 2})
+
+
 def batch_sizes(results: Results) -> dict[str, int | None]:
     """Effective training batch size of each ok method (None when its records do not say)."""
     return {m.method: m.batch_size for m in ok_methods(results)}

@@ -64,3 +64,21 @@ def trainer_for(name="fft", cache_dir=None, **train):
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
     model, _, prep = build(cfg, name)
     return Trainer(model, prep.split, prep.data.n_items, cfg.train, cfg.eval, CPU, seed=1, progress=False), prep
+
+
+def tower_and_base(cfg, name: str):
+    """(method ``name``'s item tower in eval mode, copies of the text and vision encoders as loaded,
+    prepared data): for checks that a method starts from the frozen encoders."""
+    import copy
+
+    from benchmark.models.backbones import load_backbones
+    from methods.base import BuildContext
+    from methods.registry import get_method_for, options_for
+
+    prep = prep_for(cfg)
+    seed_everything(0)
+    backbones = load_backbones(cfg.backbone, cfg.data)
+    base = copy.deepcopy(backbones.text).eval(), copy.deepcopy(backbones.vision).eval()
+    method = get_method_for(name, cfg)(options_for(name, cfg))
+    tower = method.build(BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=CPU)).eval()
+    return tower, base, prep

@@ -155,6 +155,8 @@ def test_random_and_pretrained_tokenizers_share_the_uncased_vocabulary():
     pre = load_tokenizer(BackboneConfig(preset="minilm", init="pretrained"))
     assert rnd(title)["input_ids"] == pre(title)["input_ids"]
     assert rnd.tokenize("MICROSCOPE") == ["microscope"]
+    # the whole uncased WordPiece vocabulary (a tokenizer built through the wrong API has 5 tokens)
+    assert len(rnd) == len(pre) == bert_tokenizer().vocab_size == 30522
 
 
 def test_bert_vocab_can_come_from_the_environment(tmp_path, monkeypatch):

@@ -4,25 +4,22 @@ method beating popularity on the embedded default."""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 import torch
 
 from benchmark.config import load_config
-from benchmark.launch.prepare import seed_everything
 from benchmark.launch.recipe import check_methods, method_names
 from benchmark.launch.runner import run_method
-from benchmark.models.backbones import load_backbones
 from benchmark.training.trainer import Trainer, TrainOutcome
 from iisan_util.errors import BenchError
-from methods.base import BuildContext
-from methods.registry import available, describe, get_method_for, options_for, select
-from tests.helpers import CPU, build, prep_for, small, trainable
+from methods.registry import available, describe, in_all, options_for, select
+from tests.helpers import CPU, build, prep_for, small, tower_and_base, trainable
 
 torch.set_num_threads(1)
 METHODS = ["fft", "lora", "adapter", "bitfit", "iisan", "iisan-cached"]
+BASELINES = ["ia3", "dora", "vera", "ln-tuning"]
 
 # tiny preset: BERT and ViT with H = 64, L = 4 layers, FFN 128; 32 px images, 8 px patches
 H, L, I, D, SEQ = 64, 4, 128, 64, 10
@@ -84,6 +81,31 @@ def test_adapter_bottleneck_option(tmp_path):
     assert trainable(model) == 2 * L * 2 * (LINEAR(H, 16) + LINEAR(16, H)) + HEADS + SASREC
 
 
+def test_adapters_sit_after_each_output_projection_and_start_from_the_frozen_encoder(tmp_path):
+    """Two adapters a layer, on the attention and FFN output projections of both encoders; with
+    their up-projections zeroed the adapted encoders compute exactly what the frozen ones do."""
+    from methods.adapter import Adapted
+
+    tower, (base_text, base_vision), prep = tower_and_base(small(tmp_path), "adapter")
+    for enc in (tower.text, tower.vision):
+        sites = [n for n, m in enc.named_modules() if isinstance(m, Adapted)]
+        assert len(sites) == 2 * L, sites
+        assert all(type(m.act) is torch.nn.ReLU for m in enc.modules() if hasattr(m, "act") and hasattr(m, "up"))
+    ups = [m.adapter.up for m in tower.modules() if isinstance(m, Adapted)]
+    assert abs(torch.cat([u.weight.flatten() for u in ups]).std().item() - 0.01) < 0.002  # N(0, 0.01)
+    ids = torch.arange(1, prep.data.n_items + 1)
+    with torch.no_grad():
+        for u in ups:
+            u.weight.zero_()
+        text_in, pixels = tower.inputs.text(ids), tower.inputs.pixels(ids)
+        assert torch.equal(tower.text(**text_in).last_hidden_state, base_text(**text_in).last_hidden_state)
+        assert torch.equal(tower.vision(pixel_values=pixels).last_hidden_state,
+                           base_vision(pixel_values=pixels).last_hidden_state)
+    frozen = [n for n, p in tower.named_parameters() if p.requires_grad and ".adapter." not in n
+              and n.startswith(("text.", "vision."))]
+    assert frozen == []  # LayerNorms and every pretrained weight stay frozen
+
+
 def test_text_only_methods_adapt_only_the_text_encoder(tmp_path):
     cfg = load_config(None, {"run": {"isolate": False}, "data": {"images": "none", "synthetic": {"users": 64, "items": 40}},
                              "methods": {"iisan-cached": {"cache_dir": str(tmp_path)}}})
@@ -140,13 +162,7 @@ def test_frozen_backbone_weights_are_bit_identical_after_a_step(name, tmp_path):
 
 
 def test_lora_at_init_reproduces_the_base_encoders(tmp_path):
-    cfg = small(tmp_path)
-    prep = prep_for(cfg)
-    seed_everything(0)
-    backbones = load_backbones(cfg.backbone, cfg.data)
-    base_text, base_vision = copy.deepcopy(backbones.text).eval(), copy.deepcopy(backbones.vision).eval()
-    method = get_method_for("lora", cfg)(options_for("lora", cfg))
-    tower = method.build(BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=CPU)).eval()
+    tower, (base_text, base_vision), prep = tower_and_base(small(tmp_path), "lora")
     ids = torch.arange(1, prep.data.n_items + 1)
     with torch.no_grad():
         text_in = tower.inputs.text(ids)
@@ -178,7 +194,8 @@ def test_registry_lists_every_method_with_a_one_line_description():
 def test_wildcard_selection():
     assert select(["iisan*"]) == ["iisan", "iisan-cached"]
     assert select("lora,iisan") == ["lora", "iisan"]
-    assert select(["all"]) == available()
+    assert select(["all"]) == [n for n in available() if in_all(n)] == METHODS  # the paper's six
+    assert select(["*-gc"]) == ["fft-gc", "lora-gc"]  # the others by name or wildcard
     with pytest.raises(BenchError, match="did you mean"):
         select(["lorra"])
 
@@ -197,17 +214,38 @@ def test_list_command_prints_every_method(capsys):
 
 
 def test_configured_peft_tuner_is_selected_by_all_and_by_wildcard(tmp_path):
-    cfg = small(tmp_path, ia3={"peft_type": "IA3"}, myvera={"peft_type": "vera", "r": 4})
+    cfg = small(tmp_path, myia3={"peft_type": "IA3"}, myvera={"peft_type": "vera", "r": 4})
     cfg.run.methods = ["all"]
-    # 'all' = the built-ins, then any registered plugin methods (other test modules register some),
-    # then the tuners this config declares
+    # 'all' = the paper's methods, then any registered plugin methods (other test modules register
+    # some), then the tuners this config declares; the named peft baselines only by name or wildcard
     names = method_names(cfg)
-    assert names[:len(METHODS)] == METHODS and names[-2:] == ["ia3", "myvera"]
-    assert names == available() + ["ia3", "myvera"]
-    cfg.run.methods = ["ia*"]
-    assert method_names(cfg) == ["ia3"]
+    assert names[:len(METHODS)] == METHODS and names[-2:] == ["myia3", "myvera"]
+    assert names == [n for n in available() if in_all(n)] + ["myia3", "myvera"]
+    cfg.run.methods = ["myia*"]
+    assert method_names(cfg) == ["myia3"]
     check_methods(cfg, method_names(cfg))
     assert options_for("myvera", cfg).kwargs == {"r": 4}
+
+
+def test_named_peft_baselines_are_listed_and_train_what_their_type_trains(tmp_path):
+    """ia3, dora, vera, ln-tuning: in ``list`` (not in 'all'), each on both encoders, the ViT's modules
+    named as the ViT names them; their tables change settings but not the type."""
+    assert [n for n in available() if n in BASELINES] == BASELINES
+    cfg = small(tmp_path, vera={"r": 16})
+    counts = {}
+    for name in BASELINES:
+        model, _, _ = build(cfg, name)
+        text, vision = model.item_tower.text, model.item_tower.vision
+        counts[name] = [sum(p.numel() for p in m.parameters() if p.requires_grad) for m in (text, vision)]
+    # per layer: ia3 scales key, value (H each) and both output projections' inputs (H, I);
+    # dora: LoRA A, B (r = 8) + a magnitude vector (H) on query and value;
+    # vera (r = 16): lambda_d (r) + lambda_b (H) on query and value; ln-tuning: LayerNorm weight and bias
+    assert counts["ia3"] == [L * (3 * H + I)] * 2
+    assert counts["dora"] == [L * 2 * (8 * H + H * 8 + H)] * 2
+    assert counts["vera"] == [L * 2 * (16 + H)] * 2
+    assert counts["ln-tuning"] == [(2 * L + 1) * 2 * H] * 2  # BERT: 2 a layer + embeddings; ViT: 2 a layer + final
+    with pytest.raises(BenchError, match="'methods.dora.peft_type' = 'IA3': this built-in method is LORA"):
+        options_for("dora", small(tmp_path, dora={"peft_type": "IA3"}))
 
 
 @pytest.mark.parametrize("table, needle", [
@@ -226,8 +264,8 @@ def test_configured_peft_options_are_validated(table, needle):
 
 
 def test_configured_ia3_runs_through_the_trainer(tmp_path):
-    cfg = small(tmp_path, ia3={"peft_type": "IA3"})
-    rec = run_method(cfg, "ia3", prep_for(cfg), CPU, progress=False, sample_memory=False)
+    cfg = small(tmp_path, myia3={"peft_type": "IA3"})
+    rec = run_method(cfg, "myia3", prep_for(cfg), CPU, progress=False, sample_memory=False)
     assert rec.status == "ok", rec.traceback
     assert rec.params.trainable == expected("ia3")
     assert "hr@10" in rec.metrics["test"]
@@ -258,3 +296,45 @@ def test_every_method_beats_popularity_on_the_default(default_run):
         assert hr > pop, (r["method"], hr, pop)
     cached = default_run[-1]
     assert cached["time"]["cache_build_s"] > 0 and cached["params"]["total"] == cached["params"]["trainable"]
+
+
+@pytest.mark.parametrize("name", ["fft", "lora"])
+def test_gradient_checkpointing_recomputes_layers_and_keeps_loss_and_gradients(name, tmp_path):
+    """fft-gc / lora-gc: every encoder layer runs again in the backward pass (that is the memory
+    saving), and the loss and every gradient equal the method's without it."""
+    from benchmark.training.trainer import Trainer
+    from methods._common import encoder_layers
+
+    cfg = small(tmp_path)
+    results = []
+    for variant in (name, f"{name}-gc"):
+        model, _, prep = build(cfg, variant)
+        trainer = Trainer(model, prep.split, prep.data.n_items, cfg.train, cfg.eval, CPU, seed=1, progress=False)
+        batch = trainer._epoch_batches(torch.arange(16), 1)[0]
+        calls = []
+        for enc in (model.item_tower.text, model.item_tower.vision):  # inside layer 0: seen when recomputed
+            encoder_layers(enc)[0].attention.register_forward_hook(lambda *_: calls.append(1))
+        model.train()
+        torch.manual_seed(5)
+        loss = trainer._loss(batch)
+        forward_calls = len(calls)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((loss.item(), grads, forward_calls, len(calls)))
+    (loss, grads, f0, t0), (loss_gc, grads_gc, f1, t1) = results
+    assert (f0, t0) == (2, 2) and (f1, t1) == (2, 4)  # text + vision layer 0: once, or again in backward
+    assert loss == pytest.approx(loss_gc, rel=1e-6)
+    assert grads.keys() == grads_gc.keys() and all(torch.allclose(grads[k], grads_gc[k], atol=1e-6) for k in grads)
+
+
+def test_peft_targets_are_spelled_per_encoder_and_an_unmatched_one_names_the_encoder(tmp_path):
+    """BERT's query/value are the ViT's own names (q_proj/v_proj under transformers 5); a target that
+    matches nothing in an encoder is one line naming it and the modules it has."""
+    model, _, _ = build(small(tmp_path), "lora")
+    for enc, names in ((model.item_tower.text, ({"query", "value"},)),
+                       (model.item_tower.vision, ({"query", "value"}, {"q_proj", "v_proj"}))):  # transformers 4 | 5
+        wrapped = {n.split(".lora_A")[0] for n, p in enc.named_parameters() if ".lora_A." in n}
+        assert len(wrapped) == 2 * L and {w.rsplit(".", 1)[1] for w in wrapped} in names
+    with pytest.raises(BenchError, match=r"^peft target 'qkv' matches no module of the text encoder \(BertModel\); "
+                                         r"its modules end in: .*query.*value"):
+        build(small(tmp_path, lora={"target_modules": ["qkv"]}), "lora")

@@ -18,11 +18,14 @@ torch.set_num_threads(1)
 def test_params_table_for_the_papers_backbones(capsys):
     from benchmark.cli import main
 
-    main(["params", "--backbone", "base", "--init", "random"])
+    main(["params", "--backbone", "base", "--init", "random"])  # --methods '*' by default
     out = capsys.readouterr().out
     rows = {m.group(1): [int(x.replace(",", "")) for x in m.group(2, 3)]
             for m in re.finditer(r"^(\S+)\s+([\d,]+)\s+([\d,]+)\s", out, re.M)}
-    assert list(rows) == available()
+    assert list(rows) == available()  # every listed method, the paper's six first
+    for m in re.finditer(r"^(\S+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s", out, re.M):
+        trainable_, _total, *parts = (int(x.replace(",", "")) for x in m.group(2, 3, 4, 5, 6, 7))
+        assert sum(parts) == trainable_, m.group(1)  # encoders (both) + added + proj+fusion + SASRec
     trainable = {k: v[0] for k, v in rows.items()}
     # same as the paper to its precision; LoRA differs by the Q/V biases the paper's code trained
     for name in ("fft", "adapter", "bitfit", "iisan", "iisan-cached"):

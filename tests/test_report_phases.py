@@ -81,3 +81,24 @@ def test_the_header_states_the_papers_model_details(tmp_path: Path) -> None:
     recs[0]["config"]["resolved"]["train"]["architecture"] = "ours"
     md = build_report(write(tmp_path / "mixed", recs)).read_text()
     assert "model details: mixed (`train.architecture` differs between methods)" in md
+
+
+def test_the_per_task_checkpoint_is_the_trainable_tensors_and_the_report_lists_it(tmp_path: Path) -> None:
+    """params.checkpoint_mb is what safetensors writes for the trainable tensors (within its header),
+    and the report shows it per method; older records without it get no section."""
+    import torch
+    from safetensors.torch import save_file
+
+    from benchmark.launch.factory import checkpoint_mb
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 8))
+    model[0].requires_grad_(False)
+    save_file({n: p.detach() for n, p in model.named_parameters() if p.requires_grad}, tmp_path / "task.safetensors")
+    on_disk = (tmp_path / "task.safetensors").stat().st_size / 2**20
+    assert checkpoint_mb(model) == (32 * 8 + 8) * 4 / 2**20
+    assert 0 <= on_disk - checkpoint_mb(model) < 256 / 2**20  # only the header differs
+    recs = [phased("fft", 28.9, 34_000.0, 34_600.0), phased("iisan", 13.5, 9_000.0, 18_800.0)]
+    assert "ships per task" not in build_report(write(tmp_path / "old", recs)).read_text()
+    recs[0]["params"]["checkpoint_mb"], recs[1]["params"]["checkpoint_mb"] = 743.5, 15.7
+    md = build_report(write(tmp_path / "new", recs)).read_text()
+    assert "| `fft` | 1.00M | 744 MB |" in md and "| `iisan` | 1.00M | 15.7 MB |" in md

@@ -50,7 +50,7 @@ def count_method(cfg, name: str) -> dict[str, Any]:
     model, backbones = built.model, built.backbones
     groups = {k: sum(p.numel() for p in ps) for k, ps in model.param_groups().items()}
     sasrec = sum(p.numel() for p in model.user_encoder.parameters())
-    return {"method": name, **count_params(model), "backbone": groups.get("backbone", 0),
+    return {"method": name, **count_params(model), "backbone": groups.get("backbone", 0) + groups.get("backbone_vision", 0),
             "peft": groups.get("peft", 0), "head": groups.get("head", 0) - sasrec, "sasrec": sasrec,
             "paper": PAPER.get(name), "info": backbones.info}
 

@@ -66,6 +66,13 @@ def count_params(model: nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "total": total}
 
 
+def checkpoint_mb(model: nn.Module) -> float:
+    """MB of the trainable tensors in their stored dtype: the per-task checkpoint (what a user ships
+    for each task; the frozen backbone is shared). Counted, not written: FFT's would be 780 MB."""
+    seen = {id(p): p for p in model.parameters() if p.requires_grad}
+    return sum(p.numel() * p.element_size() for p in seen.values()) / 2**20
+
+
 def resident_mb(model: nn.Module) -> dict[str, float]:
     """MB the built model keeps on its device: parameters, and buffers (item inputs such as token
     ids and uint8 images, or the IISAN cache). Why: a resident image table is memory every

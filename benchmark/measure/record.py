@@ -30,6 +30,9 @@ TRANSIENT = {"transient": True}  # never serialised: runner-only state (tracebac
 class Params:
     trainable: int
     total: int
+    # MB of the trainable tensors as stored (fp32 during training): what a per-task checkpoint holds,
+    # the file a user ships per task (safetensors adds only a small header)
+    checkpoint_mb: float | None = None
 
 
 @dataclass

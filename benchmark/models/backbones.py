@@ -88,9 +88,11 @@ def bert_vocab() -> Path:
 
 def bert_tokenizer():
     """Uncased BERT WordPiece tokenizer (the vocabulary of bert-base-uncased and MiniLM)."""
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer
 
-    return BertTokenizerFast(vocab_file=str(bert_vocab()), do_lower_case=True)
+    # transformers 5: the (fast) BertTokenizer takes the vocabulary as ``vocab``; ``vocab_file`` would be
+    # ignored and a 5-token vocabulary built without a word (tests/test_backbones.py checks the size)
+    return BertTokenizer(vocab=str(bert_vocab()), do_lower_case=True)
 
 
 def _looks_local(name: str) -> bool:
@@ -189,7 +191,21 @@ def _check_local(src: Source) -> None:
 
 def _load_kwargs(src: Source) -> tuple[str, dict[str, Any]]:
     local = src.local
-    return (str(local) if local is not None else src.location), {"local_files_only": offline() or local is not None}
+    local_only = offline() or local is not None
+    if local_only:
+        _hub_offline()
+    return (str(local) if local is not None else src.location), {"local_files_only": local_only}
+
+
+def _hub_offline() -> None:
+    """Tell huggingface_hub itself that it is offline. Why: it reads HF_HUB_OFFLINE once, at import,
+    and with ``local_files_only`` hub 1.x still builds request headers, which fetch an agent
+    registry over the network; set later (or for a local folder) nothing else stops that."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - transformers always brings it
+        return
+    constants.HF_HUB_OFFLINE = True
 
 
 def _pretrained_model(src: Source, attn: str):

@@ -6,19 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from iisan_util.errors import BenchError
-from methods._common import freeze
+from methods._common import encoder_layers, freeze
 from methods.base import ItemInputs
-
-
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The transformer blocks of a BERT- or ViT-family encoder, in order."""
-    enc = getattr(model, "encoder", None)
-    for name in ("layer", "layers"):
-        layers = getattr(enc, name, None)
-        if isinstance(layers, nn.ModuleList):
-            return layers
-    raise BenchError(f"{type(model).__name__}: no encoder.layer(s) to tap; IISAN needs a BERT- or ViT-family encoder")
 
 
 class TapCLS:

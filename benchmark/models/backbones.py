@@ -191,16 +191,16 @@ def _check_local(src: Source) -> None:
 
 def _load_kwargs(src: Source) -> tuple[str, dict[str, Any]]:
     local = src.local
-    local_only = offline() or local is not None
-    if local_only:
+    if offline():
         _hub_offline()
-    return (str(local) if local is not None else src.location), {"local_files_only": local_only}
+    return (str(local) if local is not None else src.location), {"local_files_only": offline() or local is not None}
 
 
 def _hub_offline() -> None:
-    """Tell huggingface_hub itself that it is offline. Why: it reads HF_HUB_OFFLINE once, at import,
-    and with ``local_files_only`` hub 1.x still builds request headers, which fetch an agent
-    registry over the network; set later (or for a local folder) nothing else stops that."""
+    """Tell huggingface_hub itself that HF_HUB_OFFLINE is set. Why: it reads the variable once, at
+    import, and with ``local_files_only`` hub 1.x still builds request headers, which fetch an agent
+    registry over the network; set after the import, nothing else stops that. Only when the user
+    asked for offline: a local text folder must not cut a hub-id vision encoder off the hub."""
     try:
         from huggingface_hub import constants
     except ImportError:  # pragma: no cover - transformers always brings it

@@ -11,8 +11,9 @@ registers a benchmarkable method ``ia3`` without new code (``registry.configured
 registry maps it to this generic method, whose options are ``peft_type`` (validated against peft's
 registry) and the keyword arguments of that type's config class (validated against its fields and
 their types). When ``target_modules`` is not given, peft's own default for the text encoder's
-model type (BERT) is used for both encoders (the ViT's layers carry the same module names); if
-peft has none, ``["query", "value"]``.
+model type (BERT) is used for both encoders, spelled as each encoder names its modules
+(``_common.targets_for``: transformers 5's ViT calls BERT's ``query`` ``q_proj``); if peft has
+none, ``["query", "value"]``.
 """
 
 from __future__ import annotations

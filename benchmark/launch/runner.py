@@ -23,8 +23,6 @@ from benchmark.measure.results import append_result, env_info
 from iisan_util.errors import BenchError
 from iisan_util.names import safe_name
 
-MB = 1024 * 1024
-
 
 def check_out_dir(out: Path) -> None:
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Callable
 
 import torch
@@ -156,7 +157,9 @@ def peft_tower(ctx, make_config: Callable[[str, object | None], object]) -> Enco
             names = getattr(config, attr, None)
             if isinstance(names, (list, set, frozenset)) and names:
                 setattr(config, attr, set(targets_for(model, sorted(names), kind)))
-        pm = get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft 0.21 reads transformers 5's deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            pm = get_peft_model(model, config)
         if resolved is None:
             resolved = pm.peft_config["default"]
         wrapped[kind] = pm

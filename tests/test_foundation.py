@@ -40,6 +40,7 @@ def test_record_is_complete_and_seeded_runs_repeat(tmp_path):
     assert recs[0]["metrics"]["valid"] == recs[1]["metrics"]["valid"]
 
 
+@pytest.mark.slow  # a full default-config fft run (4 epochs): with the sweep, in `pytest -m slow`
 def test_fft_beats_popularity_on_the_embedded_default(tmp_path):
     cfg = load_config(None, {"run": {"methods": ["fft"], "out": str(tmp_path), "isolate": False}})
     rec = json.loads(run_benchmark(cfg, progress=False, echo=lambda *_: None).read_text())

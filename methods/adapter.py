@@ -92,22 +92,20 @@ def output_projection(layer: nn.Module, candidates: tuple[str, ...], kind: str, 
                      f"(looked for {', '.join(candidates)}); its Linear modules: {', '.join(have)}")
 
 
-def add_adapters(model: nn.Module, kind: str, o: AdapterOptions) -> int:
-    """Wrap the output projections of every layer of ``model`` with adapters; returns how many."""
+def add_adapters(model: nn.Module, kind: str, o: AdapterOptions, key: str) -> None:
+    """Wrap the output projections of every layer of ``model`` with adapters (``key``: the method's
+    [methods.NAME] table, for errors)."""
     hidden = model.config.hidden_size
     if o.bottleneck > hidden:
-        raise BenchError(f"'methods.adapter.bottleneck' = {o.bottleneck} is wider than the {kind} encoder's "
+        raise BenchError(f"'{key}.bottleneck' = {o.bottleneck} is wider than the {kind} encoder's "
                          f"hidden size {hidden}")
     sites = (("attention", ATTENTION_OUT), ("FFN", FFN_OUT)) if o.placement == "houlsby" else (("FFN", FFN_OUT),)
-    n = 0
     for layer in encoder_layers(model):
         for what, candidates in sites:
             owner, leaf = output_projection(layer, candidates, kind, what)
             base = getattr(owner, leaf)
             adapter = Bottleneck(base.out_features, o).to(device=base.weight.device, dtype=base.weight.dtype)
             setattr(owner, leaf, Adapted(base, adapter))
-            n += 1
-    return n
 
 
 @register_method("adapter")
@@ -121,5 +119,5 @@ class Adapter(Method):
         pretrained = param_ids(*encs.values())
         for kind, model in encs.items():
             freeze(model)
-            add_adapters(model, kind, self.opts)
+            add_adapters(model, kind, self.opts, f"methods.{self.name}")
         return grouped_tower(ctx, pretrained)

@@ -8,7 +8,7 @@ Target modules are spelled per encoder (``_common.targets_for``): BERT's ``query
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from iisan_util.errors import BenchError
 
@@ -32,9 +32,8 @@ def named_options(peft_type: str, defaults: dict[str, Any]) -> type[PeftOptions]
 
 
 class NamedPeft(PeftTuner):
-    """A generic peft tuner with a fixed type (not registered itself)."""
-
-    paper_train: ClassVar[dict[str, Any]] = {"batch_size": 32, "lr_head": 2e-4, "lr_peft": 4e-4}
+    """A generic peft tuner with a fixed type (not registered itself); the paper's recipe is the
+    generic tuner's (``PeftTuner.paper_train``)."""
 
 
 @register_method("ia3", in_all=False)

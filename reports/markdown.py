@@ -16,6 +16,7 @@ from .paper import PAPER_SOURCE
 from .plots import Plot
 from .tables import (
     NOISY,
+    Table,
     batch_sizes,
     checkpoint_table,
     efficiency_table,
@@ -213,23 +214,22 @@ def _efficiency(results: Results, tp: TpmeResult) -> list[str]:
     return lines + _eval_cost(results) + _checkpoints(results) + floors_section(results)
 
 
+def _section(title: str, table: Table | None, note: str) -> list[str]:
+    """A sub-section with one table and its note; nothing when the records do not carry the table."""
+    return [] if table is None else [f"### {title}", "", table.markdown(), "", note, ""]
+
+
 def _checkpoints(results: Results) -> list[str]:
-    t = checkpoint_table(results)
-    if t is None:
-        return []
-    return ["### What a user ships per task", "", t.markdown(), "",
-            "The trainable tensors as stored (fp32): one task's checkpoint; the frozen backbone is shared "
-            "by every task (an IISAN checkpoint holds no encoder weights at all).", ""]
+    return _section("What a user ships per task", checkpoint_table(results),
+                    "The trainable tensors as stored (fp32): one task's checkpoint; the frozen backbone is "
+                    "shared by every task (an IISAN checkpoint holds no encoder weights at all).")
 
 
 def _eval_cost(results: Results) -> list[str]:
     """Evaluation is timed apart from training; this splits it into its two parts, when recorded."""
-    t = eval_cost_table(results)
-    if t is None:
-        return []
-    return ["### Evaluation cost", "", t.markdown(), "",
-            "Mean seconds per evaluation: the item-embedding table is computed once per evaluation and "
-            "shared by the splits; ranking is one split's users against that table, device synchronised.", ""]
+    return _section("Evaluation cost", eval_cost_table(results),
+                    "Mean seconds per evaluation: the item-embedding table is computed once per evaluation and "
+                    "shared by the splits; ranking is one split's users against that table, device synchronised.")
 
 
 def _targets(results: Results, tp: TpmeResult) -> list[str]:

@@ -89,14 +89,15 @@ def test_the_per_task_checkpoint_is_the_trainable_tensors_and_the_report_lists_i
     import torch
     from safetensors.torch import save_file
 
-    from benchmark.launch.factory import checkpoint_mb
+    from benchmark.launch.factory import count_params
 
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 8))
     model[0].requires_grad_(False)
     save_file({n: p.detach() for n, p in model.named_parameters() if p.requires_grad}, tmp_path / "task.safetensors")
     on_disk = (tmp_path / "task.safetensors").stat().st_size / 2**20
-    assert checkpoint_mb(model) == (32 * 8 + 8) * 4 / 2**20
-    assert 0 <= on_disk - checkpoint_mb(model) < 256 / 2**20  # only the header differs
+    checkpoint_mb = count_params(model)["checkpoint_mb"]
+    assert checkpoint_mb == (32 * 8 + 8) * 4 / 2**20
+    assert 0 <= on_disk - checkpoint_mb < 256 / 2**20  # only the header differs
     recs = [phased("fft", 28.9, 34_000.0, 34_600.0), phased("iisan", 13.5, 9_000.0, 18_800.0)]
     assert "ships per task" not in build_report(write(tmp_path / "old", recs)).read_text()
     recs[0]["params"]["checkpoint_mb"], recs[1]["params"]["checkpoint_mb"] = 743.5, 15.7

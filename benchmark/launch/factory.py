@@ -53,24 +53,21 @@ def build_model(cfg: BenchConfig, name: str, data: SeqDataset, device: torch.dev
     return BuiltModel(model, method, backbones, encoders)
 
 
-def count_params(model: nn.Module) -> dict[str, int]:
-    """Trainable and total parameters, each shared tensor once."""
+def count_params(model: nn.Module) -> dict[str, Any]:
+    """Trainable and total parameters, each shared tensor once, and ``checkpoint_mb``: the trainable
+    tensors in their stored dtype, i.e. the per-task checkpoint a user ships (the frozen backbone is
+    shared by every task). Counted, not written: FFT's would be 780 MB."""
     seen: set[int] = set()
-    trainable = total = 0
+    trainable = total = checkpoint = 0
     for p in model.parameters():
         if id(p) in seen:
             continue
         seen.add(id(p))
         total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return {"trainable": trainable, "total": total}
-
-
-def checkpoint_mb(model: nn.Module) -> float:
-    """MB of the trainable tensors in their stored dtype: the per-task checkpoint (what a user ships
-    for each task; the frozen backbone is shared). Counted, not written: FFT's would be 780 MB."""
-    seen = {id(p): p for p in model.parameters() if p.requires_grad}
-    return sum(p.numel() * p.element_size() for p in seen.values()) / 2**20
+        if p.requires_grad:
+            trainable += p.numel()
+            checkpoint += p.numel() * p.element_size()
+    return {"trainable": trainable, "total": total, "checkpoint_mb": checkpoint / 2**20}
 
 
 def resident_mb(model: nn.Module) -> dict[str, float]:

@@ -69,7 +69,7 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
 
 def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device: torch.device, repeat: int,
                         out_dir: Path | None, progress: bool, profiler, record: RunRecord) -> None:
-    from benchmark.launch.factory import build_model, checkpoint_mb, count_params, resident_mb
+    from benchmark.launch.factory import build_model, count_params, resident_mb
     from benchmark.measure.flops import flops_record
     from benchmark.training.trainer import Trainer
 
@@ -78,7 +78,7 @@ def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device
     model, method, backbones = built.model, built.method, built.backbones
     record.backbone = backbones.info
     setup_s = time.perf_counter() - t0
-    record.params = Params(**count_params(model), checkpoint_mb=checkpoint_mb(model))
+    record.params = Params(**count_params(model))
     record.resident = resident_mb(model)
     t, sdpa = resolve_runtime(cfg.train, cls, backbones, prep, device)
     record.env.update(compile=t.compile, item_bucket=t.item_bucket, sdpa=dataclasses.asdict(sdpa))

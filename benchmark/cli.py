@@ -12,7 +12,7 @@ from iisan_util.errors import BenchError
 # flag -> (config section, key); errors about a flag's value name the flag (--epochs), not the file
 FLAGS = {"methods": ("run", "methods"), "epochs": ("run", "epochs"), "device": ("run", "device"),
          "seed": ("run", "seed"), "out": ("run", "out"), "repeats": ("run", "repeats"),
-         "isolate": ("run", "isolate"), "dataset": ("data", "dataset"), "images": ("data", "images"),
+         "isolate": ("run", "isolate"), "nproc": ("run", "nproc"), "dataset": ("data", "dataset"), "images": ("data", "images"),
          "backbone": ("backbone", "preset"), "init": ("backbone", "init"), "precision": ("train", "precision"),
          "trust_pickle": ("data", "trust_pickle")}
 
@@ -64,6 +64,7 @@ def cli() -> None:
 @click.option("--repeats", type=int, help="Runs per method.")
 @click.option("--isolate/--no-isolate", default=None,
               help="Each (method, repeat) in a fresh child process (default) or all in this process.")
+@click.option("--nproc", type=int, help="Data-parallel processes per run (torch DDP: gloo on CPU, NCCL on GPUs).")
 @click.option("--force", is_flag=True, help="Rerun runs already in OUT/results.jsonl (default: skip them).")
 @click.option("--out", help="Output folder for results.jsonl and the report.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")

@@ -28,6 +28,7 @@ class RunConfig:
     out: str = "runs/default"
     repeats: int = 1
     isolate: bool = True
+    nproc: int = 1  # data-parallel processes per run (torch DDP; gloo on CPU, NCCL on GPUs)
     sample_interval_ms: float = 0.0  # 0 = by device: 10 ms on GPU, 50 ms on CPU
     floors: Literal["auto", "on", "off"] = "auto"  # time the plain-PyTorch floors after the sweep; auto = on a GPU
 

@@ -20,7 +20,7 @@ GE0: Rule = (lambda v: v >= 0, ">= 0")
 UNIT: Rule = (lambda v: 0 <= v <= 1, "in [0, 1]")
 
 RULES: dict[str, Rule] = {
-    "run.epochs": GT0, "run.repeats": GT0,
+    "run.epochs": GT0, "run.repeats": GT0, "run.nproc": (lambda v: v >= 1, ">= 1"),
     "run.seed": (lambda v: 0 <= v < 2**32, "in [0, 2^32)"),
     "run.sample_interval_ms": (lambda v: v >= 0, ">= 0 (0 = by device)"),
     "run.out": (lambda v: bool(v.strip()), "a folder name, not empty"),
@@ -68,6 +68,9 @@ def check(cfg) -> None:
     if cfg.train.item_dim % cfg.train.num_heads:
         raise BenchError(f"{where('train.num_heads')}: 'train.num_heads' must divide train.item_dim "
                          f"({cfg.train.item_dim}), got {cfg.train.num_heads}")
+    if cfg.run.nproc > 1 and not cfg.run.isolate:
+        raise BenchError(f"{where('run.nproc')}: 'run.nproc' > 1 needs run.isolate = true (each rank is a child "
+                         f"process), got isolate = false")
     s = cfg.data.synthetic
     if s.max_len < s.min_len:
         raise BenchError(f"{where('data.synthetic.max_len')}: 'data.synthetic.max_len' must be >= min_len "

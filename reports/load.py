@@ -36,6 +36,12 @@ class Run:
     def error(self) -> str | None:
         return self.raw.get("error")
 
+    @property
+    def world(self) -> int:
+        """Data-parallel processes the run trained with (1 unless ``run.nproc`` > 1)."""
+        d = self.raw.get("distributed")
+        return int(d.get("world_size") or 1) if isinstance(d, dict) else 1
+
     def get(self, *keys: str) -> Any:
         """Nested lookup that tolerates missing sections (``run.get("time", "setup_s")``)."""
         cur: Any = self.raw
@@ -106,6 +112,7 @@ class MethodSummary:
     memory_source: str | None = None
     samples_csv: str | None = None  # relative to the results dir; from the first ok repeat with one
     metrics: dict[str, dict[str, Stat]] = field(default_factory=dict)  # split -> key -> Stat
+    distributed: dict[str, Any] | None = None  # the first ok repeat's DDP figures (run.nproc > 1)
     best_epochs: list[int] = field(default_factory=list)
     popularity: dict[str, dict[str, float]] | None = None
 
@@ -126,8 +133,11 @@ class Results:
     """The parsed results file: runs in file order and per-method summaries in first-seen order."""
 
     path: Path
-    runs: list[Run]
+    runs: list[Run]  # the main tables' runs: one world size (the smallest in the file)
     methods: list[MethodSummary]
+    world: int = 1
+    # other world sizes (``run.nproc`` > 1) in the same file: the report's scaling table
+    scaling: dict[int, list[MethodSummary]] = field(default_factory=dict)
 
     def method(self, name: str) -> MethodSummary | None:
         return next((m for m in self.methods if m.method == name), None)
@@ -194,9 +204,9 @@ def read_runs(path: Path) -> list[Run]:
 
 def _latest_per_repeat(runs: list[Run]) -> list[Run]:
     """A re-run (method, repeat) supersedes the earlier line: the file is append-only."""
-    latest: dict[tuple[str, int], Run] = {}
+    latest: dict[tuple[str, int, int], Run] = {}
     for run in runs:
-        latest[(run.method, run.repeat)] = run
+        latest[(run.method, run.repeat, run.world)] = run
     return sorted(latest.values(), key=lambda r: r.line)
 
 
@@ -268,6 +278,7 @@ def summarise(path: Path, method: str, runs: list[Run]) -> MethodSummary:
     s.batch_size = None if batch is None else int(batch)
     s.paper_protocol = any(r.get("config", "resolved", "train", "paper_protocol") is True for r in ok)
     s.memory_source = first.get("memory", "source")
+    s.distributed = first.get("distributed") if isinstance(first.get("distributed"), dict) else None
     s.samples_csv = next((r.get("memory", "samples_csv") for r in ok if r.get("memory", "samples_csv")), None)
     s.metrics = _metrics(path, ok)
     s.best_epochs = [int(b) for r in ok if isinstance(b := r.get("metrics", "best_epoch"), (int, float))]
@@ -281,9 +292,16 @@ def load_results(path: Path | str) -> Results:
     path = Path(path)
     runs = read_runs(path)
     current = _latest_per_repeat(runs)
+    worlds = sorted({r.world for r in current})
+    by_world = {w: _summaries(path, [r for r in current if r.world == w]) for w in worlds}
+    main = worlds[0]  # the reference: one process when the file has it
+    return Results(path=path, runs=[r for r in current if r.world == main], methods=by_world.pop(main),
+                   world=main, scaling=by_world)
+
+
+def _summaries(path: Path, runs: list[Run]) -> list[MethodSummary]:
     order: list[str] = []
-    for r in current:
+    for r in runs:
         if r.method not in order:
             order.append(r.method)
-    methods = [summarise(path, m, [r for r in current if r.method == m]) for m in order]
-    return Results(path=path, runs=current, methods=methods)
+    return [summarise(path, m, [r for r in runs if r.method == m]) for m in order]

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .floors import floors_section
+from .scaling import scaling_section
 from .load import CV_THRESHOLD, Results, Run
 from .paper import PAPER_SOURCE
 from .plots import Plot
@@ -157,8 +158,19 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
         *_batch_line(results),
         f"- **Memory source:** {src_text}",
         f"- **Repeats:** {_repeats(results)}",
+        *_processes_line(results),
         *_caveats(runs, sources, devices),
     ]
+
+
+def _processes_line(results: Results) -> list[str]:
+    """Said only when a run was data-parallel: which world size the main tables show."""
+    if results.world == 1 and not results.scaling:
+        return []
+    main = f"{results.world} DDP processes per run" if results.world > 1 else "one process per run"
+    more = ", ".join(str(n) for n in sorted(results.scaling))
+    return [f"- **Processes:** main tables: {main}"
+            + (f"; runs with {more} processes are in the scaling section" if more else "")]
 
 
 def _memory_meaning(results: Results) -> str:
@@ -300,7 +312,7 @@ def render(results: Results, tp: TpmeResult, plots: list[Plot]) -> str:
         lines += _efficiency(results, tp) + _targets(results, tp) + _quality(results)
     else:
         lines += ["**No method finished ok**; only failures are listed.", ""]
-    lines += _failures(results) + _plots(plots) + _methods(results)
+    lines += scaling_section(results) + _failures(results) + _plots(plots) + _methods(results)
     source = tp.config.source.replace(str(results.path), results.path.name)
     lines.append(f"*TPME alphas from `{source}`; raw numbers in `summary.csv`.*")
     return "\n".join(lines).rstrip() + "\n"

@@ -65,3 +65,24 @@ class Crash(Method):
         if os.environ.get("IISAN_BENCH_IMPORTS"):  # set for isolated children only: never kill pytest
             os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError("t-crash only dies in an isolated child")
+
+
+class DyingRankTower(EmbeddingTower):
+    """Rank 1 of a data-parallel group dies by SIGKILL at its third training step."""
+
+    steps = 0
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.training and os.environ.get("RANK") == "1" and os.environ.get("IISAN_BENCH_IMPORTS"):
+            self.steps += 1
+            if self.steps == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(ids)
+
+
+@register_method("t-rank-dies")
+class RankDies(Method):
+    description = "test: rank 1 of a DDP group dies by SIGKILL mid-training (only in an isolated child)"
+
+    def build(self, ctx: BuildContext) -> ItemTower:
+        return DyingRankTower(ctx.data.n_items, ctx.cfg.train.item_dim)

@@ -33,10 +33,27 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def rank_device(device):
+    """A data-parallel rank's own device (``cuda:LOCAL_RANK``) and CPU threads (the cores shared
+    out, as torchrun's one-thread default would starve a 2-rank run on 2 cores of nothing but
+    oversubscription); the device as given for a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return device
+    import torch
+
+    if device.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // world))
+        return device
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def main(argv: list[str]) -> int:
     t_enter = time.time()
     die_with_parent(int(os.environ.get("IISAN_BENCH_PARENT_PID", os.getppid())))
     spec = json.loads(Path(argv[0]).read_text())
+    os.environ.update(spec.get("env", {}))  # a rank's RANK, WORLD_SIZE, MASTER_ADDR/PORT (torchrun's names)
     for p in spec.get("sys_path", []):
         if p not in sys.path:
             sys.path.append(p)
@@ -64,13 +81,17 @@ def main(argv: list[str]) -> int:
         from methods.registry import get_method_for
 
         get_method_for(spec["method"], cfg)
-        device = torch.device(spec["device"])
+        device = rank_device(torch.device(spec["device"]))
         if device.type == "cuda":
             start = cuda_start(device)
             atomic_write_text(Path(spec["ready"]), json.dumps({"uuid": start.uuid, "pid": os.getpid()}))
+        from benchmark.training.distributed import from_env, shutdown
+
+        dist = from_env(device)  # a data-parallel rank (run.nproc > 1): the group forms here
         child["t_ready"] = time.time()
         record = run_method(cfg, spec["method"], prep, device, spec["repeat"], Path(spec["out"]),
-                            spec["progress"], sample_memory=False)
+                            spec["progress"] and (dist is None or dist.rank == 0), sample_memory=False, dist=dist)
+        shutdown()
         if record.timeline is not None:
             child["marks"] = [list(m) for m in record.timeline.marks]
         if len(child["marks"]) >= 2:  # from the profiler's 'setup' mark to its 'done' mark

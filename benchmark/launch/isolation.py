@@ -33,12 +33,14 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmark.config import BenchConfig
+from benchmark.launch.group import combine, free_port, rank_env, wait_group
 from benchmark.launch.launchers import STDERR_TAIL, FileTee, child_env, launcher
 from benchmark.launch.payload import extra_modules, save_payload
 from benchmark.measure.nvml import Nvml
@@ -152,14 +154,43 @@ class IsolatedRunner:
             self.nvml = None
 
     def run(self, name: str, repeat: int) -> RunRecord:
+        """One (method, repeat): one child, or ``run.nproc`` ranks of a DDP group (``launch.group``)."""
+        world = self.cfg.run.nproc
         run_dir = Path(tempfile.mkdtemp(prefix=f"{safe_name(name)}-{repeat}-", dir=self.tmp))
-        result_path, ready_path = run_dir / "result.json", run_dir / "ready.json"
+        port = free_port() if world > 1 else None
+        procs: list[_Proc] = []
+        try:
+            for rank in range(world):
+                procs.append(self._spawn(name, repeat, run_dir, rank_env(rank, world, port) if port else {}))
+            if world == 1:
+                exits, first = {procs[0].pid: self.launcher.wait(procs[0].pid)}, None
+            else:
+                exits, first = wait_group(self.launcher, [p.pid for p in procs])
+        except BaseException:  # Ctrl-C: take the children down with us, record nothing for them
+            for p in procs:
+                self._terminate(p.pid)
+            raise
+        finally:
+            for p in procs:
+                p.sampler.stop()
+                p.tee.stop()
+        try:
+            recs = [self._collect(name, repeat, p, *exits[p.pid]) for p in procs]
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if world == 1:
+            return recs[0]
+        return combine(recs, "nccl" if self.device.type == "cuda" else "gloo", first)
+
+    def _spawn(self, name: str, repeat: int, run_dir: Path, env: dict[str, str]) -> "_Proc":
+        tag = f"-rank{env['RANK']}" if env else ""
+        result_path, ready_path = run_dir / f"result{tag}.json", run_dir / f"ready{tag}.json"
         spec = {"payload": str(self.payload), "method": name, "repeat": repeat, "out": str(self.out),
                 "device": str(self.device), "progress": self.progress, "result": str(result_path),
-                "ready": str(ready_path), "sys_path": [p for p in sys.path if p]}
-        spec_path = run_dir / "spec.json"
+                "ready": str(ready_path), "sys_path": [p for p in sys.path if p], "env": env}
+        spec_path = run_dir / f"spec{tag}.json"
         spec_path.write_text(json.dumps(spec))
-        stderr_path = run_dir / "stderr.log"
+        stderr_path = run_dir / f"stderr{tag}.log"
         t_spawn = time.time()
         pid = self.launcher.spawn(spec_path, _modules_for(name, self.cfg), stderr_path)
         tee = FileTee(stderr_path)
@@ -168,37 +199,32 @@ class IsolatedRunner:
         sampler = ProcessSampler(pid, self.interval, nvml=self.nvml, handle_source=ready)
         if self.sample:
             sampler.start()
-        try:
-            rc, os_peak = self.launcher.wait(pid)
-        except BaseException:  # Ctrl-C: take the child down with us, record nothing for it
-            self._terminate(pid)
-            raise
-        finally:
-            sampler.stop()
-            tee.stop()
-        wall_s = time.time() - t_spawn
-        out = _read_json(result_path)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        return _Proc(pid, t_spawn, result_path, tee, sampler, ready)
+
+    def _collect(self, name: str, repeat: int, proc: "_Proc", rc: int, os_peak: float | None) -> RunRecord:
+        """The record of one child that has ended, with what the parent saw of it."""
+        wall_s = time.time() - proc.t_spawn
+        out = _read_json(proc.result_path)
         if "bench_error" in out:
             raise BenchError(out["bench_error"])
         child = out.get("child") or {}
-        rec = self._record(name, repeat, rc, tee.text(), out)
-        marks = [(t_spawn, "startup")] + [tuple(m) for m in child.get("marks", [])]
-        self._merge_memory(rec, sampler, marks, child, os_peak)
-        rec.env.update(pid=pid, parent_pid=os.getpid())
+        rec = self._record(name, repeat, rc, proc.tee.text(), out)
+        marks = [(proc.t_spawn, "startup")] + [tuple(m) for m in child.get("marks", [])]
+        self._merge_memory(rec, proc.sampler, marks, child, os_peak)
+        rec.env.update(pid=proc.pid, parent_pid=os.getpid())
         t_ready = child.get("t_ready")
         rec.isolation = {
             "exit_code": rc, "wall_s": wall_s,
             # what isolation costs this run: the child's life minus setup + training + evaluation
             # (interpreter start, imports, payload load, CUDA start, exit)
             "overhead_s": wall_s - child["run_s"] if child.get("run_s") is not None else None,
-            "child_startup_s": (t_ready - t_spawn) if t_ready else None,  # spawn -> data loaded, CUDA up
+            "child_startup_s": (t_ready - proc.t_spawn) if t_ready else None,  # spawn -> data loaded, CUDA up
             "payload_load_s": child.get("payload_load_s"),
             "payload_save_s": self.payload_save_s, "payload_mb": self.payload_mb,  # once per sweep
-            "sampler_cpu_s": sampler.cpu_s, "samples": len(sampler.samples),
-            "gpu_uuid": ready.uuid if ready is not None else None,
+            "sampler_cpu_s": proc.sampler.cpu_s, "samples": len(proc.sampler.samples),
+            "gpu_uuid": proc.ready.uuid if proc.ready is not None else None,
         }
-        rec.timeline = Timeline(t_spawn, marks, sampler.samples)
+        rec.timeline = Timeline(proc.t_spawn, marks, proc.sampler.samples)
         return rec
 
     def _terminate(self, pid: int) -> None:
@@ -253,6 +279,18 @@ class IsolatedRunner:
             mem.warnings.append(note)
             warn(note)
         rec.memory = settle(mem, self.device.type == "cuda")
+
+
+@dataclass
+class _Proc:
+    """One started child: what the parent watches while it runs."""
+
+    pid: int
+    t_spawn: float
+    result_path: Path
+    tee: FileTee
+    sampler: ProcessSampler
+    ready: ReadyHandle | None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -120,6 +120,18 @@ class PopenLauncher:
         proc.returncode = os.waitstatus_to_exitcode(status)
         return proc.returncode, _ru_mb(usage.ru_maxrss)
 
+    def poll(self, pid: int) -> tuple[int, float | None] | None:
+        """``wait(pid)`` if the run has ended, else None at once."""
+        try:
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+        except ChildProcessError:
+            return self.procs.pop(pid).wait(), None
+        if not done:
+            return None
+        proc = self.procs.pop(pid)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode, _ru_mb(usage.ru_maxrss)
+
     def close(self) -> None:
         pass
 
@@ -161,6 +173,16 @@ class ZygoteLauncher:
         if pid not in self.exits:
             self._until("exited", pid)
         return self.exits.pop(pid)
+
+    def poll(self, pid: int) -> tuple[int, float | None] | None:
+        """``wait(pid)`` if the run has ended, else None at once (reads only whole waiting messages)."""
+        import select
+
+        while pid not in self.exits and select.select([self.proc.stdout], [], [], 0)[0]:
+            msg = self._read()
+            if "exited" in msg:
+                self.exits[msg["exited"]] = (msg["code"], _ru_mb(msg["ru_maxrss"]))
+        return self.exits.pop(pid) if pid in self.exits else None
 
     def close(self) -> None:
         try:

@@ -7,7 +7,8 @@ training, evaluation, epochs, seed, device) are compared with those of every rec
 ``OUT/results.jsonl``. A difference stops the run with one line naming the keys, unless
 ``--force``, which removes the incomparable records and runs anew.
 
-What may differ: the methods and their own options, repeats, isolation, the sampler interval,
+What may differ: the methods and their own options, repeats, isolation, the number of
+data-parallel processes (the report's scaling table compares them), the sampler interval,
 the out folder and the TPME weights (the report reads those). Under ``train.paper_protocol`` each
 method trains with its own recipe (batch size, learning rates, selection), so those keys are not
 compared there.
@@ -22,7 +23,7 @@ from typing import Any
 from iisan_util.atomic import atomic_write_text
 from iisan_util.errors import BenchError
 
-IGNORED_RUN_KEYS = ("methods", "out", "repeats", "isolate", "sample_interval_ms", "device", "floors")
+IGNORED_RUN_KEYS = ("methods", "out", "repeats", "isolate", "nproc", "sample_interval_ms", "device", "floors")
 COMPARED_SECTIONS = ("data", "backbone", "train", "eval")
 
 

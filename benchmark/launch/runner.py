@@ -18,7 +18,7 @@ import torch
 from benchmark.config import BenchConfig
 from benchmark.launch.prepare import Prepared, prepare, resolve_device, seed_everything
 from benchmark.launch.recipe import check_methods, method_config, method_names, new_record
-from benchmark.measure.record import Memory, Params, RunRecord, Timing
+from benchmark.measure.record import Distributed, Memory, Params, RankFigures, RunRecord, Timing
 from benchmark.measure.results import append_result, env_info
 from iisan_util.errors import BenchError
 from iisan_util.names import safe_name
@@ -35,11 +35,14 @@ def check_out_dir(out: Path) -> None:
 
 
 def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device, repeat: int = 0,
-               out_dir: Path | None = None, progress: bool = True, *, sample_memory: bool = True) -> RunRecord:
+               out_dir: Path | None = None, progress: bool = True, *, sample_memory: bool = True,
+               dist=None) -> RunRecord:
     """Build, train and evaluate one method; failures become a result, never a crash.
 
-    ``sample_memory=False`` in an isolated child: its parent samples it from outside. The record's
-    transient ``timeline`` and ``traceback`` are for the runner and never reach results.jsonl.
+    ``sample_memory=False`` in an isolated child: its parent samples it from outside. ``dist``: this
+    process's rank of a data-parallel group (``training.distributed.DistContext``); its record
+    carries this rank's own figures, which the parent combines. The record's transient
+    ``timeline`` and ``traceback`` are for the runner and never reach results.jsonl.
     """
     from benchmark.measure.phases import MemoryProfiler
     from benchmark.measure.profiler import default_interval_s
@@ -54,7 +57,7 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
         # before the build: an OOM while building still has its memory timeline
         profiler = MemoryProfiler(device, sample=sample_memory,
                                   interval=default_interval_s(device, cfg.run.sample_interval_ms))
-        _train_and_evaluate(cfg, name, cls, prep, device, repeat, out_dir, progress, profiler, record)
+        _train_and_evaluate(cfg, name, cls, prep, device, repeat, out_dir, progress, profiler, record, dist)
     except BenchError:
         if profiler is not None:
             profiler.result()  # stop the sampler thread
@@ -68,13 +71,13 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
 
 
 def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device: torch.device, repeat: int,
-                        out_dir: Path | None, progress: bool, profiler, record: RunRecord) -> None:
-    from benchmark.launch.factory import build_model, count_params, resident_mb
+                        out_dir: Path | None, progress: bool, profiler, record: RunRecord, dist=None) -> None:
+    from benchmark.launch.factory import count_params, resident_mb
     from benchmark.measure.flops import flops_record
     from benchmark.training.trainer import Trainer
 
     t0 = time.perf_counter()
-    built = build_model(cfg, name, prep.data, device, out_dir=out_dir, phase=profiler.phase)
+    built = _build_rank0_first(cfg, name, prep, device, out_dir, profiler, dist)
     model, method, backbones = built.model, built.method, built.backbones
     record.backbone = backbones.info
     setup_s = time.perf_counter() - t0
@@ -83,8 +86,10 @@ def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device
     t, sdpa = resolve_runtime(cfg.train, cls, backbones, prep, device)
     record.env.update(compile=t.compile, item_bucket=t.item_bucket, sdpa=dataclasses.asdict(sdpa))
     trainer = Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, device, cfg.run.seed + repeat,
-                      callbacks=[profiler], progress=progress, sdpa_backend=sdpa.backend)
+                      callbacks=[profiler], progress=progress, sdpa_backend=sdpa.backend, dist=dist)
     outcome = trainer.fit(cfg.run.epochs, t.patience)
+    if dist is not None:
+        record.distributed = rank_figures(dist, outcome)
     if t.profile_steps > 0 and out_dir is not None:  # after the measured epochs: never in their times
         from benchmark.training.trace import trace_steps
 
@@ -102,6 +107,33 @@ def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device
     record.flops = flops_record(cls.train_flops_multiplier, backbones.text, backbones.vision,
                                 cfg.data.text_tokens, prep.split.train, t.batch_size, cfg.run.seed + repeat,
                                 t.max_steps_per_epoch, epoch1, record.env.get("device_name") or "")
+
+
+def _build_rank0_first(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device, out_dir, profiler, dist):
+    """The model; under DDP rank 0 builds first and the others after it, so a one-off cache (iisan-cached)
+    is built once and loaded by the rest rather than raced for (``main_process_first``)."""
+    from benchmark.launch.factory import build_model
+
+    if dist is not None and dist.rank != 0:
+        dist.barrier()
+    try:
+        return build_model(cfg, name, prep.data, device, out_dir=out_dir, phase=profiler.phase)
+    finally:  # even when the build failed: the others must not wait on rank 0 until the timeout
+        if dist is not None and dist.rank == 0:
+            dist.barrier()
+
+
+def rank_figures(dist, outcome) -> Distributed:
+    """This rank's own figures: the parent adds its peak memory and combines the ranks."""
+    import statistics
+
+    med = (lambda xs: statistics.median(xs) if xs else None)
+    steps = sum(outcome.steps)
+    timing = outcome.timing()
+    rank = RankFigures(dist.rank, os.getpid(), list(outcome.epoch_s), timing["epoch_s_median"], timing["eval_s"],
+                       allreduce_s_per_epoch=med(outcome.allreduce_s), gather_s_per_epoch=med(outcome.gather_s))
+    return Distributed(dist.world, dist.backend, torch.get_num_threads() if dist.backend == "gloo" else None,
+                       dist.comm.allreduce_bytes / steps / 2**20 if steps else None, ranks=[rank])
 
 
 def resolve_runtime(t, cls, backbones, prep: Prepared, device: torch.device):
@@ -141,6 +173,21 @@ def summary_line(rec: RunRecord) -> str:
             f"NDCG@{k} {m['test'][f'ndcg@{k}']:.4f} (popularity {pop[f'ndcg@{k}']:.4f})  "
             f"epoch {rec.time.epoch_s_median:.2f}s  train peak {mem.peak_mb:.0f} MB "
             f"({mem.source})  trainable {rec.params.trainable / 1e6:.2f}M{start}{flagged}")
+
+
+def _device_for(cfg: BenchConfig) -> torch.device:
+    """``run.device`` resolved; a data-parallel run on GPUs needs one GPU per process."""
+    device = resolve_device(cfg.run.device)
+    if device.type == "cuda" and cfg.run.nproc > torch.cuda.device_count():
+        raise BenchError(f"{cfg.where('run.nproc')}: 'run.nproc' = {cfg.run.nproc} needs as many GPUs, "
+                         f"this machine has {torch.cuda.device_count()}")
+    return device
+
+
+def _process_plan(cfg: BenchConfig, device: torch.device) -> str:
+    if cfg.run.nproc > 1:
+        return f"{cfg.run.nproc} DDP processes per run ({'nccl' if device.type == 'cuda' else 'gloo'})"
+    return "a fresh child process per run" if cfg.run.isolate else "in-process"
 
 
 def finished_runs(results: Path) -> set[tuple[str, int, str]]:
@@ -188,7 +235,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     import_extra_modules()  # IISAN_BENCH_IMPORTS: modules registering methods of one's own
     names = method_names(cfg)
     check_methods(cfg, names)
-    device = resolve_device(cfg.run.device)
+    device = _device_for(cfg)
     out = Path(cfg.run.out)
     prep = prepare(cfg)  # data errors surface before the output folder is touched
     results = out / "results.jsonl"
@@ -199,7 +246,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     todo = [(n, r) for n, r in runs if (n, r, method_config(cfg, n).hash_for(n)) not in done]
     echo(f"dataset {prep.data.name}: {prep.data.n_users} users, {prep.data.n_items} items, "
          f"{prep.data.n_interactions} interactions; device {device}; methods {', '.join(names)}; "
-         f"{cfg.run.repeats} repeat(s); {'a fresh child process per run' if cfg.run.isolate else 'in-process'}")
+         f"{cfg.run.repeats} repeat(s); {_process_plan(cfg, device)}")
     if len(todo) < len(runs):
         skipped = sorted({n for n, r in runs if (n, r) not in todo})
         echo(f"skipping {len(runs) - len(todo)} run(s) already in {results} with the same config "

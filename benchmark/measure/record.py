@@ -125,6 +125,37 @@ class CacheCost:
 
 
 @dataclass
+class RankFigures:
+    """One data-parallel rank's own measurements (seconds, MB)."""
+
+    rank: int
+    pid: int | None = None
+    epoch_s: list[float] = field(default_factory=list)
+    epoch_s_median: float | None = None
+    eval_s: float | None = None
+    peak_mb: float | None = None  # this rank's train-phase headline (memory.source)
+    allreduce_s_per_epoch: float | None = None  # DDP's gradient all-reduces, host-observed, overlaps merged
+    gather_s_per_epoch: float | None = None  # the in-batch item embeddings all-gathered
+    status: str = "ok"
+    error: str | None = None
+
+
+@dataclass
+class Distributed:
+    """A run trained by ``world_size`` DDP processes. The record's ``time`` and ``memory`` are the
+    slowest rank's epoch times and the busiest rank's memory (what each device must hold)."""
+
+    world_size: int
+    backend: str
+    threads_per_rank: int | None = None  # CPU: torch threads of each rank (cores / world size)
+    allreduce_mb_per_step: float | None = None  # gradient bytes DDP all-reduces per step (trainable fp32)
+    epoch_s_spread: float | None = None  # max - min over ranks of their median epoch
+    peak_mb_spread: float | None = None  # max - min over ranks of their peak
+    allreduce_s_per_epoch: float | None = None  # max over ranks
+    ranks: list[RankFigures] = field(default_factory=list)
+
+
+@dataclass
 class Timeline:
     """Memory samples and phase marks of one run (written to memory/<run>.csv, never to JSON)."""
 
@@ -157,6 +188,7 @@ class RunRecord:
     flops: dict[str, Any] | None = None
     trace: dict[str, Any] | None = None
     isolation: dict[str, Any] | None = None
+    distributed: Distributed | None = None  # only for runs under DDP (run.nproc > 1)
     log: str | None = None
     schema_version: int = SCHEMA_VERSION
     traceback: str | None = field(default=None, metadata=TRANSIENT)

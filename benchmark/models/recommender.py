@@ -87,12 +87,19 @@ def inbatch_logits_mask(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return mask, target_col, valid
 
 
-def inbatch_loss(user: torch.Tensor, item_emb: torch.Tensor, ids: torch.Tensor, log_pop: torch.Tensor) -> torch.Tensor:
+def inbatch_loss(user: torch.Tensor, item_emb: torch.Tensor, ids: torch.Tensor, log_pop: torch.Tensor,
+                 rows: slice | None = None, scale: float = 1.0) -> torch.Tensor:
     """Debiased in-batch softmax: logits = u·v - log(pop), masked as in ``inbatch_logits_mask``.
 
     user [B, L, d] (states at positions 0..L-1), item_emb [B*(L+1), d], ids [B, L+1], log_pop [n+1].
+    With ``rows`` (a data-parallel rank's share), ``user`` holds only those sequences: their loss sum
+    over the *whole* batch's valid rows, times ``scale`` (the world size, which DDP's average divides
+    back out), so the ranks' gradients average to the one-process gradient.
     """
     mask, target_col, valid = inbatch_logits_mask(ids)
+    if rows is not None:
+        n_valid = valid.sum().clamp(min=1)
+        mask, target_col, valid = mask[rows], target_col[rows], valid[rows]
     logits = torch.einsum("bld,cd->blc", user, item_emb).float() - log_pop[ids.reshape(-1)].view(1, 1, -1)
     logits = logits.masked_fill(mask, NEG)
     # invalid rows are ignored rather than dropped by boolean indexing, which would sync with the host;
@@ -100,7 +107,10 @@ def inbatch_loss(user: torch.Tensor, item_emb: torch.Tensor, ids: torch.Tensor, 
     # padding target's log(0) popularity under the count rule) would make every gradient NaN
     logits = logits.masked_fill(~valid.unsqueeze(-1), 0.0)
     target = target_col.masked_fill(~valid, -100)
-    return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+    if rows is None:
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+    total = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum")
+    return total * scale / n_valid
 
 
 class SeqRecommender(nn.Module):
@@ -122,12 +132,28 @@ class SeqRecommender(nn.Module):
         return self.item_tower(uniq)[inverse.reshape(-1)]
 
     def loss(self, ids: torch.Tensor, log_pop: torch.Tensor,
-             distinct: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        emb = self.encode_items(ids, distinct)  # [B*(L+1), d]
+             distinct: tuple[torch.Tensor, torch.Tensor] | None = None, shard=None) -> torch.Tensor:
+        """The in-batch loss of the batch ``ids`` [B, L+1].
+
+        ``shard`` (a data-parallel rank: ``rank``, ``world``, ``rows(n)``, ``gather_rows(t)``): the
+        batch is the global one on every rank; this rank encodes its equal share of the distinct
+        items (the caller pads them to a multiple of the world size), gathers everyone's, and
+        scores its own share of the sequences (``benchmark.training.distributed``).
+        """
+        if shard is None:
+            emb = self.encode_items(ids, distinct)  # [B*(L+1), d]
+            rows, scale, own = None, 1.0, ids
+        else:
+            uniq, inverse = distinct if distinct is not None else torch.unique(ids.reshape(-1), return_inverse=True)
+            per = uniq.numel() // shard.world
+            local = self.item_tower(uniq[shard.rank * per:(shard.rank + 1) * per])
+            emb = shard.gather_rows(local)[inverse.reshape(-1)]
+            rows, scale = shard.rows(ids.size(0)), float(shard.world)
+            own = ids[rows]
         B, L1 = ids.shape
-        seq_emb = emb.view(B, L1, -1)[:, :-1]
-        user = self.user_encoder(seq_emb, (ids[:, :-1] != 0).to(seq_emb.dtype))
-        return inbatch_loss(user, emb, ids, log_pop)
+        seq_emb = emb.view(B, L1, -1)[:, :-1] if rows is None else emb.view(B, L1, -1)[rows, :-1]
+        user = self.user_encoder(seq_emb, (own[:, :-1] != 0).to(seq_emb.dtype))
+        return inbatch_loss(user, emb, ids, log_pop, rows, scale)
 
     def prefetch(self, host_ids: torch.Tensor, device_ids: torch.Tensor) -> None:
         """Let the item tower stage the inputs of these (distinct) items ahead of use, e.g. copy
@@ -145,12 +171,13 @@ class SeqRecommender(nn.Module):
         return groups
 
     @torch.no_grad()
-    def item_table(self, n_items: int, batch: int) -> torch.Tensor:
-        """All item embeddings [n+1, d] computed in chunks (row 0 = padding item)."""
+    def item_table(self, n_items: int, batch: int, chunks: slice | None = None) -> torch.Tensor:
+        """All item embeddings [n+1, d] computed in chunks of ``batch`` (row 0 = padding item);
+        with ``chunks``, only those chunks' rows (a data-parallel rank's share, in the same chunks)."""
         dev = next(self.user_encoder.parameters()).device
-        parts = [self.item_tower(torch.arange(s, min(s + batch, n_items + 1), device=dev))
-                 for s in range(0, n_items + 1, batch)]
-        return torch.cat(parts).float()
+        starts = list(range(0, n_items + 1, batch))[chunks or slice(None)]
+        parts = [self.item_tower(torch.arange(s, min(s + batch, n_items + 1), device=dev)).float() for s in starts]
+        return torch.cat(parts) if parts else torch.zeros(0, self.user_encoder.pos.embedding_dim, device=dev)
 
     @torch.no_grad()
     def score(self, table: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:

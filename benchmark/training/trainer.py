@@ -21,6 +21,7 @@ from benchmark.config import EvalConfig, TrainConfig
 from benchmark.data.dataset import Split
 from benchmark.models.kernels import sdpa_context
 from benchmark.models.recommender import SeqRecommender
+from benchmark.training.distributed import DistContext, wrap
 from benchmark.training.metrics import metrics_from_ranks, target_ranks
 from iisan_util.errors import BenchError, DivergedError
 
@@ -56,6 +57,8 @@ class TrainOutcome:
     test: dict[str, float] = field(default_factory=dict)
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
+    allreduce_s: list[float] = field(default_factory=list)  # data-parallel only: per epoch (distributed.CommStats)
+    gather_s: list[float] = field(default_factory=list)
 
     def timing(self) -> dict:
         steps = sorted(self.step_s)
@@ -124,9 +127,11 @@ class Batch:
 class Trainer:
     def __init__(self, model: SeqRecommender, split: Split, n_items: int, train: TrainConfig,
                  evaluation: EvalConfig, device: torch.device, seed: int,
-                 callbacks: list[Callback] | None = None, progress: bool = True, sdpa_backend: str = "default"):
-        """``train.compile`` and ``sdpa_backend`` as resolved by the runner (never ``auto`` here)."""
-        self.model, self.split, self.n_items = model, split, n_items
+                 callbacks: list[Callback] | None = None, progress: bool = True, sdpa_backend: str = "default",
+                 dist: DistContext | None = None):
+        """``train.compile`` and ``sdpa_backend`` as resolved by the runner (never ``auto`` here);
+        ``dist``: this process's rank in a data-parallel group (``training.distributed``)."""
+        self.model, self.split, self.n_items, self.dist = model, split, n_items, dist
         self.sdpa_backend = sdpa_backend
         self.cfg, self.eval_cfg, self.device, self.seed = train, evaluation, device, seed
         self.callbacks = callbacks or []
@@ -153,11 +158,11 @@ class Trainer:
             self.optimizer = torch.optim.Adam(groups, weight_decay=train.weight_decay, foreach=device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "fp16" and device.type == "cuda")
         self.key = f"{train.select_by}@{10 if 10 in evaluation.ks else evaluation.ks[0]}"
-        self.loss_fn = model.loss
+        self.loss_fn = model.loss if dist is None else wrap(model, dist, device)
         self.graphs = train.compile == "reduce-overhead" and device.type == "cuda"  # CUDA graph trees
         if train.compile not in ("off", "auto"):
             # static shapes when items are bucketed: one graph per bucket size, all compiled before the clock
-            self.loss_fn = torch.compile(model.loss, mode=None if train.compile == "default" else train.compile,
+            self.loss_fn = torch.compile(self.loss_fn, mode=None if train.compile == "default" else train.compile,
                                          dynamic=train.item_bucket <= 1)
 
     def autocast(self):
@@ -193,6 +198,7 @@ class Trainer:
         # no step can have more distinct items than there are items, or slots in a batch: padding
         # past that is work without a purpose (a 40-item set would pad 41 to 64)
         cap = bs * self.train_ids.size(1) if every_slot else min(self.n_items + 1, bs * self.train_ids.size(1))
+        world = self.dist.world if self.dist is not None else 1  # each rank encodes an equal share
         parts: list[torch.Tensor] = []
         hosts: list[tuple[torch.Size, torch.Tensor]] = []
         for step in range(n_steps):
@@ -201,7 +207,8 @@ class Trainer:
                 uniq, inverse = ids.reshape(-1), torch.arange(ids.numel())
             else:
                 uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
-            uniq = torch.cat([uniq, uniq.new_zeros(bucketed(uniq.numel(), bucket, cap) - uniq.numel())])
+            size = -(-bucketed(uniq.numel(), bucket, cap) // world) * world
+            uniq = torch.cat([uniq, uniq.new_zeros(size - uniq.numel())])
             parts += [ids.reshape(-1), uniq, inverse]
             hosts.append((ids.shape, uniq))
         flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
@@ -255,6 +262,11 @@ class Trainer:
         synchronize(self.device)
         out.epoch_s.append(time.perf_counter() - t0)
         out.steps.append(n_steps)
+        if self.dist is not None:
+            comm = self.dist.comm
+            comm.close_epoch()
+            out.allreduce_s.append(comm.allreduce_s - sum(out.allreduce_s))
+            out.gather_s.append(comm.gather_s - sum(out.gather_s))
         self._fire("on_epoch_end", epoch)
         if cuda:
             step_s = [events[i].elapsed_time(events[i + 1]) / 1000 for i in range(n_steps)]
@@ -265,6 +277,8 @@ class Trainer:
             out.warmup_s = sum(step_s[:WARMUP_STEPS])
             step_s = step_s[WARMUP_STEPS:]
         out.step_s.extend(step_s)
+        if self.dist is not None:  # each rank's loss is its share of the batch's (times the world size)
+            loss_sum = self.dist.mean(loss_sum)
         out.losses.append(loss_sum.item() / max(n_steps, 1))
 
     @torch.no_grad()
@@ -277,8 +291,13 @@ class Trainer:
         self.model.eval()
         synchronize(self.device)
         t0 = time.perf_counter()
+        ib = self.eval_cfg.item_batch_size
         with self.autocast():
-            table = self.model.item_table(self.n_items, self.eval_cfg.item_batch_size)
+            if self.dist is None:
+                table = self.model.item_table(self.n_items, ib)
+            else:  # each rank a block of the same chunks; the table is bit-identical
+                chunks = self.dist.rows(-(-(self.n_items + 1) // ib))
+                table = self.dist.gather_ragged(self.model.item_table(self.n_items, ib, chunks))
         synchronize(self.device)
         if out is not None:
             out.item_table_s.append(time.perf_counter() - t0)
@@ -287,12 +306,16 @@ class Trainer:
         for inputs, target, history in self.eval_sets:
             t0 = time.perf_counter()
             ranks = []
-            for i in tqdm(range(0, inputs.size(0), bs), desc="eval", leave=False, disable=not self.progress):
+            starts = list(range(0, inputs.size(0), bs))
+            if self.dist is not None:  # each rank a block of the same user batches
+                starts = starts[self.dist.rows(len(starts))]
+            for i in tqdm(starts, desc="eval", leave=False, disable=not self.progress):
                 sl = slice(i, i + bs)
                 with self.autocast():
                     scores = self.model.score(table, inputs[sl])
                 ranks.append(target_ranks(scores, target[sl], history[sl], self.eval_cfg.masking))
-            all_ranks = torch.cat(ranks).cpu()  # waits for the device: the ranking is done
+            mine = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long, device=self.device)
+            all_ranks = (mine if self.dist is None else self.dist.gather_ragged(mine)).cpu()  # waits: ranked
             if out is not None:
                 out.rank_s.append(time.perf_counter() - t0)
             results.append(metrics_from_ranks(all_ranks, self.eval_cfg.ks))
@@ -340,6 +363,8 @@ class Trainer:
         out = TrainOutcome()
         best, since_best = float("-inf"), 0
         self.compile_warmup(out, epochs)
+        if self.dist is not None:
+            self.dist.comm.reset()
         self._fire("on_train_start")
         for epoch in range(1, epochs + 1):
             self.train_epoch(epoch, out)

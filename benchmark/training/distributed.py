@@ -1,0 +1,190 @@
+"""Data-parallel training across processes: torch.distributed DDP, the batch sharded over ranks.
+
+Why the loss needs care: the paper's loss is an in-batch softmax over every item of the *whole*
+batch. Sharding the sequences alone would give each rank a softmax over its own shard's items, a
+different (easier) loss than one process trains on. So every rank cuts the same global batch on
+the host (same seed, same order), encodes its share of the batch's distinct items, and all-gathers
+them with autograd (``all_gather_single_autograd``: the backward reduce-scatters, summing each rank's
+gradient back to the rank that encoded the row); each rank then scores its share of the sequences
+against all of the batch's items and divides its loss sum by the *global* number of valid rows,
+times the world size, so DDP's gradient average is the gradient of the one-process loss.
+
+Evaluation is sharded too, in the same chunks one process uses (so every number is bit-identical):
+each rank encodes a contiguous block of the item table's chunks and ranks a contiguous block of
+the users' batches, and the pieces are all-gathered.
+
+The item gather runs on its own process group: a collective issued from inside backward must not
+interleave with DDP's bucketed all-reduces on the default group (gloo pairs collectives by order).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+TIMEOUT_S = 300  # a rank that waits this long on a dead peer fails (the parent kills it sooner)
+
+
+@dataclass
+class CommStats:
+    """Communication the trainer can see: DDP's gradient all-reduces (timed from the hook's launch
+    to the future's completion, host-observed, overlapping intervals merged) and the item gathers."""
+
+    allreduce_s: float = 0.0
+    allreduce_bytes: int = 0  # gradient bytes all-reduced, summed over steps
+    gather_s: float = 0.0  # forward item-embedding gathers (synchronous)
+    steps: int = 0
+    _spans: list[tuple[float, float]] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_span(self, t0: float, t1: float) -> None:
+        with self._lock:
+            self._spans.append((t0, t1))
+
+    def reset(self) -> None:
+        """Forget what compile warm-up all-reduced: only the timed epochs count."""
+        with self._lock:
+            self._spans = []
+        self.allreduce_s, self.allreduce_bytes, self.gather_s = 0.0, 0, 0.0
+
+    def close_epoch(self) -> None:
+        """Fold this epoch's spans into ``allreduce_s`` (their union: buckets overlap)."""
+        with self._lock:
+            spans, self._spans = sorted(self._spans), []
+        end = float("-inf")
+        for a, b in spans:
+            if b > end:
+                self.allreduce_s += b - max(a, end)
+                end = b
+
+
+@dataclass
+class DistContext:
+    """This process's place in the group. ``None`` stands for a single process everywhere."""
+
+    rank: int
+    world: int
+    backend: str
+    gather_group: Any = None
+    comm: CommStats = field(default_factory=CommStats)
+
+    def rows(self, n: int) -> slice:
+        """This rank's contiguous share of ``n`` rows (the first ``n % world`` ranks get one more)."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The ranks' mean of ``value`` (on the gather group: never between DDP's all-reduces)."""
+        out = value.detach().clone()
+        dist.all_reduce(out, group=self.gather_group)
+        return out / self.world
+
+    def barrier(self) -> None:
+        dist.barrier(group=self.gather_group)
+
+    def gather_rows(self, local: torch.Tensor) -> torch.Tensor:
+        """All ranks' equal-size ``local`` rows, concatenated in rank order, with autograd."""
+        from torch.distributed._functional_collectives import all_gather_single_autograd
+
+        t0 = time.perf_counter()
+        out = all_gather_single_autograd(local.contiguous(), 0, self.gather_group)
+        out = out.wait() if hasattr(out, "wait") else out  # an AsyncCollectiveTensor: done here, timed
+        self.comm.gather_s += time.perf_counter() - t0
+        return out
+
+    def gather_ragged(self, local: torch.Tensor) -> torch.Tensor:
+        """All ranks' ``local`` (first dims may differ), concatenated in rank order (no autograd)."""
+        sizes = [None] * self.world
+        dist.all_gather_object(sizes, local.size(0), group=self.gather_group)
+        pad = local.new_zeros((max(sizes) - local.size(0), *local.shape[1:]))
+        parts = [torch.empty_like(torch.cat([local, pad])) for _ in range(self.world)]
+        dist.all_gather(parts, torch.cat([local, pad]).contiguous(), group=self.gather_group)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+def from_env(device: torch.device) -> DistContext | None:
+    """Join the process group torchrun (or the isolated runner) describes in the environment
+    (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); None for a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    if not dist.is_initialized():
+        import datetime
+
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S),
+                                **({"device_id": device} if device.type == "cuda" else {}))
+    return DistContext(dist.get_rank(), dist.get_world_size(), dist.get_backend(),
+                       gather_group=dist.new_group(backend="gloo" if device.type == "cpu" else None))
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class LossModule(nn.Module):
+    """``model.loss`` as a module's forward: DDP all-reduces only what flows through its forward."""
+
+    def __init__(self, model: nn.Module, shard: DistContext):
+        super().__init__()
+        self.model, self.shard = model, shard
+
+    def forward(self, ids: torch.Tensor, log_pop: torch.Tensor, distinct: tuple[torch.Tensor, torch.Tensor]):
+        return self.model.loss(ids, log_pop, distinct, shard=self.shard)
+
+
+def wrap(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
+    """The DDP module whose forward is the sharded loss, with a timed all-reduce hook.
+
+    ``static_graph``: the set of trained parameters is the same every step, and some never get a
+    gradient (BERT's pooler under FFT); DDP learns that on the first step instead of failing.
+    DDP's initial broadcast covers the trained parameters only: frozen weights and buffers (token
+    ids, a resident image table, the IISAN cache: GBs at paper scale) are the same on every rank by
+    construction (same seed, same files) and never change, so sending them would be setup time
+    spent for nothing.
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    module = LossModule(model, ctx)
+    fixed = [n for n, p in module.named_parameters() if not p.requires_grad] + [n for n, _ in module.named_buffers()]
+    DDP._set_params_and_buffers_to_ignore_for_model(module, fixed)
+    ddp = DDP(module, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
+    ddp.register_comm_hook(ctx.comm, timed_allreduce)
+    return ddp
+
+
+def timed_allreduce(stats: CommStats, bucket):  # no return annotation: DDP checks it, a string fails
+    """DDP's default hook (divide by the world size, all-reduce), timed."""
+    buf = bucket.buffer()
+    world = dist.get_world_size()
+    t0 = time.perf_counter()
+    stats.allreduce_bytes += buf.numel() * buf.element_size()
+    fut = dist.all_reduce(buf.div_(world), async_op=True).get_future()
+
+    def done(f: torch.futures.Future) -> torch.Tensor:
+        stats.add_span(t0, time.perf_counter())
+        return f.value()[0]
+
+    return fut.then(done)
+
+
+def gather_floats(ctx: DistContext | None, values: list[float]) -> list[list[float]]:
+    """Every rank's ``values`` (rank order); ``[values]`` for a single process."""
+    if ctx is None:
+        return [values]
+    out: list[Any] = [None] * ctx.world
+    dist.all_gather_object(out, values, group=ctx.gather_group)
+    return out
+
+
+Shard = DistContext  # what the recommender's loss receives: rows() and gather_rows()
+LossFn = Callable[..., torch.Tensor]

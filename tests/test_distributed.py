@@ -118,6 +118,8 @@ def test_two_processes_train_what_one_does(tmp_path):
     scaling = text.split("## Scaling: 1 process → 2 processes (gloo)")[1]
     assert "| `iisan` |" in scaling and "| `iisan-cached` |" in scaling
     assert "main tables: one process per run; runs with 2 processes are in the scaling section" in text
+    two = [r for r in records(tmp_path / "p1") if r.get("distributed")]
+    assert [r["memory"]["samples_csv"] for r in two] == ["memory/iisan-0-2p.csv", "memory/iisan-cached-0-2p.csv"]
 
 
 @pytest.mark.usefixtures("plugin_methods")

@@ -284,18 +284,46 @@ def default_run(tmp_path_factory):
     cfg = load_config(None, {"run": {"methods": ["all"], "out": str(out)},
                              "methods": {"iisan-cached": {"cache_dir": str(out / "cache")}}})
     path = run_benchmark(cfg, progress=False, echo=lambda *_: None)
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return out, [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.slow
 def test_every_method_beats_popularity_on_the_default(default_run):
-    assert [r["method"] for r in default_run] == METHODS
-    for r in default_run:
+    _, runs = default_run
+    assert [r["method"] for r in runs] == METHODS
+    for r in runs:
         assert r["status"] == "ok", (r["method"], r.get("error"))
         hr, pop = r["metrics"]["test"]["hr@10"], r["metrics"]["popularity"]["test"]["hr@10"]
         assert hr > pop, (r["method"], hr, pop)
-    cached = default_run[-1]
+    cached = runs[-1]
     assert cached["time"]["cache_build_s"] > 0 and cached["params"]["total"] == cached["params"]["trainable"]
+
+
+DDP_TOLERANCE = 0.02  # |HR@10|, |NDCG@10| between 1 and 2 processes on the default (1,000 test users)
+
+
+@pytest.mark.slow
+def test_every_method_trains_under_two_ddp_processes_on_the_default(default_run):
+    """``iisan-bench run --methods all --nproc 2`` into the one-process sweep's folder: every method
+    ok under gloo DDP, per-rank figures in each record, metrics within DDP_TOLERANCE of one process
+    (dropout masks are drawn per rank, so with dropout on the two are different samples of the same
+    training; with it off they agree exactly: tests/test_distributed.py), and the scaling table."""
+    from benchmark.cli import main
+
+    out, one = default_run
+    main(["run", "--methods", "all", "--nproc", "2", "--out", str(out), "--no-progress",  # exit 1/2: SystemExit
+          "--set", f"methods.iisan-cached.cache_dir={out / 'cache'}"])
+    runs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    two = {r["method"]: r for r in runs if (r.get("distributed") or {}).get("world_size") == 2}
+    assert list(two) == METHODS
+    for r in one:
+        d = two[r["method"]]
+        assert d["status"] == "ok" and [f["rank"] for f in d["distributed"]["ranks"]] == [0, 1]
+        assert all(f["peak_mb"] > 0 and f["epoch_s_median"] > 0 for f in d["distributed"]["ranks"])
+        for k in ("hr@10", "ndcg@10"):
+            assert abs(d["metrics"]["test"][k] - r["metrics"]["test"][k]) <= DDP_TOLERANCE, (r["method"], k)
+    scaling = (out / "report.md").read_text().split("## Scaling: 1 process → 2 processes (gloo)")[1]
+    assert all(f"| `{m}` |" in scaling for m in METHODS)
 
 
 @pytest.mark.parametrize("name", ["fft", "lora"])

@@ -205,7 +205,8 @@ def finish_record(rec: RunRecord, out: Path, device: torch.device) -> dict[str, 
     """Write the run's side files (traceback log, memory timeline CSV); the record as JSON-ready dict."""
     from benchmark.measure.profiler import write_timeline_csv
 
-    stem = f"{safe_name(rec.method)}-{rec.repeat}"
+    world = f"-{rec.distributed.world_size}p" if rec.distributed is not None else ""  # beside the 1-process run's
+    stem = f"{safe_name(rec.method)}-{rec.repeat}{world}"
     if rec.traceback:
         log = out / "logs" / f"{stem}.log"
         log.parent.mkdir(parents=True, exist_ok=True)

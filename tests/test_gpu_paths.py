@@ -98,6 +98,7 @@ def test_auto_compile_is_the_methods_choice_on_a_gpu_and_off_on_cpu(tmp_path):
         cls = get_method_for(name, cfg)
         assert resolve_runtime(t, cls, backbones, prep, cuda)[0].compile == gpu_mode, name
         assert resolve_runtime(t, cls, backbones, prep, CPU)[0].compile == "off", name
+        assert resolve_runtime(t, cls, backbones, prep, cuda, data_parallel=True)[0].compile == "off", name
     forced = dataclasses.replace(t, compile="default")
     assert resolve_runtime(forced, get_method_for("fft", cfg), backbones, prep, CPU)[0].compile == "default"
 
@@ -202,3 +203,27 @@ def test_a_real_gpu_sweep_measures_phases_and_passes_its_memory_cross_checks(tmp
         assert mem["source"] == "cuda" and mem["phase"] == "train", rec["method"]
         assert all(mem["phases"][p]["peak_mb"] > 0 for p in ("setup", "train", "eval")), mem["phases"]
         assert [c for c in mem["checks"] if not c["ok"]] == [], rec["method"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_two_gpus_train_under_nccl_ddp_one_gpu_per_rank(tmp_path):
+    """``--nproc 2 --device cuda``: each rank on its own GPU (announced by UUID, sampled by NVML),
+    NCCL, the allocator's training peak per rank, and the one-GPU metrics with dropout off."""
+    from benchmark.launch.runner import run_benchmark
+
+    recs = {}
+    for n in (1, 2):
+        cfg = load_config(None, {"run": {"methods": ["iisan-cached", "lora"], "epochs": 1, "device": "cuda",
+                                         "nproc": n, "out": str(tmp_path / f"p{n}")},
+                                 "train": {"max_steps_per_epoch": 4, "dropout": 0.0, "compile": "off"},
+                                 "methods": {"iisan-cached": {"cache_dir": str(tmp_path / "cache")}}})
+        path = run_benchmark(cfg, progress=False, echo=lambda *_: None)
+        recs[n] = {r["method"]: r for r in map(json.loads, path.read_text().splitlines())}
+    for name, rec in recs[2].items():
+        assert rec["status"] == "ok", (name, rec["error"])
+        d = rec["distributed"]
+        assert d["backend"] == "nccl" and [f["rank"] for f in d["ranks"]] == [0, 1]
+        assert rec["memory"]["source"] == "cuda" and all(f["peak_mb"] > 0 for f in d["ranks"])
+        if name == "iisan-cached":  # no backbone dropout: the same training as one GPU
+            assert rec["metrics"]["test"] == pytest.approx(recs[1][name]["metrics"]["test"], abs=1e-3)

@@ -3,9 +3,9 @@ their records combined into the run's one record.
 
 Why the parent does this (and not torchrun's agent): each rank is an isolated child like any other
 run, so the parent samples every rank's memory from outside, sees each one's exit status, and turns
-a rank that dies into a ``failed`` record for that run while the sweep goes on. The ranks find each
-other through torchrun's environment variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
-MASTER_PORT), so the child code is the same under ``torchrun``.
+a rank that dies into a ``failed`` record for that run while the sweep goes on (torchrun's agent
+would tear the whole job down). The ranks find each other through the environment variables
+torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; ``env://``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import signal
 import socket
 import statistics
 import time
-from typing import Any
 
 from benchmark.measure.record import Distributed, RankFigures, RunRecord
 
@@ -134,8 +133,3 @@ def _slowest_times(out: RunRecord, figs: list[RankFigures]) -> None:
     t.epoch_s, t.epoch_s_median = slowest, statistics.median(slowest)
     evals = [f.eval_s for f in figs if f.eval_s is not None]
     t.eval_s = max(evals) if evals else t.eval_s
-
-
-def describe(d: dict[str, Any] | None) -> str:
-    """``2 x gloo`` for a record's ``distributed`` dict; empty for a single process."""
-    return f"{d['world_size']} x {d['backend']}" if d else ""

@@ -83,7 +83,7 @@ def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device
     setup_s = time.perf_counter() - t0
     record.params = Params(**count_params(model))
     record.resident = resident_mb(model)
-    t, sdpa = resolve_runtime(cfg.train, cls, backbones, prep, device)
+    t, sdpa = resolve_runtime(cfg.train, cls, backbones, prep, device, data_parallel=dist is not None)
     record.env.update(compile=t.compile, item_bucket=t.item_bucket, sdpa=dataclasses.asdict(sdpa))
     trainer = Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, device, cfg.run.seed + repeat,
                       callbacks=[profiler], progress=progress, sdpa_backend=sdpa.backend, dist=dist)
@@ -136,16 +136,17 @@ def rank_figures(dist, outcome) -> Distributed:
                        dist.comm.allreduce_bytes / steps / 2**20 if steps else None, ranks=[rank])
 
 
-def resolve_runtime(t, cls, backbones, prep: Prepared, device: torch.device):
+def resolve_runtime(t, cls, backbones, prep: Prepared, device: torch.device, data_parallel: bool = False):
     """``train.compile`` and ``train.sdpa_backend`` as this method runs on this device: ``auto``
-    compile is the method's own choice on a GPU (``Method.auto_compile``) and off on CPU; ``auto``
-    attention is measured on the encoders' attention shapes (``kernels.choose_sdpa_backend``)."""
+    compile is the method's own choice on one GPU (``Method.auto_compile``) and off on CPU and under
+    DDP (CUDA graphs around NCCL collectives are not verified here; an explicit mode is honoured);
+    ``auto`` attention is measured on the encoders' attention shapes (``kernels.choose_sdpa_backend``)."""
     from benchmark.models.kernels import AttnShape, choose_sdpa_backend
     from benchmark.training.trainer import compute_dtype, typical_items
 
     mode = t.compile
     if mode == "auto":
-        mode = (cls.auto_compile or "off") if device.type == "cuda" else "off"
+        mode = (cls.auto_compile or "off") if device.type == "cuda" and not data_parallel else "off"
     shapes = []
     for kind, enc in (("text", backbones.text), ("vision", backbones.vision)):
         c = getattr(enc, "config", None)

@@ -110,6 +110,10 @@ def test_two_processes_train_what_one_does(tmp_path):
         # DDP all-reduces every trainable gradient once per step, in fp32
         assert d["allreduce_mb_per_step"] == pytest.approx(two["params"]["trainable"] * 4 / 2**20, rel=0.01)
         assert d["allreduce_s_per_epoch"] > 0 and d["ranks"][0]["gather_s_per_epoch"] > 0
+    said: list[str] = []  # resume: the same sweep again runs nothing (nproc is in the config hash)
+    run_benchmark(cfg_for(tmp_path / "p2", ["iisan", "iisan-cached"], 2, {"dropout": 0.0}), progress=False,
+                  echo=said.append)
+    assert len(records(tmp_path / "p2")) == 2 and any(line.startswith("skipping 2 run(s)") for line in said)
     from reports import build_report
 
     with (tmp_path / "p1" / "results.jsonl").open("a") as fh:  # one folder may hold both world sizes

@@ -68,13 +68,19 @@ class Crash(Method):
 
 
 class DyingRankTower(EmbeddingTower):
-    """Rank 1 of a data-parallel group dies by SIGKILL at its third training step."""
+    """Rank 1 of a data-parallel group dies by SIGKILL (or raises a fake OOM) at its third training step."""
 
     steps = 0
+
+    def __init__(self, n_items: int, dim: int, oom: bool = False):
+        super().__init__(n_items, dim)
+        self.oom = oom
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.training and os.environ.get("RANK") == "1" and os.environ.get("IISAN_BENCH_IMPORTS"):
             self.steps += 1
+            if self.steps == 3 and self.oom:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (fake, rank 1 only)")
             if self.steps == 3:
                 os.kill(os.getpid(), signal.SIGKILL)
         return super().forward(ids)
@@ -86,3 +92,11 @@ class RankDies(Method):
 
     def build(self, ctx: BuildContext) -> ItemTower:
         return DyingRankTower(ctx.data.n_items, ctx.cfg.train.item_dim)
+
+
+@register_method("t-rank-oom")
+class RankOom(Method):
+    description = "test: rank 1 of a DDP group runs out of memory mid-training; rank 0 is left in a collective"
+
+    def build(self, ctx: BuildContext) -> ItemTower:
+        return DyingRankTower(ctx.data.n_items, ctx.cfg.train.item_dim, oom=True)

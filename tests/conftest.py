@@ -34,5 +34,5 @@ def plugin_methods():
     if "t-tiny" not in registry._REGISTRY:
         importlib.reload(bench_test_methods)
     yield bench_test_methods
-    for name in ("t-tiny", "t-oom", "t-fail", "t-crash", "t-rank-dies"):
+    for name in ("t-tiny", "t-oom", "t-fail", "t-crash", "t-rank-dies", "t-rank-oom"):
         registry._REGISTRY.pop(name, None)

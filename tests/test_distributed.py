@@ -140,3 +140,14 @@ def test_a_rank_that_dies_fails_its_run_and_the_sweep_goes_on(tmp_path):
     assert ok["status"] == "ok" and ok["distributed"]["world_size"] == 2 and ok["metrics"]["test"]
     assert failed == ["t-rank-dies r0 (failed)"]
     assert time.monotonic() - t0 < 60  # rank 0 was taken down, not left to a collective's timeout
+
+
+@pytest.mark.usefixtures("plugin_methods")
+def test_an_oom_on_one_rank_is_the_runs_status_not_its_peers_broken_collective(tmp_path):
+    out = tmp_path / "oom"
+    t0 = time.monotonic()
+    run_benchmark(cfg_for(out, ["t-rank-oom"], 2), progress=False, echo=quiet)
+    (rec,) = records(out)
+    assert rec["status"] == "oom" and rec["error"].startswith("rank 1 of 2: OutOfMemoryError: CUDA out of memory")
+    assert [f["status"] for f in rec["distributed"]["ranks"]] == ["failed", "oom"]
+    assert time.monotonic() - t0 < 60

@@ -36,7 +36,7 @@ def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
 
 def wait_group(launcher, pids: list[int], grace_s: float = CLEAN_EXIT_GRACE_S, term_grace_s: float = 10.0
                ) -> tuple[dict[int, tuple[int, float | None]], int | None]:
-    """Wait for every rank; ``(exits by pid, the pid that failed first or None)``.
+    """Wait for every rank; ``(exits by pid in the order they came, the pid that failed first or None)``.
 
     A rank that exits non-zero (a crash, a signal) takes the others down at once (SIGTERM, then
     SIGKILL after ``term_grace_s``): they would wait on it in a collective until the timeout. A rank
@@ -105,7 +105,7 @@ def combine(recs: list[RunRecord], backend: str, first_failed: int | None = None
     if busiest is not None:
         out.memory, out.timeline = busiest.memory, busiest.timeline
         out.isolation = {**(out.isolation or {}), "memory_rank": recs.index(busiest)}
-    bad = _failed_rank(recs, first_failed)
+    bad = _failed_rank(recs, figs, first_failed)
     if bad is not None:
         rec = recs[bad]
         out.status, out.error = rec.status, f"rank {bad} of {len(recs)}: {rec.error}"
@@ -113,12 +113,15 @@ def combine(recs: list[RunRecord], backend: str, first_failed: int | None = None
     return out
 
 
-def _failed_rank(recs: list[RunRecord], first_failed: int | None) -> int | None:
-    """The rank that failed first (by exit), else the first rank whose record is not ok."""
+def _failed_rank(recs: list[RunRecord], figs: list[RankFigures], first_failed: int | None) -> int | None:
+    """The rank whose failure came first: the first to die (non-zero exit), else the one that raised
+    first (``failed_at``). Why: a rank that raised (an OOM) leaves its peers failing in a collective
+    a moment later ("connection closed by peer"); the cause is the earliest."""
     pids = [rec.env.get("pid") for rec in recs]
     if first_failed is not None and first_failed in pids:
         return pids.index(first_failed)
-    return next((r for r, rec in enumerate(recs) if rec.status != "ok"), None)
+    bad = [r for r, rec in enumerate(recs) if rec.status != "ok"]
+    return min(bad, key=lambda r: (figs[r].failed_at or float("inf"), r), default=None)
 
 
 def _slowest_times(out: RunRecord, figs: list[RankFigures]) -> None:

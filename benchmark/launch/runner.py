@@ -64,6 +64,9 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
         raise
     except Exception as exc:  # a failing method (or an OOM: its peak is still recorded) is a result
         record.fail(exc)
+        if dist is not None:  # when: a rank's failure breaks its peers' collectives a moment later
+            record.distributed = Distributed(dist.world, dist.backend,
+                                             ranks=[RankFigures(dist.rank, os.getpid(), failed_at=time.time())])
     if profiler is not None:
         record.memory = profiler.result()
         record.timeline = profiler.timeline()

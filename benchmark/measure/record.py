@@ -138,6 +138,7 @@ class RankFigures:
     gather_s_per_epoch: float | None = None  # the in-batch item embeddings all-gathered
     status: str = "ok"
     error: str | None = None
+    failed_at: float | None = None  # unix time this rank raised (the run's cause is the earliest)
 
 
 @dataclass

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -102,11 +102,11 @@ class DistContext:
 
     def gather_ragged(self, local: torch.Tensor) -> torch.Tensor:
         """All ranks' ``local`` (first dims may differ), concatenated in rank order (no autograd)."""
-        sizes = [None] * self.world
+        sizes: list[Any] = [None] * self.world
         dist.all_gather_object(sizes, local.size(0), group=self.gather_group)
-        pad = local.new_zeros((max(sizes) - local.size(0), *local.shape[1:]))
-        parts = [torch.empty_like(torch.cat([local, pad])) for _ in range(self.world)]
-        dist.all_gather(parts, torch.cat([local, pad]).contiguous(), group=self.gather_group)
+        padded = torch.cat([local, local.new_zeros((max(sizes) - local.size(0), *local.shape[1:]))])
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded, group=self.gather_group)
         return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
 
@@ -175,16 +175,3 @@ def timed_allreduce(stats: CommStats, bucket):  # no return annotation: DDP chec
         return f.value()[0]
 
     return fut.then(done)
-
-
-def gather_floats(ctx: DistContext | None, values: list[float]) -> list[list[float]]:
-    """Every rank's ``values`` (rank order); ``[values]`` for a single process."""
-    if ctx is None:
-        return [values]
-    out: list[Any] = [None] * ctx.world
-    dist.all_gather_object(out, values, group=ctx.gather_group)
-    return out
-
-
-Shard = DistContext  # what the recommender's loss receives: rows() and gather_rows()
-LossFn = Callable[..., torch.Tensor]

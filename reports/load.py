@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,11 @@ class Results:
 
     def method(self, name: str) -> MethodSummary | None:
         return next((m for m in self.methods if m.method == name), None)
+
+    def at_world(self, n: int) -> "Results":
+        """The ``n``-process methods as results of their own, so TPME is normalised within them;
+        ``runs`` stay the main ones, whose config gives the TPME weights every world size shares."""
+        return replace(self, methods=self.scaling[n], world=n, scaling={})
 
 
 def _fail(path: Path, line: int, msg: str) -> ReportError:

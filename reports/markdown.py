@@ -312,7 +312,7 @@ def render(results: Results, tp: TpmeResult, plots: list[Plot]) -> str:
         lines += _efficiency(results, tp) + _targets(results, tp) + _quality(results)
     else:
         lines += ["**No method finished ok**; only failures are listed.", ""]
-    lines += scaling_section(results) + _failures(results) + _plots(plots) + _methods(results)
+    lines += scaling_section(results, tp) + _failures(results) + _plots(plots) + _methods(results)
     source = tp.config.source.replace(str(results.path), results.path.name)
     lines.append(f"*TPME alphas from `{source}`; raw numbers in `summary.csv`.*")
     return "\n".join(lines).rstrip() + "\n"

@@ -8,11 +8,9 @@ size), so the main table's scores never mix 1-process and N-process runs.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from .load import MethodSummary, Results
 from .tables import DASH, Table, fmt_mb, fmt_metric, fmt_seconds
-from .tpme import compute_tpme
+from .tpme import TpmeResult, compute_tpme
 
 
 def _procs(n: int) -> str:
@@ -44,14 +42,13 @@ def _row(base: MethodSummary, par: MethodSummary, n: int, main: int, tpme: tuple
             metric + (f" ({key.upper()})" if key and metric != DASH else ""), score]
 
 
-def scaling_table(results: Results, n: int) -> Table | None:
-    """Methods that ran ok both at the main world size and at ``n`` processes."""
+def scaling_table(results: Results, n: int, main_tp: TpmeResult) -> Table | None:
+    """Methods that ran ok both at the main world size (TPME ``main_tp``) and at ``n`` processes."""
     par = {m.method: m for m in results.scaling.get(n, []) if m.ok}
     both = [m for m in results.methods if m.ok and m.method in par]
     if not both:
         return None
-    main_tp = compute_tpme(results)
-    par_tp = compute_tpme(replace(results, methods=list(par.values()), world=n, scaling={}))
+    par_tp = compute_tpme(results.at_world(n))
     score = lambda tp, name: tp.rows[name].tpme if name in tp.rows else None  # noqa: E731
     rows = [_row(m, par[m.method], n, results.world, (score(main_tp, m.method), score(par_tp, m.method)))
             for m in both]
@@ -61,11 +58,11 @@ def scaling_table(results: Results, n: int) -> Table | None:
                   "Test metric", "TPME (within each)"], rows, right={1, 2, 3, 4, 5, 6, 7})
 
 
-def scaling_section(results: Results) -> list[str]:
+def scaling_section(results: Results, tp: TpmeResult) -> list[str]:
     """``## Scaling`` for every other world size in the results file; nothing when there is none."""
     lines: list[str] = []
     for n in sorted(results.scaling):
-        table = scaling_table(results, n)
+        table = scaling_table(results, n, tp)
         if table is None:
             continue
         runs = [m.distributed for m in results.scaling[n] if m.distributed]

@@ -22,15 +22,13 @@ def _num(x: float | None) -> float | str:
 def summary_rows(results: Results, tp: TpmeResult) -> tuple[list[str], list[dict[str, object]]]:
     """One raw row per method (any status) and world size (``run.nproc``; TPME within each), plus a
     popularity-floor row; enough to recompute TPME."""
-    from dataclasses import replace
-
     from .tpme import compute_tpme
 
     splits = {s: metric_keys(results, s) for s in ("valid", "test")}
     rows = [_row(m, tp, splits, results.world) for m in results.methods]
-    for n, methods in sorted(results.scaling.items()):
-        tp_n = compute_tpme(replace(results, methods=methods, world=n, scaling={}))
-        rows += [_row(m, tp_n, splits, n) for m in methods]
+    for n in sorted(results.scaling):
+        tp_n = compute_tpme(results.at_world(n))
+        rows += [_row(m, tp_n, splits, n) for m in results.scaling[n]]
     pop = popularity(results)
     if pop:
         prow: dict[str, object] = {"method": "popularity", "status": "floor"}

@@ -44,16 +44,17 @@ def wait_group(launcher, pids: list[int], grace_s: float = CLEAN_EXIT_GRACE_S, t
     moment apart).
     """
     exits: dict[int, tuple[int, float | None]] = {}
-    first_failed, clean_at, term_at = None, None, None
+    first_failed, first_exit_at, term_at = None, None, None
     while len(exits) < len(pids):
         for pid in pids:
             ended = None if pid in exits else launcher.poll(pid)
             if ended is not None:
                 exits[pid] = ended
                 first_failed = first_failed or (pid if ended[0] != 0 else None)
-                clean_at = clean_at or time.monotonic()
+                first_exit_at = first_exit_at or time.monotonic()
         now = time.monotonic()
-        if len(exits) < len(pids) and (first_failed is not None or (clean_at and now - clean_at > grace_s)):
+        late = first_exit_at is not None and now - first_exit_at > grace_s
+        if len(exits) < len(pids) and (first_failed is not None or late):
             if term_at is None or now - term_at > term_grace_s:
                 sig = signal.SIGTERM if term_at is None else signal.SIGKILL
                 for pid in set(pids) - set(exits):

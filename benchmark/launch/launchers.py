@@ -112,19 +112,16 @@ class PopenLauncher:
         return proc.pid
 
     def wait(self, pid: int) -> tuple[int, float | None]:
-        proc = self.procs.pop(pid)
-        try:
-            _, status, usage = os.wait4(pid, 0)
-        except ChildProcessError:  # already reaped elsewhere
-            return proc.wait(), None
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        return proc.returncode, _ru_mb(usage.ru_maxrss)
+        return self._reap(pid, 0)
 
     def poll(self, pid: int) -> tuple[int, float | None] | None:
         """``wait(pid)`` if the run has ended, else None at once."""
+        return self._reap(pid, os.WNOHANG)
+
+    def _reap(self, pid: int, options: int) -> tuple[int, float | None] | None:
         try:
-            done, status, usage = os.wait4(pid, os.WNOHANG)
-        except ChildProcessError:
+            done, status, usage = os.wait4(pid, options)
+        except ChildProcessError:  # already reaped elsewhere
             return self.procs.pop(pid).wait(), None
         if not done:
             return None
@@ -150,16 +147,18 @@ class ZygoteLauncher:
         self.start_s = time.perf_counter() - t0
 
     def _read(self) -> dict[str, Any]:
+        """The zygote's next message; every exit it reports is kept for ``wait``/``poll``."""
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"the zygote exited (code {self.proc.poll()})")
-        return json.loads(line)
+        msg = json.loads(line)
+        if "exited" in msg:
+            self.exits[msg["exited"]] = (msg["code"], _ru_mb(msg["ru_maxrss"]))
+        return msg
 
     def _until(self, key: str, value: Any) -> dict[str, Any]:
         while True:
             msg = self._read()
-            if "exited" in msg:
-                self.exits[msg["exited"]] = (msg["code"], _ru_mb(msg["ru_maxrss"]))
             if msg.get(key) == value:
                 return msg
 
@@ -179,10 +178,8 @@ class ZygoteLauncher:
         import select
 
         while pid not in self.exits and select.select([self.proc.stdout], [], [], 0)[0]:
-            msg = self._read()
-            if "exited" in msg:
-                self.exits[msg["exited"]] = (msg["code"], _ru_mb(msg["ru_maxrss"]))
-        return self.exits.pop(pid) if pid in self.exits else None
+            self._read()
+        return self.exits.pop(pid, None)
 
     def close(self) -> None:
         try:

@@ -91,8 +91,9 @@ def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device
     trainer = Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, device, cfg.run.seed + repeat,
                       callbacks=[profiler], progress=progress, sdpa_backend=sdpa.backend, dist=dist)
     outcome = trainer.fit(cfg.run.epochs, t.patience)
-    if dist is not None:
-        record.distributed = rank_figures(dist, outcome)
+    timing = outcome.timing()
+    if dist is not None:  # before any traced steps add to the all-reduce counts
+        record.distributed = rank_figures(dist, outcome, timing)
     if t.profile_steps > 0 and out_dir is not None:  # after the measured epochs: never in their times
         from benchmark.training.trace import trace_steps
 
@@ -100,7 +101,7 @@ def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device
         record.trace = trace_steps(trainer, t.profile_steps, Path(out_dir), f"{safe_name(name)}-{repeat}")
     record.cache = method.one_off()  # e.g. iisan-cached's cache: reported apart, not in setup_s
     one_off_s = (record.cache.build_s + record.cache.load_s) if record.cache else 0.0
-    record.time = Timing(**outcome.timing(), setup_s=setup_s - one_off_s,
+    record.time = Timing(**timing, setup_s=setup_s - one_off_s,
                          cache_build_s=record.cache.build_s if record.cache else None,
                          cache_load_s=record.cache.load_s if record.cache else None)
     record.metrics.update(valid=outcome.valid, test=outcome.test, best_epoch=outcome.best_epoch,
@@ -126,13 +127,13 @@ def _build_rank0_first(cfg: BenchConfig, name: str, prep: Prepared, device: torc
             dist.barrier()
 
 
-def rank_figures(dist, outcome) -> Distributed:
-    """This rank's own figures: the parent adds its peak memory and combines the ranks."""
+def rank_figures(dist, outcome, timing: dict[str, Any]) -> Distributed:
+    """This rank's own figures (``timing``: ``outcome.timing()``); the parent adds its peak memory
+    and combines the ranks."""
     import statistics
 
     med = (lambda xs: statistics.median(xs) if xs else None)
     steps = sum(outcome.steps)
-    timing = outcome.timing()
     rank = RankFigures(dist.rank, os.getpid(), list(outcome.epoch_s), timing["epoch_s_median"], timing["eval_s"],
                        allreduce_s_per_epoch=med(outcome.allreduce_s), gather_s_per_epoch=med(outcome.gather_s))
     return Distributed(dist.world, dist.backend, torch.get_num_threads() if dist.backend == "gloo" else None,

@@ -122,38 +122,37 @@ class SeqRecommender(nn.Module):
         self.item_tower = item_tower
         self.user_encoder = SASRec(dim, max_len, blocks, heads, dropout, architecture)
 
-    def encode_items(self, ids: torch.Tensor, distinct: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def encode_items(self, ids: torch.Tensor, distinct: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     shard=None) -> torch.Tensor:
         """Embeddings [B*(L+1), d] for item ids, running the tower once per distinct item.
 
         ``distinct`` = (distinct ids, inverse index) of ``ids.reshape(-1)`` when the caller already has
         them (the trainer builds them on the host: ``torch.unique`` on the GPU waits for the host).
+        With ``shard`` (a data-parallel rank) this rank encodes its equal share of the distinct items
+        (the caller pads them to a multiple of the world size) and gathers everyone's.
         """
         uniq, inverse = distinct if distinct is not None else torch.unique(ids.reshape(-1), return_inverse=True)
-        return self.item_tower(uniq)[inverse.reshape(-1)]
+        if shard is None:
+            return self.item_tower(uniq)[inverse.reshape(-1)]
+        per = uniq.numel() // shard.world
+        local = self.item_tower(uniq[shard.rank * per:(shard.rank + 1) * per])
+        return shard.gather_rows(local)[inverse.reshape(-1)]
 
     def loss(self, ids: torch.Tensor, log_pop: torch.Tensor,
              distinct: tuple[torch.Tensor, torch.Tensor] | None = None, shard=None) -> torch.Tensor:
         """The in-batch loss of the batch ``ids`` [B, L+1].
 
         ``shard`` (a data-parallel rank: ``rank``, ``world``, ``rows(n)``, ``gather_rows(t)``): the
-        batch is the global one on every rank; this rank encodes its equal share of the distinct
-        items (the caller pads them to a multiple of the world size), gathers everyone's, and
-        scores its own share of the sequences (``benchmark.training.distributed``).
+        batch is the global one on every rank; the items are encoded as ``encode_items`` says and
+        this rank scores its own share of the sequences (``benchmark.training.distributed``).
         """
-        if shard is None:
-            emb = self.encode_items(ids, distinct)  # [B*(L+1), d]
-            rows, scale, own = None, 1.0, ids
-        else:
-            uniq, inverse = distinct if distinct is not None else torch.unique(ids.reshape(-1), return_inverse=True)
-            per = uniq.numel() // shard.world
-            local = self.item_tower(uniq[shard.rank * per:(shard.rank + 1) * per])
-            emb = shard.gather_rows(local)[inverse.reshape(-1)]
-            rows, scale = shard.rows(ids.size(0)), float(shard.world)
-            own = ids[rows]
+        emb = self.encode_items(ids, distinct, shard)  # [B*(L+1), d]
+        rows = shard.rows(ids.size(0)) if shard is not None else None
+        own = slice(None) if rows is None else rows
         B, L1 = ids.shape
-        seq_emb = emb.view(B, L1, -1)[:, :-1] if rows is None else emb.view(B, L1, -1)[rows, :-1]
-        user = self.user_encoder(seq_emb, (own[:, :-1] != 0).to(seq_emb.dtype))
-        return inbatch_loss(user, emb, ids, log_pop, rows, scale)
+        seq_emb = emb.view(B, L1, -1)[own, :-1]
+        user = self.user_encoder(seq_emb, (ids[own, :-1] != 0).to(seq_emb.dtype))
+        return inbatch_loss(user, emb, ids, log_pop, rows, float(shard.world) if shard is not None else 1.0)
 
     def prefetch(self, host_ids: torch.Tensor, device_ids: torch.Tensor) -> None:
         """Let the item tower stage the inputs of these (distinct) items ahead of use, e.g. copy

@@ -40,7 +40,6 @@ class CommStats:
     allreduce_s: float = 0.0
     allreduce_bytes: int = 0  # gradient bytes all-reduced, summed over steps
     gather_s: float = 0.0  # forward item-embedding gathers (synchronous)
-    steps: int = 0
     _spans: list[tuple[float, float]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

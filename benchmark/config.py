@@ -94,6 +94,9 @@ class TrainConfig:
     # torch.compile the loss; auto = the method's own choice on a GPU (iisan-cached: reduce-overhead,
     # i.e. CUDA graphs), off on CPU
     compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
+    # seconds of compiling (and CUDA-graph recording) before the clock; past it the remaining step
+    # shapes run eagerly (checked between shapes: one shape's compile may overrun it by its own time)
+    compile_budget_s: float = 60.0
     # distinct: each step encodes its distinct items once (fast); every_slot: every slot of every
     # sequence, padding and repeats included, as the paper's code does (2.5x the encoder work)
     encoder_workload: Literal["distinct", "every_slot"] = "distinct"

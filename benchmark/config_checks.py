@@ -36,7 +36,7 @@ RULES: dict[str, Rule] = {
     "train.max_steps_per_epoch": (lambda v: v >= 0, ">= 0 (0 = a full epoch)"),
     "train.item_dim": GT0, "train.num_blocks": GT0, "train.num_heads": GT0,
     "train.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"), "train.profile_steps": GE0,
-    "train.item_bucket": (lambda v: v >= 1, ">= 1 (1 = no padding)"),
+    "train.item_bucket": (lambda v: v >= 1, ">= 1 (1 = no padding)"), "train.compile_budget_s": GT0,
     "eval.eval_batch_size": GT0, "eval.item_batch_size": GT0,
     "tpme.alpha_time": GE0, "tpme.alpha_params": GE0, "tpme.alpha_memory": GE0,
 }

@@ -11,7 +11,7 @@ from torch import nn
 
 from benchmark.data.dataset import SeqDataset
 from benchmark.models.backbones import Backbones
-from benchmark.training.trainer import compute_dtype
+from benchmark.training.precision import compute_dtype
 from iisan_util.errors import BenchError
 
 from .base import BuildContext, EncoderTower

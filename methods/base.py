@@ -8,6 +8,7 @@ item dimension, fused by concatenation and a linear layer.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -80,15 +81,61 @@ def pixel_values(images_u8: torch.Tensor, dtype: torch.dtype = torch.float32) ->
     return images_u8.to(dtype).div_(127.5).sub_(1.0)
 
 
+FAKE_STAGING_ENV = "IISAN_BENCH_FAKE_STAGING"  # "1": stage on CPU too, a host copy standing in (tests)
+
+
+class CudaCopy:
+    """The device half of staging: a copy on a side stream, and the wait before its use."""
+
+    def __init__(self, device: torch.device):
+        self.stream = torch.cuda.Stream(device)
+        self.device = device
+
+    def buffer(self, n: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.empty((n, *shape), dtype=torch.uint8).pin_memory()
+
+    def start(self, host: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        with torch.cuda.stream(self.stream):
+            staged = host.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return staged, event
+
+    def finish(self, staged: torch.Tensor, event: Any) -> torch.Tensor:
+        stream = torch.cuda.current_stream(self.device)
+        stream.wait_event(event)
+        staged.record_stream(stream)  # allocated on the side stream, used on this one
+        return staged
+
+
+class HostCopy:
+    """Staging's device half swapped out for a host copy, so its logic runs on a CPU machine."""
+
+    def buffer(self, n: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.empty((n, *shape), dtype=torch.uint8)
+
+    def start(self, host: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        return host.clone(), None
+
+    def finish(self, staged: torch.Tensor, event: Any) -> torch.Tensor:
+        return staged
+
+
 class ItemInputs(nn.Module):
     """Per-item inputs: token ids and masks as buffers on the device; uint8 images on the host.
 
     Why images stay on the host: the table is every item's 224x224 image (2.9 GB on Scientific),
     and a step needs only its few hundred distinct items. ``stage_items`` (called by the trainer
     one step ahead) gathers those into a pinned buffer and copies them to the GPU on a side stream
-    while the current step computes; ``pixels`` then uses the staged copy. Unstaged calls (the
-    evaluation's item table, a cache build) gather and copy on the spot. On CPU nothing moves.
+    while the current step computes; ``pixels`` then takes the staged copy whose device ids are the
+    ones it is given (a queue of two, keyed by the ids' address and length: the trainer stages
+    step k+1 before step k takes its own, and a data-parallel rank asks for its slice of them).
+    Unstaged calls (the evaluation's item table, a cache build) gather and copy on the spot; the
+    training steps that had to are counted as misses. On CPU nothing moves (``$IISAN_BENCH_FAKE_STAGING=1``
+    stages through a host copy instead, so the queue is tested where there is no GPU).
     """
+
+    QUEUE = 2  # the step being computed and the next one
 
     def __init__(self, data: SeqDataset):
         super().__init__()
@@ -96,44 +143,56 @@ class ItemInputs(nn.Module):
         self.register_buffer("attention_mask", data.attention_mask, persistent=False)
         self.has_images = data.images is not None
         self.images = data.images if data.images is not None else torch.zeros(0, dtype=torch.uint8)
-        self._staged: tuple[torch.Tensor, torch.Tensor, Any] | None = None  # (device ids, images, event)
-        self._pinned: list[torch.Tensor | None] = [None, None]  # two buffers: one filling, one in flight
-        self._done: list[Any] = [None, None]  # the copy event of each buffer
+        self._queue: list[tuple[tuple[int, int], torch.Tensor, torch.Tensor, Any]] = []  # (key, ids, images, event)
+        self._pinned: list[torch.Tensor | None] = [None] * self.QUEUE  # one filling, one in flight
+        self._done: list[Any] = [None] * self.QUEUE  # the copy event of each buffer
         self._slot = 0
-        self._stream: Any = None
+        self._copy: Any = None
+        self.staged_hits = 0
+        self.staged_misses = 0
 
     def text(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"input_ids": self.tokens[ids], "attention_mask": self.attention_mask[ids]}
 
+    def _copier(self, device: torch.device):
+        if self._copy is None:
+            if device.type == "cuda":
+                self._copy = CudaCopy(device)
+            elif os.environ.get(FAKE_STAGING_ENV) == "1":
+                self._copy = HostCopy()
+        return self._copy
+
+    @staticmethod
+    def _key(ids: torch.Tensor) -> tuple[int, int]:
+        return ids.data_ptr(), ids.numel()
+
     def stage_items(self, host_ids: torch.Tensor, device_ids: torch.Tensor) -> None:
         """Start copying the images of ``host_ids`` to the device; ``pixels(device_ids)`` takes them."""
-        if not self.has_images or device_ids.device.type != "cuda":
+        copy = self._copier(device_ids.device) if self.has_images else None
+        if copy is None:
             return
         n, slot = host_ids.numel(), self._slot
-        buf = self._pinned[slot]
         if self._done[slot] is not None:
-            self._done[slot].synchronize()  # the copy out of this buffer two steps ago is over
+            self._done[slot].synchronize()  # the copy out of this buffer two stagings ago is over
+        buf = self._pinned[slot]
         if buf is None or buf.size(0) < n:
-            buf = self._pinned[slot] = torch.empty((max(n, 64), *self.images.shape[1:]), dtype=torch.uint8).pin_memory()
+            buf = self._pinned[slot] = copy.buffer(max(n, 64), tuple(self.images.shape[1:]))
         torch.index_select(self.images, 0, host_ids, out=buf[:n])
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(device_ids.device)
-        with torch.cuda.stream(self._stream):
-            staged = buf[:n].to(device_ids.device, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(self._stream)
-        self._staged, self._done[slot], self._slot = (device_ids, staged, event), event, 1 - slot
+        staged, event = copy.start(buf[:n])
+        # the ids tensor is held: its memory cannot be reused, so no other ids meet its key
+        self._queue = [*self._queue, (self._key(device_ids), device_ids, staged, event)][-self.QUEUE:]
+        self._done[slot], self._slot = event, (slot + 1) % self.QUEUE
 
     def pixels(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.images.device == ids.device:
+        if self._copier(ids.device) is None:
             return pixel_values(self.images[ids])
-        staged = self._staged
-        if staged is not None and staged[0] is ids:
-            stream = torch.cuda.current_stream(ids.device)
-            stream.wait_event(staged[2])
-            staged[1].record_stream(stream)  # allocated on the side stream, used on this one
-            self._staged = None
-            return pixel_values(staged[1])
+        key = self._key(ids)
+        for i, (k, _, staged, event) in enumerate(self._queue):
+            if k == key:
+                self._queue = self._queue[i + 1:]  # older entries were never taken: dropped
+                self.staged_hits += 1
+                return pixel_values(self._copy.finish(staged, event))
+        self.staged_misses += 1
         return pixel_values(self.images[ids.cpu()].to(ids.device))
 
 

@@ -13,6 +13,7 @@ from benchmark.launch.runner import run_benchmark
 from benchmark.measure.record import Distributed, Memory, RankFigures, RunRecord, Timing
 from benchmark.training.distributed import CommStats, DistContext
 from iisan_util.errors import BenchError
+from methods.base import FAKE_STAGING_ENV
 
 TINY = {"data": {"synthetic": {"users": 120, "items": 60}, "images": "synthetic"},
         "run": {"epochs": 2, "device": "cpu"}, "train": {"max_steps_per_epoch": 4, "batch_size": 16}}
@@ -87,10 +88,12 @@ def test_bad_nproc_is_one_line_naming_the_key(tmp_path, over, msg):
     assert not (tmp_path / "x").exists()
 
 
-def test_two_processes_train_what_one_does(tmp_path):
+def test_two_processes_train_what_one_does(tmp_path, monkeypatch):
     """Same seed, dropout off: the sharded loss (in-batch softmax over the whole batch, item rows
     all-gathered) and DDP's averaged gradients reproduce the one-process run: per-epoch losses to
-    float rounding, and the same ranks, so the same metrics."""
+    float rounding, and the same ranks, so the same metrics. Images are staged through the host
+    copy that stands in for the GPU's: every step of every rank takes its own slice's."""
+    monkeypatch.setenv(FAKE_STAGING_ENV, "1")
     hist = {}
     for n in (1, 2):
         run_benchmark(cfg_for(tmp_path / f"p{n}", ["iisan", "iisan-cached"], n, {"dropout": 0.0}),
@@ -110,6 +113,9 @@ def test_two_processes_train_what_one_does(tmp_path):
         # DDP all-reduces every trainable gradient once per step, in fp32
         assert d["allreduce_mb_per_step"] == pytest.approx(two["params"]["trainable"] * 4 / 2**20, rel=0.01)
         assert d["allreduce_s_per_epoch"] > 0 and d["ranks"][0]["gather_s_per_epoch"] > 0
+        staged = (8, 0) if name == "iisan" else (None, None)  # 2 epochs x 4 steps; the cache has no images
+        assert (two["time"]["staged_hits"], two["time"]["staged_misses"]) == staged
+        assert (one["time"]["staged_hits"], one["time"]["staged_misses"]) == staged
     said: list[str] = []  # resume: the same sweep again runs nothing (nproc is in the config hash)
     run_benchmark(cfg_for(tmp_path / "p2", ["iisan", "iisan-cached"], 2, {"dropout": 0.0}), progress=False,
                   echo=said.append)

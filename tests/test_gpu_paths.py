@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -73,34 +72,46 @@ def test_the_attention_kernel_context_restricts_sdpa():
     with kernels.sdpa_context("math"):
         assert torch.allclose(F.scaled_dot_product_attention(q, q, q),
                               torch.softmax(q @ q.transpose(-1, -2) / 4, -1) @ q, atol=1e-6)
-    with kernels.sdpa_context("cudnn"), pytest.raises(RuntimeError):
+    with kernels.sdpa_context("cudnn"), pytest.raises(RuntimeError) as refused:
         F.scaled_dot_product_attention(q, q, q)  # no cuDNN attention on CPU: the context is in force
-    shapes = [kernels.AttnShape(2, 8, 16)]
-    assert kernels._time_backend("cudnn", shapes, [4], CPU, torch.float32, 1) is None
-    assert kernels._time_backend("math", shapes, [4], CPU, torch.float32, 1) > 0
+    assert kernels.is_refusal(refused.value) and not kernels.is_refusal(RuntimeError("CUDA error: misaligned"))
 
 
 def test_sdpa_backend_is_chosen_on_a_gpu_only_and_recorded():
-    auto = kernels.choose_sdpa_backend("auto", CPU, torch.float32, [kernels.AttnShape(2, 8, 16)], 64, 200)
+    def probe(backend):
+        raise AssertionError("not probed")
+
+    auto = kernels.choose_sdpa_backend("auto", CPU, probe, "fft")
     assert (auto.backend, auto.chosen_by) == ("default", "auto-fallback")
-    named = kernels.choose_sdpa_backend("math", torch.device("cuda"), torch.bfloat16, [], 64, 200)
+    assert kernels.choose_sdpa_backend("default", torch.device("cuda"), probe, "fft").chosen_by == "config"
+    named = kernels.choose_sdpa_backend("math", torch.device("cuda"), lambda b: 0.1, "fft")
     assert (named.backend, named.chosen_by) == ("math", "config")
+    times = {"cudnn": 0.3, "flash": 0.1, "efficient": 0.2, "math": 0.9}
+
+    def no_flash(backend):
+        if backend == "flash":
+            raise RuntimeError("No available kernel.  Aborting execution.")
+        return times[backend]
+
+    picked = kernels.choose_sdpa_backend("auto", torch.device("cuda"), no_flash, "fft")
+    assert (picked.backend, picked.chosen_by, picked.refused) == ("efficient", "auto", {"flash": "No available kernel.  Aborting execution."})
+    assert picked.probe_ms == {"cudnn": 300.0, "flash": None, "efficient": 200.0, "math": 900.0}
+    with pytest.raises(RuntimeError, match="illegal memory access"):  # a real failure is not a refusal
+        kernels.choose_sdpa_backend("auto", torch.device("cuda"),
+                                    lambda b: (_ for _ in ()).throw(RuntimeError("illegal memory access")), "fft")
 
 
 def test_auto_compile_is_the_methods_choice_on_a_gpu_and_off_on_cpu(tmp_path):
     cfg = small(tmp_path)
-    prep = prepare(cfg)
-    cuda = torch.device("cuda")  # resolving needs no GPU: the attention backend is named, not measured
-    t = dataclasses.replace(cfg.train, sdpa_backend="default")
+    cuda = torch.device("cuda")  # resolving needs no GPU
+    t = cfg.train
     for name, gpu_mode in (("iisan-cached", "reduce-overhead"), ("fft", "off"), ("iisan", "off")):
-        _, (text, vision), _ = build(cfg, name)
-        backbones = types.SimpleNamespace(text=text, vision=vision)
         cls = get_method_for(name, cfg)
-        assert resolve_runtime(t, cls, backbones, prep, cuda)[0].compile == gpu_mode, name
-        assert resolve_runtime(t, cls, backbones, prep, CPU)[0].compile == "off", name
-        assert resolve_runtime(t, cls, backbones, prep, cuda, data_parallel=True)[0].compile == "off", name
+        assert resolve_runtime(t, cls, cuda).compile == gpu_mode, name
+        assert resolve_runtime(t, cls, CPU).compile == "off", name
+        assert resolve_runtime(t, cls, cuda, data_parallel=True).compile == "off", name
     forced = dataclasses.replace(t, compile="default")
-    assert resolve_runtime(forced, get_method_for("fft", cfg), backbones, prep, CPU)[0].compile == "default"
+    assert resolve_runtime(forced, get_method_for("fft", cfg), CPU).compile == "default"
 
 
 def test_every_step_shape_is_compiled_before_the_clock_and_the_random_state_kept(tmp_path):
@@ -112,12 +123,12 @@ def test_every_step_shape_is_compiled_before_the_clock_and_the_random_state_kept
         calls.append((ids.size(0), distinct[0].numel()))
         return eager(ids, log_pop, distinct)
 
-    trainer.loss_fn = counting  # stands in for the compiled function: what matters is what it sees
+    trainer.compiled.compiled = counting  # stands in for the compiled function: what matters is what it sees
     shapes = trainer.step_shapes(3)
     rng = torch.get_rng_state()
     out = TrainOutcome()
     trainer.compile_warmup(out, epochs=3)
-    assert sorted(calls) == sorted(shapes) and len(calls) == len(set(calls)) == out.compiled_shapes
+    assert sorted(calls) == sorted(shapes) and len(calls) == len(set(calls)) == out.compile.compiled_shapes
     import torch._dynamo.config as dyn
     assert dyn.recompile_limit >= len(shapes) + 2  # no shape falls back to eager past dynamo's limit
     assert torch.equal(torch.get_rng_state(), rng)  # dropout draws of the warm-up are undone
@@ -126,7 +137,7 @@ def test_every_step_shape_is_compiled_before_the_clock_and_the_random_state_kept
     assert set(steps) == set(shapes)  # no step of the three epochs meets an uncompiled shape
     off, _ = trainer_for("iisan-cached", tmp_path, batch_size=16, compile="off")
     off.compile_warmup(out2 := TrainOutcome(), epochs=3)
-    assert out2.compile_s == 0 and out2.compiled_shapes == 0
+    assert out2.compile.seconds == 0 and out2.compile.compiled_shapes == 0
 
 
 def test_decoupled_methods_hold_frozen_encoders_in_the_compute_dtype(tmp_path):

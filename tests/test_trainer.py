@@ -162,12 +162,13 @@ def test_compiled_loss_equals_eager_and_is_compiled_before_the_clock(tmp_path):
     compiled.model.load_state_dict(eager.model.state_dict())
     out = TrainOutcome()
     compiled.compile_warmup(out, epochs=1)
-    assert out.compile_s > 0 and out.compiled_shapes == len(compiled.step_shapes(1)) >= 1
+    assert out.compile.seconds > 0 and out.compile.compiled_shapes == len(compiled.step_shapes(1)) >= 1
+    assert compiled.compiled.ready == set(compiled.step_shapes(1)) and out.compile.note is None
     order = torch.randperm(prep.split.train.size(0), generator=torch.Generator().manual_seed(5))
     for e, c in zip(eager._epoch_batches(order, 2), compiled._epoch_batches(order, 2)):
         assert torch.equal(e.ids, c.ids) and torch.equal(e.inverse, c.inverse) and torch.equal(e.uniq, c.uniq)
         a = eager.loss_fn(e.ids, eager.log_pop, (e.uniq, e.inverse))
-        b = compiled.loss_fn(c.ids, compiled.log_pop, (c.uniq, c.inverse))
+        b = compiled.compiled.compiled(c.ids, compiled.log_pop, (c.uniq, c.inverse))
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), (float(a), float(b))
     # the warm-up left the weights as they were (no optimizer step)
     for (n, p), q in zip(compiled.model.state_dict().items(), eager.model.state_dict().values()):

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from benchmark.config import BenchConfig
-from benchmark.training.trainer import autocast_for, compute_dtype, typical_items
+from benchmark.training.batches import typical_items
+from benchmark.training.precision import autocast_for, compute_dtype
 from iisan_util.errors import BenchError
 
 FLOORS_FILE = "floors.json"

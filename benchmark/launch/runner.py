@@ -86,11 +86,15 @@ def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device
     setup_s = time.perf_counter() - t0
     record.params = Params(**count_params(model))
     record.resident = resident_mb(model)
-    t, sdpa = resolve_runtime(cfg.train, cls, backbones, prep, device, data_parallel=dist is not None)
-    record.env.update(compile=t.compile, item_bucket=t.item_bucket, sdpa=dataclasses.asdict(sdpa))
+    t = resolve_runtime(cfg.train, cls, device, data_parallel=dist is not None)
     trainer = Trainer(model, prep.split, prep.data.n_items, t, cfg.eval, device, cfg.run.seed + repeat,
-                      callbacks=[profiler], progress=progress, sdpa_backend=sdpa.backend, dist=dist)
+                      callbacks=[profiler], progress=progress, dist=dist)
+    sdpa = choose_attention(trainer, t.sdpa_backend, name, cfg.where("train.sdpa_backend"), dist)
+    trainer.sdpa_backend = sdpa.backend
+    record.env.update(compile=t.compile, item_bucket=t.item_bucket, sdpa=dataclasses.asdict(sdpa))
     outcome = trainer.fit(cfg.run.epochs, t.patience)
+    if trainer.sdpa_note:  # a kernel refused a call the probe did not meet: the run went on under default
+        record.env["sdpa"].update(backend="default", chosen_by="runtime-fallback", note=trainer.sdpa_note)
     timing = outcome.timing()
     if dist is not None:  # before any traced steps add to the all-reduce counts
         record.distributed = rank_figures(dist, outcome, timing)
@@ -140,27 +144,27 @@ def rank_figures(dist, outcome, timing: dict[str, Any]) -> Distributed:
                        dist.comm.allreduce_bytes / steps / 2**20 if steps else None, ranks=[rank])
 
 
-def resolve_runtime(t, cls, backbones, prep: Prepared, device: torch.device, data_parallel: bool = False):
-    """``train.compile`` and ``train.sdpa_backend`` as this method runs on this device: ``auto``
-    compile is the method's own choice on one GPU (``Method.auto_compile``) and off on CPU and under
-    DDP (CUDA graphs around NCCL collectives are not verified here; an explicit mode is honoured);
-    ``auto`` attention is measured on the encoders' attention shapes (``kernels.choose_sdpa_backend``)."""
-    from benchmark.models.kernels import AttnShape, choose_sdpa_backend
-    from benchmark.training.trainer import compute_dtype, typical_items
-
+def resolve_runtime(t, cls, device: torch.device, data_parallel: bool = False):
+    """``train.compile`` as this method runs on this device: ``auto`` is the method's own choice on
+    one GPU (``Method.auto_compile``) and off on CPU and under DDP (CUDA graphs around NCCL
+    collectives are not verified here); an explicit mode is honoured."""
     mode = t.compile
     if mode == "auto":
         mode = (cls.auto_compile or "off") if device.type == "cuda" and not data_parallel else "off"
-    shapes = []
-    for kind, enc in (("text", backbones.text), ("vision", backbones.vision)):
-        c = getattr(enc, "config", None)
-        if c is None:
-            continue
-        tokens = prep.data.tokens.size(1) if kind == "text" else (c.image_size // c.patch_size) ** 2 + 1
-        shapes.append(AttnShape(c.num_attention_heads, tokens, c.hidden_size // c.num_attention_heads))
-    typical = typical_items(prep.split.train, t.batch_size, t.item_bucket, prep.data.n_items)
-    sdpa = choose_sdpa_backend(t.sdpa_backend, device, compute_dtype(t.precision), shapes, t.item_bucket, typical)
-    return dataclasses.replace(t, compile=mode), sdpa
+    return dataclasses.replace(t, compile=mode)
+
+
+def choose_attention(trainer, setting: str, method: str, where: str, dist=None):
+    """``train.sdpa_backend`` resolved by probing the run's own calls (``Trainer.probe_attention``)
+    on three of its step shapes: the fewest distinct items, the median and the most. Under DDP rank
+    0's choice is every rank's (timings differ by noise; the kernels must not)."""
+    from benchmark.models.kernels import choose_sdpa_backend
+
+    shapes = sorted(trainer.step_shapes(1).values(), key=lambda b: b.shape[1])
+    picks = [shapes[i] for i in sorted({0, len(shapes) // 2, len(shapes) - 1})] if shapes else []
+    choice = choose_sdpa_backend(setting, trainer.device, lambda b: trainer.probe_attention(b, picks), method,
+                                 where)
+    return choice if dist is None else dist.from_rank0(choice)
 
 
 def summary_line(rec: RunRecord) -> str:

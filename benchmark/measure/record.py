@@ -47,8 +47,18 @@ class Timing:
     step_p50_s: float | None = None
     step_p90_s: float | None = None
     warmup_s: float | None = None
-    compile_s: float | None = None  # compiling (and capturing) every step shape, before the clock
+    steps_timed: int | None = None  # steady-state steps behind step_p50_s / step_p90_s (warm-up excluded)
+    # bounded epochs (train.max_steps_per_epoch): the full epoch's time extrapolated as
+    # epoch_s_median x full_epoch_steps / steps_per_epoch (the bounded steps' mean rate); None when not bounded
+    full_epoch_steps: int | None = None
+    epoch_s_full_est: float | None = None
+    compile_s: float | None = None  # compiling (and recording CUDA graphs of) step shapes, before the clock
     compiled_shapes: int | None = None
+    compile_eager_shapes: int | None = None  # shapes left eager: past train.compile_budget_s, or a failed compile
+    compile_calls_per_shape: int | None = None  # warm-up calls a shape (3 under CUDA graphs: warm-up, record, replay)
+    compile_note: str | None = None  # why some shapes run eagerly
+    staged_hits: int | None = None  # timed steps whose images were staged a step ahead (None: nothing staged)
+    staged_misses: int | None = None  # ... and those gathered and copied on the spot
     eval_s: float | None = None
     eval_item_table_s: float | None = None
     eval_rank_s: float | None = None

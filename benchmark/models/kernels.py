@@ -5,18 +5,26 @@ per shape. On an H100 plain BERT-base + ViT-base FFT steps took 138 ms at a fixe
 379 ms when it varied (a new plan each step), 165 ms rounded up to a multiple of 64, and 151 ms
 varying with cuDNN attention off (../shared/measurements/h100-2026-11-22). Buckets
 (``train.item_bucket``) bound the shapes; ``train.sdpa_backend = "auto"`` then times every
-available backend over a few of those bucket shapes, first calls (plans) included, and picks the
-fastest. The choice and its timings are in every record (``env.sdpa``).
+backend on the run's own calls (``probe``: the method's loss forward and backward on bucket
+shapes, with its masks and dropout, and a chunk of its evaluation) and picks the fastest of those
+that run them all. Why the real calls: the flash kernel refuses any attention mask (SASRec's
+causal mask, BERT's padding mask) and some cuDNN versions refuse dropout, so a kernel timed on
+bare unmasked attention can win and then fail every real call. The choice, its timings and the
+reason of each refusal are in every record (``env.sdpa``); a kernel that still refuses a call
+mid-run is replaced by torch's default there (``Trainer``), never ending the run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
+
+from iisan_util.errors import BenchError
 
 try:  # torch >= 2.3
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -31,9 +39,24 @@ _ENUM = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "E
 @dataclass
 class SdpaChoice:
     backend: str  # default (torch decides per call) | cudnn | flash | efficient | math
-    chosen_by: str  # config | auto | auto-fallback
-    probe_ms: dict[str, float | None] = field(default_factory=dict)  # auto: total ms per backend (None: unsupported)
+    chosen_by: str  # config | auto | auto-fallback | runtime-fallback
+    probe_ms: dict[str, float | None] = field(default_factory=dict)  # auto: ms of the probed calls (None: refused)
     probe_s: float = 0.0
+    refused: dict[str, str] = field(default_factory=dict)  # backend -> why it cannot run this method's calls
+    note: str | None = None  # why the choice is what it is (a fallback's reason)
+
+
+REFUSALS = ("No available kernel", "No viable backend for scaled_dot_product_attention")
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is attention's "this kernel cannot run this call" (not a real failure)."""
+    return isinstance(exc, RuntimeError) and any(r in str(exc) for r in REFUSALS)
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def sdpa_context(backend: str):
@@ -43,58 +66,51 @@ def sdpa_context(backend: str):
     return sdpa_kernel([getattr(SDPBackend, _ENUM[backend])])
 
 
-@dataclass
-class AttnShape:
-    """One encoder's attention: heads, tokens and head width (items vary by step)."""
-
-    heads: int
-    tokens: int
-    head_dim: int
+Probe = Callable[[str], float]  # runs the run's own attention calls under a backend; seconds, or raises
 
 
-def _time_backend(backend: str, shapes: list[AttnShape], items: list[int], device: torch.device,
-                  dtype: torch.dtype, repeats: int) -> float | None:
-    """Total seconds of forward + backward over every (shape, item count), first calls included."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    try:
-        with sdpa_context(backend):
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                for n in items:
-                    for s in shapes:
-                        q = torch.randn(n, s.heads, s.tokens, s.head_dim, device=device, dtype=dtype,
-                                        requires_grad=True)
-                        F.scaled_dot_product_attention(q, q, q).sum().backward()
-            sync()
-            return time.perf_counter() - t0
-    except RuntimeError:  # no kernel of this backend for this device, dtype or shape
-        return None
+def _quiet(probe: Probe, backend: str) -> float:
+    """``probe(backend)`` without torch's per-call "kernel not used because" warnings: a refusal
+    is the answer sought, and its reason goes into the record."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return probe(backend)
 
 
-def choose_sdpa_backend(setting: str, device: torch.device, dtype: torch.dtype, shapes: list[AttnShape],
-                        bucket: int, typical_items: int) -> SdpaChoice:
-    """``setting`` as it will run: a named backend as given; ``auto`` on a GPU the fastest of those
-    that run there, timed over three bucket sizes from ``typical_items`` up (each backend once as a
-    wake-up, then measured); ``default`` (torch's own dispatch) on CPU, or when nothing can be timed."""
+def choose_sdpa_backend(setting: str, device: torch.device, probe: Probe, method: str,
+                        where: str = "<defaults>") -> SdpaChoice:
+    """``setting`` as it will run. ``default``: torch's own dispatch. A named backend: as given,
+    once ``probe`` shows it runs this method's calls (else one line naming the method, the key
+    and ``where`` its value came from). ``auto`` on a GPU: the fastest backend that runs every probed call (each probed
+    once as a wake-up, for plans and first calls, then timed); ``default`` on CPU (per-shape plans
+    are a CUDA matter) or when no backend runs them all."""
+    if setting == "default":
+        return SdpaChoice("default", "config")
     if setting != "auto":
+        try:
+            _quiet(probe, setting)
+        except RuntimeError as exc:
+            if not is_refusal(exc):
+                raise
+            raise BenchError(f"{where}: 'train.sdpa_backend' = '{setting}' cannot run the attention of method "
+                             f"'{method}' on {device.type} ({first_line(exc)}); use 'auto' or 'default'") from None
         return SdpaChoice(setting, "config")
-    if not shapes or sdpa_kernel is None or device.type != "cuda":  # per-shape plans are a CUDA matter
-        return SdpaChoice("default", "auto-fallback")
+    if sdpa_kernel is None or device.type != "cuda":
+        return SdpaChoice("default", "auto-fallback", note=f"auto on {device.type}: torch's default dispatch")
     t0 = time.perf_counter()
-    step = max(bucket, 1)
-    base = max(step, -(-typical_items // step) * step)
-    items = [base, base + step, base + 2 * step]
     timed: dict[str, float | None] = {}
+    refused: dict[str, str] = {}
     for backend in BACKENDS:
-        _time_backend(backend, shapes[:1], items[:1], device, dtype, 1)  # wake-up: not in the timing
-        timed[backend] = _time_backend(backend, shapes, items, device, dtype, 2)
+        try:
+            _quiet(probe, backend)  # wake-up: plans and first calls, not in the timing
+            timed[backend] = _quiet(probe, backend)
+        except RuntimeError as exc:
+            if not is_refusal(exc):
+                raise
+            timed[backend], refused[backend] = None, first_line(exc)
+    ms = {k: (None if v is None else round(v * 1000, 3)) for k, v in timed.items()}
     ok = {k: v for k, v in timed.items() if v is not None}
     probe_s = time.perf_counter() - t0
-    ms = {k: (None if v is None else round(v * 1000, 3)) for k, v in timed.items()}
     if not ok:
-        return SdpaChoice("default", "auto-fallback", ms, probe_s)
-    return SdpaChoice(min(ok, key=ok.get), "auto", ms, probe_s)
+        return SdpaChoice("default", "auto-fallback", ms, probe_s, refused, "no backend ran every probed call")
+    return SdpaChoice(min(ok, key=ok.get), "auto", ms, probe_s, refused)

@@ -113,6 +113,13 @@ def inbatch_loss(user: torch.Tensor, item_emb: torch.Tensor, ids: torch.Tensor, 
     return total * scale / n_valid
 
 
+def share(uniq: torch.Tensor, shard) -> torch.Tensor:
+    """A data-parallel rank's equal share of a step's distinct items (padded to a multiple of the
+    world size): what it encodes, and so what it stages."""
+    per = uniq.numel() // shard.world
+    return uniq[shard.rank * per:(shard.rank + 1) * per]
+
+
 class SeqRecommender(nn.Module):
     """Item tower + SASRec; the trainer calls ``loss`` and ``item_table``/``score``."""
 
@@ -134,8 +141,7 @@ class SeqRecommender(nn.Module):
         uniq, inverse = distinct if distinct is not None else torch.unique(ids.reshape(-1), return_inverse=True)
         if shard is None:
             return self.item_tower(uniq)[inverse.reshape(-1)]
-        per = uniq.numel() // shard.world
-        local = self.item_tower(uniq[shard.rank * per:(shard.rank + 1) * per])
+        local = self.item_tower(share(uniq, shard))
         return shard.gather_rows(local)[inverse.reshape(-1)]
 
     def loss(self, ids: torch.Tensor, log_pop: torch.Tensor,
@@ -154,14 +160,22 @@ class SeqRecommender(nn.Module):
         user = self.user_encoder(seq_emb, (ids[own, :-1] != 0).to(seq_emb.dtype))
         return inbatch_loss(user, emb, ids, log_pop, rows, float(shard.world) if shard is not None else 1.0)
 
-    def prefetch(self, host_ids: torch.Tensor, device_ids: torch.Tensor) -> None:
+    def prefetch(self, host_ids: torch.Tensor, device_ids: torch.Tensor, shard=None) -> None:
         """Let the item tower stage the inputs of these (distinct) items ahead of use, e.g. copy
         their images to the GPU while the current step computes (any submodule with a
-        ``stage_items(host_ids, device_ids)``); nothing for towers with nothing to stage."""
+        ``stage_items(host_ids, device_ids)``); nothing for towers with nothing to stage. With
+        ``shard``, this rank's share only: the rows ``encode_items`` will ask for."""
+        if shard is not None:
+            host_ids, device_ids = share(host_ids, shard), share(device_ids, shard)
         for m in self.item_tower.modules():
             stage = getattr(m, "stage_items", None)
             if callable(stage):
                 stage(host_ids, device_ids)
+
+    def staging_counts(self) -> tuple[int, int]:
+        """(hits, misses) of staged item inputs so far, over the tower's stagers."""
+        stagers = [m for m in self.item_tower.modules() if hasattr(m, "staged_hits")]
+        return sum(m.staged_hits for m in stagers), sum(m.staged_misses for m in stagers)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by group name; the tower declares its own groups."""

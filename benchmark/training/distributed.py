@@ -32,18 +32,52 @@ from torch import nn
 TIMEOUT_S = 300  # a rank that waits this long on a dead peer fails (the parent kills it sooner)
 
 
+class HostClock:
+    """Host time: right for gloo, whose future completes when the all-reduce is done."""
+
+    def mark(self) -> float:
+        return time.perf_counter()
+
+    def seconds(self, marks: list[tuple[Any, Any]]) -> list[tuple[float, float]]:
+        return list(marks)
+
+
+class EventClock:
+    """Device time for NCCL: its future completes when the all-reduce is *queued*, so host time
+    would count nothing. A CUDA event is recorded on the current stream when the hook launches
+    (the bucket's gradients are ready) and in the future's callback, which torch runs on a stream
+    that waits for the all-reduce kernel; the events are read at the epoch's end (after its
+    synchronize), relative to one reference event. ``event`` makes the device swappable (tests)."""
+
+    def __init__(self, event=None):
+        self.event = event or (lambda: torch.cuda.Event(enable_timing=True))
+        self.ref = None
+
+    def mark(self) -> Any:
+        ev = self.event()
+        ev.record()
+        if self.ref is None:
+            self.ref = ev
+        return ev
+
+    def seconds(self, marks: list[tuple[Any, Any]]) -> list[tuple[float, float]]:
+        return [(self.ref.elapsed_time(a) / 1000, self.ref.elapsed_time(b) / 1000) for a, b in marks]
+
+
 @dataclass
 class CommStats:
-    """Communication the trainer can see: DDP's gradient all-reduces (timed from the hook's launch
-    to the future's completion, host-observed, overlapping intervals merged) and the item gathers."""
+    """Communication the trainer can see: DDP's gradient all-reduces (each from the hook's launch
+    to its completion, on ``clock``: the host's under gloo, CUDA events under NCCL; overlapping
+    intervals merged) and the item gathers."""
 
     allreduce_s: float = 0.0
     allreduce_bytes: int = 0  # gradient bytes all-reduced, summed over steps
     gather_s: float = 0.0  # forward item-embedding gathers (synchronous)
-    _spans: list[tuple[float, float]] = field(default_factory=list, repr=False)
+    clock: Any = field(default_factory=HostClock, repr=False)
+    _spans: list[tuple[Any, Any]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add_span(self, t0: float, t1: float) -> None:
+    def add_span(self, t0: Any, t1: Any) -> None:
         with self._lock:
             self._spans.append((t0, t1))
 
@@ -54,11 +88,12 @@ class CommStats:
         self.allreduce_s, self.allreduce_bytes, self.gather_s = 0.0, 0, 0.0
 
     def close_epoch(self) -> None:
-        """Fold this epoch's spans into ``allreduce_s`` (their union: buckets overlap)."""
+        """Fold this epoch's spans into ``allreduce_s`` (their union: buckets overlap). Called
+        after the epoch's synchronize: every event has completed."""
         with self._lock:
-            spans, self._spans = sorted(self._spans), []
+            marks, self._spans = self._spans, []
         end = float("-inf")
-        for a, b in spans:
+        for a, b in sorted(self.clock.seconds(marks)):
             if b > end:
                 self.allreduce_s += b - max(a, end)
                 end = b
@@ -88,6 +123,12 @@ class DistContext:
 
     def barrier(self) -> None:
         dist.barrier(group=self.gather_group)
+
+    def from_rank0(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (a choice every rank must share)."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.gather_group)
+        return box[0]
 
     def gather_rows(self, local: torch.Tensor) -> torch.Tensor:
         """All ranks' equal-size ``local`` rows, concatenated in rank order, with autograd."""
@@ -121,8 +162,15 @@ def from_env(device: torch.device) -> DistContext | None:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S),
                                 **({"device_id": device} if device.type == "cuda" else {}))
-    return DistContext(dist.get_rank(), dist.get_world_size(), dist.get_backend(),
-                       gather_group=dist.new_group(backend="gloo" if device.type == "cpu" else None))
+    backend = dist.get_backend()
+    return DistContext(dist.get_rank(), dist.get_world_size(), backend,
+                       gather_group=dist.new_group(backend="gloo" if device.type == "cpu" else None),
+                       comm=comm_stats(backend))
+
+
+def comm_stats(backend: str) -> CommStats:
+    """All-reduce timing that means the same on both backends: device events under NCCL."""
+    return CommStats(clock=EventClock() if backend == "nccl" else HostClock())
 
 
 def shutdown() -> None:
@@ -165,12 +213,12 @@ def timed_allreduce(stats: CommStats, bucket):  # no return annotation: DDP chec
     """DDP's default hook (divide by the world size, all-reduce), timed."""
     buf = bucket.buffer()
     world = dist.get_world_size()
-    t0 = time.perf_counter()
+    t0 = stats.clock.mark()
     stats.allreduce_bytes += buf.numel() * buf.element_size()
     fut = dist.all_reduce(buf.div_(world), async_op=True).get_future()
 
     def done(f: torch.futures.Future) -> torch.Tensor:
-        stats.add_span(t0, time.perf_counter())
+        stats.add_span(t0, stats.clock.mark())
         return f.value()[0]
 
     return fut.then(done)

@@ -19,10 +19,13 @@ from tqdm.auto import tqdm
 
 from benchmark.config import EvalConfig, TrainConfig
 from benchmark.data.dataset import Split
-from benchmark.models.kernels import sdpa_context
+from benchmark.models.kernels import first_line, is_refusal, sdpa_context
 from benchmark.models.recommender import SeqRecommender
+from benchmark.training.batches import Batch, cut_batches
+from benchmark.training.compiling import CompiledLoss, WarmupReport, warm_up, warmup_calls
 from benchmark.training.distributed import DistContext, wrap
 from benchmark.training.metrics import metrics_from_ranks, target_ranks
+from benchmark.training.precision import autocast_for
 from iisan_util.errors import BenchError, DivergedError
 
 WARMUP_STEPS = 3
@@ -46,8 +49,10 @@ class TrainOutcome:
     items_encoded: list[int] = field(default_factory=list)  # item-tower rows of each epoch (padding included)
     step_s: list[float] = field(default_factory=list)  # steady-state steps (warm-up excluded)
     warmup_s: float = 0.0
-    compile_s: float = 0.0  # torch.compile of every step shape, before the first timed step
-    compiled_shapes: int = 0
+    compile: WarmupReport = field(default_factory=WarmupReport)  # before the first timed step
+    staged_hits: int = 0  # timed steps whose item images were staged ahead (ItemInputs)
+    staged_misses: int = 0  # ... and those that gathered and copied them on the spot
+    full_steps: int = 0  # steps of an unbounded epoch (train.max_steps_per_epoch may bound them)
     samples: int = 0
     eval_s: list[float] = field(default_factory=list)
     item_table_s: list[float] = field(default_factory=list)  # per evaluation: all item embeddings
@@ -59,6 +64,14 @@ class TrainOutcome:
     history: list[dict] = field(default_factory=list)
     allreduce_s: list[float] = field(default_factory=list)  # data-parallel only: per epoch (distributed.CommStats)
     gather_s: list[float] = field(default_factory=list)
+
+    def _full_epoch(self) -> dict:
+        """A bounded epoch's time scaled to the full epoch's steps (``Timing.epoch_s_full_est``)."""
+        bounded = self.steps and self.epoch_s and 0 < max(self.steps) < self.full_steps
+        if not bounded:
+            return {"full_epoch_steps": None, "epoch_s_full_est": None}
+        return {"full_epoch_steps": self.full_steps,
+                "epoch_s_full_est": statistics.median(self.epoch_s) * self.full_steps / max(self.steps)}
 
     def timing(self) -> dict:
         steps = sorted(self.step_s)
@@ -73,55 +86,14 @@ class TrainOutcome:
             "eval_s": statistics.mean(self.eval_s) if self.eval_s else None,
             "eval_item_table_s": statistics.mean(self.item_table_s) if self.item_table_s else None,
             "eval_rank_s": statistics.mean(self.rank_s) if self.rank_s else None,
-            "step_p50_s": q(0.5), "step_p90_s": q(0.9), "warmup_s": self.warmup_s,
-            "compile_s": self.compile_s or None, "compiled_shapes": self.compiled_shapes or None,
+            "step_p50_s": q(0.5), "step_p90_s": q(0.9), "warmup_s": self.warmup_s, "steps_timed": len(steps),
+            **self._full_epoch(),
+            "compile_s": self.compile.seconds or None, "compiled_shapes": self.compile.compiled_shapes or None,
+            "compile_eager_shapes": self.compile.eager_shapes or None,
+            "compile_calls_per_shape": self.compile.calls_per_shape or None, "compile_note": self.compile.note,
+            "staged_hits": self.staged_hits if self.staged_hits or self.staged_misses else None,
+            "staged_misses": self.staged_misses if self.staged_hits or self.staged_misses else None,
         }
-
-
-COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def compute_dtype(precision: str) -> torch.dtype:
-    """The dtype ``train.precision`` computes in (fp32 when not mixed)."""
-    return COMPUTE_DTYPES.get(precision, torch.float32)
-
-
-def autocast_for(device_type: str, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast to the compute dtype, or nothing under fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=compute_dtype(precision))
-
-
-def typical_items(train: torch.Tensor, batch: int, bucket: int, n_items: int, sample: int = 20) -> int:
-    """Mean distinct items of the first ``sample`` batches, padded as the trainer pads them."""
-    counts = [torch.unique(train[i:i + batch]).numel() for i in range(0, min(len(train), sample * batch), batch)]
-    return bucketed(max(1, round(sum(counts) / len(counts))), bucket, min(n_items + 1, batch * train.size(1)))
-
-
-def allow_recompiles(n_shapes: int) -> None:
-    """Let dynamo keep a graph for every step shape: past its limit (8) it would silently run the
-    rest eagerly, and a bucketed epoch can hold more shapes than that on a large item set."""
-    import torch._dynamo.config as dyn
-
-    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one
-        if hasattr(dyn, name):
-            setattr(dyn, name, max(getattr(dyn, name), n_shapes + 2))
-
-
-def bucketed(n: int, bucket: int, cap: int) -> int:
-    """``n`` distinct items padded up to a multiple of ``bucket``, but never past ``cap``."""
-    return n if bucket <= 1 else max(n, min(-(-n // bucket) * bucket, cap))
-
-
-@dataclass
-class Batch:
-    """One step's input on the device, and its distinct items on the host (for prefetching)."""
-
-    ids: torch.Tensor  # [B, L+1] item ids
-    uniq: torch.Tensor  # distinct ids, padded to the bucket
-    inverse: torch.Tensor  # ids.reshape(-1) == uniq[inverse]
-    host_uniq: torch.Tensor  # uniq on the host
 
 
 class Trainer:
@@ -159,11 +131,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "fp16" and device.type == "cuda")
         self.key = f"{train.select_by}@{10 if 10 in evaluation.ks else evaluation.ks[0]}"
         self.loss_fn = model.loss if dist is None else wrap(model, dist, device)
+        self.sdpa_note: str | None = None  # set when a refused attention call made the run fall back
         self.graphs = train.compile == "reduce-overhead" and device.type == "cuda"  # CUDA graph trees
+        self.compiled: CompiledLoss | None = None
         if train.compile not in ("off", "auto"):
             # static shapes when items are bucketed: one graph per bucket size, all compiled before the clock
-            self.loss_fn = torch.compile(self.loss_fn, mode=None if train.compile == "default" else train.compile,
-                                         dynamic=train.item_bucket <= 1)
+            self.compiled = CompiledLoss(self.loss_fn, torch.compile(
+                self.loss_fn, mode=None if train.compile == "default" else train.compile,
+                dynamic=train.item_bucket <= 1))
 
     def autocast(self):
         """Mixed precision (when configured) and the attention kernel the runner chose."""
@@ -172,11 +147,29 @@ class Trainer:
         stack.enter_context(autocast_for(self.device.type, self.cfg.precision))
         return stack
 
-    def _loss(self, batch: "Batch") -> torch.Tensor:
-        if self.graphs:  # a new iteration: outputs of the last replay may be overwritten
-            torch.compiler.cudagraph_mark_step_begin()
-        with self.autocast():
-            return self.loss_fn(batch.ids, self.log_pop, (batch.uniq, batch.inverse))
+    def kernel_guarded(self, call):
+        """``call()``; if the chosen attention kernel refuses it (a shape or mask the probe did not
+        meet), torch's default dispatch from then on, the reason kept for ``env.sdpa``: a kernel
+        choice never ends a run."""
+        try:
+            return call()
+        except RuntimeError as exc:
+            if self.sdpa_backend == "default" or not is_refusal(exc):
+                raise
+            self.sdpa_note = f"'{self.sdpa_backend}' refused a call mid-run ({first_line(exc)}); default from then on"
+            self.sdpa_backend = "default"
+            return call()
+
+    def _loss(self, batch: Batch, fn=None) -> torch.Tensor:
+        """The step's loss: ``fn``, else the compiled loss for a warmed shape, else the eager one."""
+        fn = fn or (self.compiled.pick(batch.shape) if self.compiled is not None else self.loss_fn)
+        if self.graphs and self.compiled is not None and fn is self.compiled.compiled:
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last replay's outputs may go
+
+        def call():
+            with self.autocast():
+                return fn(batch.ids, self.log_pop, (batch.uniq, batch.inverse))
+        return self.kernel_guarded(call)
 
     def _fire(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -187,44 +180,14 @@ class Trainer:
         return torch.randperm(self.train_ids.size(0), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
 
     def _epoch_batches(self, order: torch.Tensor, n_steps: int) -> list[Batch]:
-        """Every step's (ids, distinct ids, inverse index), built on the host and sent to the device
-        in one pinned, non-blocking copy: the step never waits for the host, and ``torch.unique``
-        (whose output size the host must know) never runs on the GPU. The distinct ids are padded
-        with the padding item 0 up to a multiple of ``train.item_bucket``: a few shapes instead of
-        one per step (cuDNN attention plans per shape; compiled graphs too). The padded rows are
-        encoded but never indexed, so the loss and its gradients are those of the unpadded batch."""
-        bs, bucket = self.cfg.batch_size, self.cfg.item_bucket
-        every_slot = self.cfg.encoder_workload == "every_slot"
-        # no step can have more distinct items than there are items, or slots in a batch: padding
-        # past that is work without a purpose (a 40-item set would pad 41 to 64)
-        cap = bs * self.train_ids.size(1) if every_slot else min(self.n_items + 1, bs * self.train_ids.size(1))
-        world = self.dist.world if self.dist is not None else 1  # each rank encodes an equal share
-        parts: list[torch.Tensor] = []
-        hosts: list[tuple[torch.Size, torch.Tensor]] = []
-        for step in range(n_steps):
-            ids = self.train_ids[order[step * bs:(step + 1) * bs]]
-            if every_slot:  # the paper's code: every slot of every sequence, padding and repeats included
-                uniq, inverse = ids.reshape(-1), torch.arange(ids.numel())
-            else:
-                uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
-            size = -(-bucketed(uniq.numel(), bucket, cap) // world) * world
-            uniq = torch.cat([uniq, uniq.new_zeros(size - uniq.numel())])
-            parts += [ids.reshape(-1), uniq, inverse]
-            hosts.append((ids.shape, uniq))
-        flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-        if self.device.type == "cuda":
-            flat = flat.pin_memory()
-        flat = flat.to(self.device, non_blocking=True)
-        batches, pos = [], 0
-        for shape, host_uniq in hosts:
-            n, n_uniq = shape.numel(), host_uniq.numel()
-            ids, uniq, inverse = (flat[pos:pos + n].view(shape), flat[pos + n:pos + n + n_uniq],
-                                  flat[pos + n + n_uniq:pos + 2 * n + n_uniq])
-            if self.cfg.compile not in ("off", "auto"):  # compiled graphs guard on storage offsets
-                ids, uniq, inverse = ids.clone(), uniq.clone(), inverse.clone()
-            batches.append(Batch(ids, uniq, inverse, host_uniq))
-            pos += 2 * n + n_uniq
-        return batches
+        """Every step's batch (``batches.cut_batches``): cut on the host, one copy to the device."""
+        return cut_batches(self.train_ids, order, n_steps, self.cfg.batch_size, self.cfg.item_bucket,
+                           self.cfg.encoder_workload == "every_slot", self.n_items,
+                           self.dist.world if self.dist is not None else 1, self.device,
+                           clone=self.compiled is not None)
+
+    def _prefetch(self, batch: Batch) -> None:
+        self.model.prefetch(batch.host_uniq, batch.uniq, self.dist)
 
     def train_epoch(self, epoch: int, out: TrainOutcome, max_steps: int = 0) -> None:
         """One epoch (at most ``max_steps`` steps, else ``train.max_steps_per_epoch``, if set)."""
@@ -240,8 +203,9 @@ class Trainer:
         t0 = time.perf_counter()
         batches = self._epoch_batches(order, n_steps)  # data loading counts as training time
         out.items_encoded.append(sum(b.uniq.numel() for b in batches))
+        staged0 = self.model.staging_counts()
         if batches:
-            self.model.prefetch(batches[0].host_uniq, batches[0].uniq)
+            self._prefetch(batches[0])
         for step in tqdm(range(n_steps), desc=f"epoch {epoch}", leave=False, disable=not self.progress):
             if cuda:
                 events[step].record()
@@ -249,8 +213,8 @@ class Trainer:
                 stamps.append(time.perf_counter())
             batch = batches[step]
             if step + 1 < n_steps:  # the next step's item inputs travel while this one computes
-                self.model.prefetch(batches[step + 1].host_uniq, batches[step + 1].uniq)
-            loss = self._loss(batch)
+                self._prefetch(batches[step + 1])
+            loss = self._loss(batch)  # takes its own staged inputs (staged a step ago) by their ids
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -262,6 +226,8 @@ class Trainer:
         synchronize(self.device)
         out.epoch_s.append(time.perf_counter() - t0)
         out.steps.append(n_steps)
+        hits, misses = (b - a for a, b in zip(staged0, self.model.staging_counts()))
+        out.staged_hits, out.staged_misses = out.staged_hits + hits, out.staged_misses + misses
         if self.dist is not None:
             comm = self.dist.comm
             comm.close_epoch()
@@ -291,13 +257,7 @@ class Trainer:
         self.model.eval()
         synchronize(self.device)
         t0 = time.perf_counter()
-        ib = self.eval_cfg.item_batch_size
-        with self.autocast():
-            if self.dist is None:
-                table = self.model.item_table(self.n_items, ib)
-            else:  # each rank a block of the same chunks; the table is bit-identical
-                chunks = self.dist.rows(-(-(self.n_items + 1) // ib))
-                table = self.dist.gather_ragged(self.model.item_table(self.n_items, ib, chunks))
+        table = self.kernel_guarded(self._item_table)
         synchronize(self.device)
         if out is not None:
             out.item_table_s.append(time.perf_counter() - t0)
@@ -311,15 +271,33 @@ class Trainer:
                 starts = starts[self.dist.rows(len(starts))]
             for i in tqdm(starts, desc="eval", leave=False, disable=not self.progress):
                 sl = slice(i, i + bs)
-                with self.autocast():
-                    scores = self.model.score(table, inputs[sl])
-                ranks.append(target_ranks(scores, target[sl], history[sl], self.eval_cfg.masking))
+                ranks.append(self.kernel_guarded(lambda: self.rank(table, inputs[sl], target[sl], history[sl])))
             mine = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long, device=self.device)
             all_ranks = (mine if self.dist is None else self.dist.gather_ragged(mine)).cpu()  # waits: ranked
             if out is not None:
                 out.rank_s.append(time.perf_counter() - t0)
             results.append(metrics_from_ranks(all_ranks, self.eval_cfg.ks))
         return results[0], results[1]
+
+    def _item_table(self, chunks: slice | None = None) -> torch.Tensor:
+        """Every item's embedding (fp32), computed in the training precision; under data parallelism
+        each rank a block of the same chunks, gathered (bit-identical to one process)."""
+        ib = self.eval_cfg.item_batch_size
+        with self.autocast():
+            if chunks is not None or self.dist is None:
+                return self.model.item_table(self.n_items, ib, chunks)
+            mine = self.dist.rows(-(-(self.n_items + 1) // ib))
+            return self.dist.gather_ragged(self.model.item_table(self.n_items, ib, mine))
+
+    @torch.no_grad()
+    def rank(self, table: torch.Tensor, inputs: torch.Tensor, target: torch.Tensor,
+             history: torch.Tensor) -> torch.Tensor:
+        """Each user's target rank among all items, scored in fp32 whatever the training precision
+        (as the paper does): in bf16, 64-dim scores against 20k items tie by the dozen, and ties
+        count against the model while the popularity floor is exact."""
+        with sdpa_context(self.sdpa_backend), torch.autocast(self.device.type, enabled=False):
+            scores = self.model.score(table.float(), inputs)
+        return target_ranks(scores, target, history, self.eval_cfg.masking)
 
     def n_steps(self, max_steps: int = 0) -> int:
         """Steps of an epoch: every batch, or at most ``max_steps`` (else ``train.max_steps_per_epoch``)."""
@@ -332,35 +310,71 @@ class Trainer:
         shapes: dict[tuple[int, int], Batch] = {}
         for epoch in range(1, epochs + 1):
             for b in self._epoch_batches(self._order(epoch), self.n_steps()):
-                shapes.setdefault((b.ids.size(0), b.uniq.numel()), b)
+                shapes.setdefault(b.shape, b)
         return shapes
 
-    def compile_warmup(self, out: TrainOutcome, epochs: int = 1) -> None:
-        """Compile (and, with reduce-overhead on a GPU, capture) every step shape of the planned
-        epochs before the clock starts: one forward and backward each, gradients dropped, no
-        optimizer step, and the random state restored, so training is what it would have been."""
-        if self.cfg.compile in ("off", "auto"):
-            return
-        self.model.train()
+    @contextlib.contextmanager
+    def side_effect_free(self):
+        """Steps run before the clock (compile warm-up, kernel probes) leave no trace: training
+        mode, gradients dropped, no optimizer step, the random state restored (dropout draws)."""
+        mode = self.model.training
         rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        synchronize(self.device)
-        t0 = time.perf_counter()
-        shapes = self.step_shapes(epochs)
-        allow_recompiles(len(shapes))
-        for batch in shapes.values():
-            self.model.prefetch(batch.host_uniq, batch.uniq)
-            self.scaler.scale(self._loss(batch)).backward()
+        try:
+            yield
+        finally:
             self.optimizer.zero_grad(set_to_none=True)
-        synchronize(self.device)
-        out.compile_s = time.perf_counter() - t0
-        out.compiled_shapes = len(shapes)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state(cuda_rng, self.device)
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
+            self.model.train(mode)
+
+    def _warm_step(self, fn, batch: Batch) -> None:
+        self._prefetch(batch)
+        self.scaler.scale(self._loss(batch, fn)).backward()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def compile_warmup(self, out: TrainOutcome, epochs: int = 1) -> None:
+        """Compile (and, with reduce-overhead on a GPU, record and replay) every step shape of the
+        planned epochs before the clock, within ``train.compile_budget_s`` (``training.compiling``)."""
+        if self.compiled is None:
+            return
+        with self.side_effect_free():
+            self.model.train()
+            synchronize(self.device)
+            out.compile = warm_up(self.compiled, self.step_shapes(epochs), self._warm_step,
+                                  warmup_calls(self.graphs), self.cfg.compile_budget_s)
+            synchronize(self.device)
+
+    def probe_attention(self, backend: str, batches: list[Batch]) -> float:
+        """Seconds of the run's own attention calls under ``backend`` (raises if it refuses one):
+        the eager loss forward and backward of ``batches`` in training mode (masks, dropout), then
+        the first chunk of the item table and one batch of users ranked (``kernels.choose_sdpa_backend``)."""
+        saved = self.sdpa_backend
+        self.sdpa_backend = backend
+        eager = self.model.loss  # never the compiled or DDP-wrapped loss: no compile, no collective
+        try:
+            with self.side_effect_free():
+                synchronize(self.device)
+                t0 = time.perf_counter()
+                self.model.train()
+                for batch in batches:
+                    with self.autocast():
+                        loss = eager(batch.ids, self.log_pop, (batch.uniq, batch.inverse))
+                    loss.backward()
+                self.model.eval()
+                with torch.no_grad():
+                    table = self._item_table(slice(0, 1))
+                    inputs, target, history = (t[:self.eval_cfg.eval_batch_size] for t in self.eval_sets[0])
+                    self.rank(torch.cat([table, table.new_zeros(self.n_items + 1 - table.size(0), table.size(1))]),
+                              inputs, target, history)
+                synchronize(self.device)
+                return time.perf_counter() - t0
+        finally:
+            self.sdpa_backend = saved
 
     def fit(self, epochs: int, patience: int) -> TrainOutcome:
-        out = TrainOutcome()
+        out = TrainOutcome(full_steps=self.n_steps(self.train_ids.size(0)))
         best, since_best = float("-inf"), 0
         self.compile_warmup(out, epochs)
         if self.dist is not None:

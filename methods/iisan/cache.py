@@ -49,7 +49,8 @@ from torch import nn
 from iisan_util.atomic import atomic_write, atomic_write_text
 
 CACHE_FORMAT = 2  # 2: {"states", "offset"} per file
-PREPROCESS = "cls=hidden_states[tap][:,0]; pixels=uint8/127.5-1; encoders in eval mode, no grad, in their weights' dtype"
+PREPROCESS = ("cls=hidden_states[tap][:,0]; pixels=uint8/127.5-1; encoders in eval mode, no grad, "
+              "under autocast to their weights' dtype when half (BackboneTaps.numerics)")
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 FILES = {"text": "text.pt", "vision": "image.pt"}
 

@@ -60,14 +60,25 @@ class BackboneTaps(nn.Module):
             self.vision.eval()
         return self
 
+    def numerics(self, device: torch.device):
+        """The one numeric context of the frozen encoders, whoever calls them: autocast to their
+        weights' dtype when that is a half type (what the training precision made them:
+        ``frozen_in_compute_dtype``), none in fp32. Why their own: the cache is built outside the
+        trainer's autocast and live iisan runs inside it; on CUDA autocast keeps layer norms,
+        softmax and the residual stream in fp32, so without one context cached and live states
+        would differ and ``iisan-cached`` would not train on what ``iisan`` computes."""
+        dtype = next(self.text.parameters()).dtype
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
+
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        self.text(**self.inputs.text(ids))
-        text = self._tap["text"].collect()
-        image = None
-        if self.vision is not None:
-            self.vision(pixel_values=self.inputs.pixels(ids).to(text.dtype))
-            image = self._tap["vision"].collect()
+        with self.numerics(ids.device):
+            self.text(**self.inputs.text(ids))
+            text = self._tap["text"].collect()
+            image = None
+            if self.vision is not None:
+                self.vision(pixel_values=self.inputs.pixels(ids).to(text.dtype))
+                image = self._tap["vision"].collect()
         return text, image
 
 

@@ -47,30 +47,42 @@ def cli() -> None:
     """Benchmark what parameter-efficient fine-tuning really costs (IISAN, SIGIR 2024)."""
 
 
+RUN_OPTIONS = [
+    click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: embedded bench.toml)."),
+    click.option("--methods", help="'all', a comma list, or wildcards such as 'iisan*'."),
+    click.option("--dataset", help="'synthetic' or a folder in IISAN's TSV format."),
+    click.option("--backbone", help="Backbone preset: tiny, minilm or base."),
+    click.option("--init", type=click.Choice(["auto", "pretrained", "random"]),
+                 help="Backbone weights (auto: the preset's own, e.g. pretrained MiniLM text for minilm)."),
+    click.option("--epochs", type=int),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"])),
+    click.option("--seed", type=int),
+    click.option("--images", type=click.Choice(["real", "synthetic", "none"])),
+    click.option("--trust-pickle", "trust_pickle", is_flag=True, default=None,
+                 help="Allow reading the paper's LMDB image store (pickled Python objects: trusted sources only)."),
+    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"])),
+    click.option("--repeats", type=int, help="Runs per method."),
+    click.option("--isolate/--no-isolate", default=None,
+                 help="Each (method, repeat) in a fresh child process (default) or all in this process."),
+    click.option("--nproc", type=int, help="Data-parallel processes per run (torch DDP: gloo on CPU, NCCL on GPUs)."),
+    click.option("--out", help="Output folder for results.jsonl and the report."),
+    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                 help="Override any config key, e.g. --set train.max_steps_per_epoch=2 (repeatable; "
+                      "the flags above win over it)."),
+]
+
+
+def run_options(command):
+    """The flags of ``run``, which ``estimate`` takes too: one list, so the two never differ."""
+    for option in reversed(RUN_OPTIONS):
+        command = option(command)
+    return command
+
+
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: embedded bench.toml).")
-@click.option("--methods", help="'all', a comma list, or wildcards such as 'iisan*'.")
-@click.option("--dataset", help="'synthetic' or a folder in IISAN's TSV format.")
-@click.option("--backbone", help="Backbone preset: tiny, minilm or base.")
-@click.option("--init", type=click.Choice(["auto", "pretrained", "random"]),
-              help="Backbone weights (auto: the preset's own, e.g. pretrained MiniLM text for minilm).")
-@click.option("--epochs", type=int)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--seed", type=int)
-@click.option("--images", type=click.Choice(["real", "synthetic", "none"]))
-@click.option("--trust-pickle", "trust_pickle", is_flag=True, default=None,
-              help="Allow reading the paper's LMDB image store (pickled Python objects: trusted sources only).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]))
-@click.option("--repeats", type=int, help="Runs per method.")
-@click.option("--isolate/--no-isolate", default=None,
-              help="Each (method, repeat) in a fresh child process (default) or all in this process.")
-@click.option("--nproc", type=int, help="Data-parallel processes per run (torch DDP: gloo on CPU, NCCL on GPUs).")
+@run_options
 @click.option("--force", is_flag=True, help="Rerun runs already in OUT/results.jsonl (default: skip them).")
-@click.option("--out", help="Output folder for results.jsonl and the report.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override any config key, e.g. --set train.max_steps_per_epoch=2 (repeatable; "
-                   "the flags above win over it).")
 def run(config_path: str | None, no_progress: bool, force: bool, sets: tuple[str, ...], **flags: Any) -> None:
     """Train and evaluate the selected methods; write OUT/results.jsonl and the report."""
     from benchmark.launch.runner import run_benchmark
@@ -88,6 +100,23 @@ def run(config_path: str | None, no_progress: bool, force: bool, sets: tuple[str
     if failed:  # exit 1: the sweep finished and its report is written, but not every run is a result
         click.echo(f"iisan-bench: {len(failed)} run(s) did not finish ok: {', '.join(failed)}", err=True)
         sys.exit(1)
+
+
+@cli.command()
+@run_options
+@click.option("--gpu", help="The GPU to predict for: h100-80gb, h200, a100-80gb, a100-40gb, l40s, rtx-4090, a10 "
+                            "(default: --device cpu predicts this machine's tensor memory).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def estimate(config_path: str | None, sets: tuple[str, ...], gpu: str | None, fmt: str, **flags: Any) -> None:
+    """Predict each method's memory per phase, step time and largest batch on a GPU, from a trace of
+    its real training step on fake tensors: no GPU needed (docs/estimates.md)."""
+    from benchmark.commands.estimate import estimate_command
+    from benchmark.launch.recipe import check_methods, method_names
+
+    cfg = _config(config_path, sets, **flags)
+    names = method_names(cfg)
+    check_methods(cfg, names)
+    click.echo(estimate_command(cfg, names, gpu, fmt))
 
 
 @cli.command("list")

@@ -31,6 +31,9 @@ class RunConfig:
     nproc: int = 1  # data-parallel processes per run (torch DDP; gloo on CPU, NCCL on GPUs)
     sample_interval_ms: float = 0.0  # 0 = by device: 10 ms on GPU, 50 ms on CPU
     floors: Literal["auto", "on", "off"] = "auto"  # time the plain-PyTorch floors after the sweep; auto = on a GPU
+    # each run's own estimate (iisan-bench estimate for the device it ran on) beside its measurement, and
+    # its MFU from the traced FLOPs; auto = on a GPU in the device table (benchmark.measure.devices)
+    estimate: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass
@@ -148,7 +151,7 @@ class BenchConfig:
         """Stable hash of everything that determines one method's run (resume key)."""
         d = self.to_dict()
         d["run"] = {k: v for k, v in d["run"].items()
-                    if k not in ("methods", "out", "repeats", "sample_interval_ms", "floors")}
+                    if k not in ("methods", "out", "repeats", "sample_interval_ms", "floors", "estimate")}
         d["methods"] = {method: d["methods"].get(method, {})}
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

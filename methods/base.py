@@ -55,9 +55,6 @@ class Method:
     name: ClassVar[str] = "?"
     description: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
-    # Training FLOPs as a multiple of the encoders' forward FLOPs, where that is exact: 3.0 when
-    # every weight trains (forward + backward for activations and weights). None: MFU not stated.
-    train_flops_multiplier: ClassVar[float | None] = None
     # The IISAN paper's recipe for this kind of method ([train] paper_protocol): TrainConfig fields
     # (batch size, learning rates) and this method's own options (e.g. LoRA's scaling).
     paper_train: ClassVar[dict[str, Any]] = {}

@@ -11,7 +11,6 @@ from .registry import register_method
 class FullFineTuning(Method):
     description = "Full fine-tuning: both encoders and all heads train (the reference)."
     paper_train = {"batch_size": 32, "lr_head": 1e-4, "lr_backbone": 5e-5, "lr_backbone_vision": 1e-4}
-    train_flops_multiplier = 3.0
 
     def build(self, ctx: BuildContext) -> ItemTower:
         for module in (ctx.backbones.text, ctx.backbones.vision):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from .estimates import estimates_section
 from .floors import floors_section
 from .scaling import scaling_section
 from .load import CV_THRESHOLD, Results, Run
@@ -223,7 +224,8 @@ def _efficiency(results: Results, tp: TpmeResult) -> list[str]:
         if show_paper(tp, [m.method for m in ok_methods(results) if m.method in tp.relative]):
             lines += [f"Paper columns: as reported by {PAPER_SOURCE}; ours are measured in one run on the "
                       "device in the header, with this report's data, backbone and batch size.", ""]
-    return lines + _eval_cost(results) + _checkpoints(results) + floors_section(results)
+    return (lines + _eval_cost(results) + _checkpoints(results) + floors_section(results)
+            + estimates_section(results))
 
 
 def _section(title: str, table: Table | None, note: str) -> list[str]:

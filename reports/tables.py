@@ -226,7 +226,7 @@ def efficiency_table(results: Results, tp: TpmeResult) -> Table:
     if show_energy:
         headers.append("Energy / epoch")
     if show_mfu:
-        headers.append("MFU (bf16 peak)")
+        headers.append("MFU")
     headers.append("TPME ↓")
     if show_rel:
         headers.append(f"Relative cost ↓ (% of {ref})")

@@ -44,6 +44,13 @@ def _row(name: str, rec: dict) -> str:
         comp += " (budget/failure: eager shapes)"
     staged = f" staged {t.get('staged_hits')}/{t.get('staged_misses')}" if t.get("staged_hits") is not None else ""
     sdpa = (env.get("sdpa") or {}).get("backend")
+    est, mfu = rec.get("estimate") or {}, (rec.get("flops") or {}).get("mfu")
+    if est.get("train_gb") and mem.get("peak_mb"):
+        staged += f" est mem {est['train_gb'] * 1024 / mem['peak_mb']:.2f}x"
+    if est.get("step_s") and p50:
+        staged += f" step {est['step_s'] / p50:.2f}x"
+    if mfu:
+        staged += f" MFU {100 * mfu:.0f}%"
     return (f"{name:13} epoch {epoch:22} step p50/p90 {steps:24} train {mem.get('peak_mb') or 0:8.0f} MB "
             f"({mem.get('source')}) sdpa {sdpa}{comp}{staged}")
 

@@ -114,7 +114,7 @@ def test_paper_protocol_run_records_the_batch_size_used(tmp_path):
     rec = json.loads(run_benchmark(cfg, progress=False, echo=lambda *_: None).read_text())
     assert rec["status"] == "ok"
     assert rec["config"]["resolved"]["train"]["batch_size"] == 32
-    assert rec["flops"]["items_per_epoch"] > 0
+    assert rec["time"]["items_encoded_per_epoch"] > 0 and rec["time"]["steps_per_epoch"] == 3
     # resume: the same config is recognised by its per-method hash and skipped
     lines: list[str] = []
     run_benchmark(cfg, progress=False, echo=lines.append)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from benchmark.commands.text import aligned
 from iisan_util.errors import BenchError
 
 # Trainable parameters the paper reports (Table 2 / its code) for the base backbones.
@@ -96,12 +97,7 @@ def format_table(rows: list[dict[str, Any]], cfg, seconds: float | None = None) 
     for r in rows:
         table.append([r["method"], f"{r['trainable']:,}", f"{r['total']:,}", f"{r['backbone']:,}", f"{r['peft']:,}",
                       f"{r['head']:,}", f"{r['sasrec']:,}", _m(r["paper"])])
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    lines = [head, ""]
-    for j, row in enumerate(table):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines = [head, "", *aligned(table)]
     lines += ["",
               "trainable = encoders (pretrained weights that train) + added (LoRA/adapters/side network) "
               "+ proj+fusion + SASRec; total adds the frozen encoder weights in the trained model "

@@ -63,7 +63,9 @@ def repeat_shares(split: Split) -> dict[str, float]:
                                           ("test", split.test_target, split.test_history))}
 
 
-def prepare(cfg: BenchConfig) -> Prepared:
+def prepare(cfg: BenchConfig, floor: bool = True) -> Prepared:
+    """The run's data, tokens and split; ``floor``: also the popularity floor's metrics (ranking
+    every user: seconds at Scientific's size; an estimate has no use for them)."""
     from benchmark.models.backbones import check_backbones, load_tokenizer
 
     check_backbones(cfg.backbone, cfg.data)  # an unavailable encoder fails before the output folder is touched
@@ -76,4 +78,4 @@ def prepare(cfg: BenchConfig) -> Prepared:
     if max(cfg.eval.ks) >= data.n_items:  # every item would be in the top K: HR@K = 1 for anything
         raise BenchError(f"{cfg.where('eval.ks')}: 'eval.ks' must be below the number of items ({data.n_items}), "
                          f"got {max(cfg.eval.ks)}")
-    return Prepared(data, split, popularity_metrics(split, cfg.eval.ks, cfg.eval.masking))
+    return Prepared(data, split, popularity_metrics(split, cfg.eval.ks, cfg.eval.masking) if floor else {})

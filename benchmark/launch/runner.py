@@ -76,7 +76,6 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
 def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device: torch.device, repeat: int,
                         out_dir: Path | None, progress: bool, profiler, record: RunRecord, dist=None) -> None:
     from benchmark.launch.factory import count_params, resident_mb
-    from benchmark.measure.flops import flops_record
     from benchmark.training.trainer import Trainer
 
     t0 = time.perf_counter()
@@ -111,10 +110,11 @@ def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device
     record.metrics.update(valid=outcome.valid, test=outcome.test, best_epoch=outcome.best_epoch,
                           history=outcome.history)
     record.energy = profiler.energy()
-    epoch1 = outcome.epoch_s[0] if outcome.epoch_s else None
-    record.flops = flops_record(cls.train_flops_multiplier, backbones.text, backbones.vision,
-                                cfg.data.text_tokens, prep.split.train, t.batch_size, cfg.run.seed + repeat,
-                                t.max_steps_per_epoch, epoch1, record.env.get("device_name") or "")
+    if wants_estimate(cfg.run.estimate, device, record.env.get("device_name") or ""):  # after every measured figure
+        from benchmark.launch.estimator import estimate_for_record
+
+        record.estimate, record.flops = estimate_for_record(cfg, name, prep, record.env.get("device_name") or "",
+                                                            timing["step_p50_s"])
 
 
 def _build_rank0_first(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device, out_dir, profiler, dist):
@@ -144,6 +144,15 @@ def rank_figures(dist, outcome, timing: dict[str, Any]) -> Distributed:
                        dist.comm.allreduce_bytes / steps / 2**20 if steps else None, ranks=[rank])
 
 
+def wants_estimate(setting: str, device: torch.device, device_name: str) -> bool:
+    """``run.estimate``: on, off, or (auto) on a GPU the device table knows."""
+    from benchmark.measure.devices import gpu_of
+
+    if setting != "auto":
+        return setting == "on"
+    return device.type == "cuda" and gpu_of(device_name) is not None
+
+
 def resolve_runtime(t, cls, device: torch.device, data_parallel: bool = False):
     """``train.compile`` as this method runs on this device: ``auto`` is the method's own choice on
     one GPU (``Method.auto_compile``) and off on CPU and under DDP (CUDA graphs around NCCL
@@ -160,10 +169,15 @@ def choose_attention(trainer, setting: str, method: str, where: str, dist=None):
     0's choice is every rank's (timings differ by noise; the kernels must not)."""
     from benchmark.models.kernels import choose_sdpa_backend
 
-    shapes = sorted(trainer.step_shapes(1).values(), key=lambda b: b.shape[1])
-    picks = [shapes[i] for i in sorted({0, len(shapes) // 2, len(shapes) - 1})] if shapes else []
-    choice = choose_sdpa_backend(setting, trainer.device, lambda b: trainer.probe_attention(b, picks), method,
-                                 where)
+    picks: list = []
+
+    def probe(backend: str) -> float:
+        if not picks:  # cut the epoch's batches only when a probe runs (never on CPU under auto)
+            shapes = sorted(trainer.step_shapes(1).values(), key=lambda b: b.shape[1])
+            picks.extend(shapes[i] for i in sorted({0, len(shapes) // 2, len(shapes) - 1}))
+        return trainer.probe_attention(backend, picks)
+
+    choice = choose_sdpa_backend(setting, trainer.device, probe, method, where)
     return choice if dist is None else dist.from_rank0(choice)
 
 

@@ -196,7 +196,8 @@ class RunRecord:
     energy: Energy = field(default_factory=Energy)
     cache: CacheCost | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
-    flops: dict[str, Any] | None = None
+    flops: dict[str, Any] | None = None  # run.estimate: traced FLOPs a step, the device's peak, MFU
+    estimate: dict[str, Any] | None = None  # run.estimate: iisan-bench estimate for the device it ran on
     trace: dict[str, Any] | None = None
     isolation: dict[str, Any] | None = None
     distributed: Distributed | None = None  # only for runs under DDP (run.nproc > 1)

@@ -47,6 +47,9 @@ class BackboneTaps(nn.Module):
         self.vision = models.get("vision")
         self.inputs = inputs
         self.taps = taps
+        # None: the weights' dtype; an estimate of the earlier design (fp32 weights under the
+        # trainer's bf16 autocast) sets it (launch.estimate.WhatIf.frozen_fp32)
+        self.compute_dtype: torch.dtype | None = None
         freeze(self.text, self.vision)
         self._tap = {"text": TapCLS(self.text, taps["text"])}
         if self.vision is not None:
@@ -67,7 +70,7 @@ class BackboneTaps(nn.Module):
         trainer's autocast and live iisan runs inside it; on CUDA autocast keeps layer norms,
         softmax and the residual stream in fp32, so without one context cached and live states
         would differ and ``iisan-cached`` would not train on what ``iisan`` computes."""
-        dtype = next(self.text.parameters()).dtype
+        dtype = self.compute_dtype or next(self.text.parameters()).dtype
         return torch.autocast(device.type, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
 
     @torch.no_grad()

@@ -1,11 +1,11 @@
 """Predicted vs measured: ``iisan-bench estimate`` for the design the H100 measurements were made at
 (../shared/measurements/h100-2026-11-22, setting C), written as the table in docs/estimates.md.
 
-That design differed from today's in ways estimated as they were (``WhatIf``): every item's uint8
-image resident on the GPU (2.9 GB), the IISAN methods' frozen encoders in fp32 under the trainer's
-bf16 autocast, and no item buckets (each step's exact distinct items). One is not reproduced:
-IISAN then read ``output_hidden_states`` (every hidden state of both encoders alive until the
-forward ends), where today's hooks keep the CLS vectors only (docs/estimates.md). Measured: the NVML process peak of the training
+That design differed from today's in four ways, each estimated as it was (``WhatIf``): every
+item's uint8 image resident on the GPU (2.9 GB), the IISAN methods' frozen encoders in fp32 under
+the trainer's bf16 autocast, IISAN reading ``output_hidden_states`` (every hidden state of both
+encoders alive until the forward ends; today's hooks keep the tapped CLS vectors only), and no
+item buckets (each step's exact distinct items). Measured: the NVML process peak of the training
 phase (README table there) and the plain-PyTorch FFT step (anchor-plain-pytorch-fft.json).
 
     python benchmarks/estimate_vs_h100.py [--measurements DIR] [--out docs/estimates-h100.md]
@@ -40,7 +40,8 @@ def main() -> None:
                                                            "train": {"item_bucket": 1}})
     names = list(TRAIN_NVML_MB)
     t0 = time.perf_counter()
-    rows = estimate_all(cfg, names, gpu_named("h100-80gb"), WhatIf(resident_images=True, frozen_fp32=True))
+    rows = estimate_all(cfg, names, gpu_named("h100-80gb"), WhatIf(resident_images=True, frozen_fp32=True,
+                                                                          all_hidden_states=True))
     seconds = time.perf_counter() - t0
     lines = ["| method | predicted train GiB | measured (NVML, train phase) GiB | predicted / measured | "
              "predicted step ms (typical) | measured step p50 ms | items traced / typical |",

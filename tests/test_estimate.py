@@ -114,3 +114,16 @@ def test_a_run_on_a_known_gpu_carries_its_estimate_and_mfu(tmp_path, monkeypatch
     section = text.split("### Estimate vs measurement")[1]
     assert "| `fft` | test-gpu |" in section and "| `iisan-cached` | test-gpu |" in section
     assert "| MFU |" in text
+
+
+def test_the_earlier_designs_read_taps_the_same_states():
+    """``WhatIf.all_hidden_states`` (the H100 comparison's IISAN) reads output_hidden_states as the
+    earlier code did: more alive, the same tapped CLS states."""
+    from tests.helpers import build, small
+
+    model, _, _ = build(small(), "iisan")
+    source, ids = model.item_tower.source, torch.arange(1, 9)
+    hooks = source(ids)
+    source.all_hidden_states = True
+    old = source(ids)
+    assert torch.equal(hooks[0], old[0]) and torch.equal(hooks[1], old[1])

@@ -52,6 +52,7 @@ class WhatIf:
     resident_images: bool = False  # the uint8 image table on the device (today: staged from the host)
     frozen_fp32: bool = False  # frozen encoders of decoupled methods in fp32 (today: the compute dtype)
     compute_dtype: torch.dtype = torch.bfloat16  # ... run under autocast to this, as the trainer's was
+    all_hidden_states: bool = False  # IISAN read output_hidden_states (today: hooks keep the tapped CLS only)
 
 
 @dataclass
@@ -96,6 +97,8 @@ def _fake_tensors(model: nn.Module, what_if: WhatIf) -> None:
             mod.images = torch.empty(mod.images.shape, dtype=torch.uint8)
         if what_if.frozen_fp32 and hasattr(mod, "compute_dtype"):  # BackboneTaps: fp32 weights, bf16 autocast
             mod.compute_dtype = what_if.compute_dtype
+        if what_if.all_hidden_states and hasattr(mod, "all_hidden_states"):  # BackboneTaps: the old read
+            mod.all_hidden_states = True
 
 
 def _fused_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):

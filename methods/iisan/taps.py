@@ -50,6 +50,7 @@ class BackboneTaps(nn.Module):
         # None: the weights' dtype; an estimate of the earlier design (fp32 weights under the
         # trainer's bf16 autocast) sets it (launch.estimate.WhatIf.frozen_fp32)
         self.compute_dtype: torch.dtype | None = None
+        self.all_hidden_states = False  # the earlier design's read (output_hidden_states), for estimates of it
         freeze(self.text, self.vision)
         self._tap = {"text": TapCLS(self.text, taps["text"])}
         if self.vision is not None:
@@ -75,12 +76,13 @@ class BackboneTaps(nn.Module):
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        extra = {"output_hidden_states": True} if self.all_hidden_states else {}
         with self.numerics(ids.device):
-            self.text(**self.inputs.text(ids))
+            self.text(**self.inputs.text(ids), **extra)
             text = self._tap["text"].collect()
             image = None
             if self.vision is not None:
-                self.vision(pixel_values=self.inputs.pixels(ids).to(text.dtype))
+                self.vision(pixel_values=self.inputs.pixels(ids).to(text.dtype), **extra)
                 image = self._tap["vision"].collect()
         return text, image
 

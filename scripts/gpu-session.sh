@@ -36,12 +36,15 @@ else
 fi
 export IISAN_BENCH_CACHE="$WORK/cache"
 
-if [ "$DRY" = 1 ]; then
+if [ "$DRY" = 1 ]; then  # the same steps, small: fp32 (bf16 matmuls are slow on CPU), 3 floor steps
   STEPS=6
-  DATA=(--dataset synthetic --backbone tiny --device cpu --set data.synthetic.users=160 --set data.synthetic.items=80
-        --set data.image_size=32 --set train.batch_size=16 --set eval.eval_batch_size=64 --set eval.item_batch_size=64)
+  FLOOR_STEPS=3
+  DATA=(--dataset synthetic --backbone tiny --device cpu --precision fp32 --set data.synthetic.users=120
+        --set data.synthetic.items=80 --set data.image_size=32 --set train.batch_size=16
+        --set eval.eval_batch_size=64 --set eval.item_batch_size=64)
 else
   STEPS=60  # + 3 warm-up steps: 57 timed steps a method for p50/p90
+  FLOOR_STEPS=10
   DATA=(--dataset .data/Scientific)
 fi
 CFG=(--config configs/paper.toml "${DATA[@]}" --set "train.max_steps_per_epoch=$STEPS")
@@ -76,7 +79,7 @@ step() {  # step NAME CAP_S COMMAND...: run under min(CAP_S, what is left of the
 step gpu-tests 100 $PY -m pytest -m gpu -p no:cacheprovider -q tests/test_gpu_paths.py
 step paper-scale 390 $PY -m benchmark.cli run "${CFG[@]}" --methods fft,iisan,iisan-cached,lora,adapter,bitfit \
   --out "$WORK/paper" --no-progress --set run.floors='"off"'
-step floors 60 $PY -m benchmark.cli floors "${CFG[@]}" --out "$WORK/paper" --steps 10
+step floors 60 $PY -m benchmark.cli floors "${CFG[@]}" --out "$WORK/paper" --steps "$FLOOR_STEPS"
 step report 30 $PY -m benchmark.cli report "$WORK/paper"
 pack
 cat "$OUT/summary.txt"

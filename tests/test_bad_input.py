@@ -376,6 +376,7 @@ def test_a_diverged_run_is_diverged_with_its_last_finite_loss_and_strict_json(tm
     assert back["status"] == "diverged" and back["metrics"]["valid"]["hr@10"] is None
 
 
+@pytest.mark.slow  # a real sweep killed mid-run: 12 s
 def test_sigterm_of_a_sweep_kills_its_run_and_leaves_no_payload(tmp_path):
     import signal
     import subprocess

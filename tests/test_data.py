@@ -46,6 +46,7 @@ def test_scientific_loads_like_the_paper_and_tokenises():
     assert ds.tokens.shape == (20315, 30) and ds.attention_mask[1:].sum(1).min() >= 3  # [CLS] word [SEP]
 
 
+@pytest.mark.slow  # ranks 12,076 users x 20,314 items under three rules: 22 s
 @pytest.mark.skipif(not SCIENTIFIC.is_dir(), reason="../shared/datasets/Scientific not present")
 def test_scientific_popularity_floor_under_each_masking_rule():
     """Test HR@10 / NDCG@10 of popularity on Scientific: 0.0150 / 0.0094 under the paper's rule

@@ -132,6 +132,7 @@ def test_two_processes_train_what_one_does(tmp_path, monkeypatch):
     assert [r["memory"]["samples_csv"] for r in two] == ["memory/iisan-0-2p.csv", "memory/iisan-cached-0-2p.csv"]
 
 
+@pytest.mark.slow  # two 2-process sweeps (this and the OOM one): 16 s
 @pytest.mark.usefixtures("plugin_methods")
 def test_a_rank_that_dies_fails_its_run_and_the_sweep_goes_on(tmp_path):
     out = tmp_path / "die"
@@ -148,6 +149,7 @@ def test_a_rank_that_dies_fails_its_run_and_the_sweep_goes_on(tmp_path):
     assert time.monotonic() - t0 < 60  # rank 0 was taken down, not left to a collective's timeout
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("plugin_methods")
 def test_an_oom_on_one_rank_is_the_runs_status_not_its_peers_broken_collective(tmp_path):
     out = tmp_path / "oom"

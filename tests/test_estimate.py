@@ -99,7 +99,7 @@ def test_a_run_on_a_known_gpu_carries_its_estimate_and_mfu(tmp_path, monkeypatch
 
     fake = devices.GPU("test-gpu", (platform.machine(),), 2e12, 2e12, 1e12, 1e11, 24.0)
     monkeypatch.setitem(devices.GPUS, "test-gpu", fake)
-    cfg = load_config(None, {"run": {"methods": ["fft", "iisan-cached"], "epochs": 1, "isolate": False,
+    cfg = load_config(None, {"run": {"methods": ["iisan-cached"], "epochs": 1, "isolate": False,
                                      "device": "cpu", "estimate": "on", "out": str(tmp_path / "out")},
                              "data": {"synthetic": {"users": 120, "items": 60}},
                              "train": {"max_steps_per_epoch": 5, "batch_size": 16},
@@ -112,7 +112,7 @@ def test_a_run_on_a_known_gpu_carries_its_estimate_and_mfu(tmp_path, monkeypatch
         assert flops["mfu"] == pytest.approx(flops["per_step"] / rec["time"]["step_p50_s"] / 1e12)
     text = build_report(path.parent).read_text()
     section = text.split("### Estimate vs measurement")[1]
-    assert "| `fft` | test-gpu |" in section and "| `iisan-cached` | test-gpu |" in section
+    assert "| `iisan-cached` | test-gpu |" in section
     assert "| MFU |" in text
 
 

@@ -170,6 +170,7 @@ def test_a_child_memory_maps_the_payload(tmp_path):
     assert torch.equal(prep2.data.images, prep.data.images) and cfg2 == cfg
 
 
+@pytest.mark.slow  # floors, then a sweep: 12 s
 def test_floors_time_the_same_work_and_the_report_sets_methods_against_them(tmp_path):
     from benchmark.cli import main
     from reports import build_report

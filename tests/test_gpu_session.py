@@ -54,7 +54,7 @@ def test_the_dry_run_does_every_step_and_packs_what_comes_back(tmp_path):
 def test_a_step_past_the_budget_leaves_the_earlier_results(tmp_path):
     """A budget that ends inside the sweep: the sweep is killed, the later steps are skipped, and
     what the sweep had finished comes back, packed and summarised."""
-    proc, out, work = _session(tmp_path, GPU_SESSION_BUDGET_S="50")
+    proc, out, work = _session(tmp_path, GPU_SESSION_BUDGET_S="40")
     steps = [s.split("\t") for s in (work / "steps.tsv").read_text().splitlines()[1:]]
     assert steps[0][:2] == ["gpu-tests", "ok"]
     assert steps[1][1] in ("timed out", "ok") and all(s[1] == "skipped (budget spent)" for s in steps[2:])

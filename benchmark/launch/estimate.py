@@ -79,7 +79,7 @@ class MethodEstimate:
     allowance: str
 
 
-def _fake_tensors(model: nn.Module, what_if: WhatIf) -> None:
+def make_fake(model: nn.Module, what_if: WhatIf) -> None:
     """Replace every parameter and buffer (built on the meta device) by a fake tensor of its shape
     and dtype, parameters shared stay shared; item images become a fake uint8 table."""
     made: dict[int, nn.Parameter] = {}
@@ -114,7 +114,7 @@ def _fused_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
 
 
 @contextlib.contextmanager
-def _gpu_attention(on: bool):
+def gpu_attention(on: bool):
     saved = F.scaled_dot_product_attention
     if on:
         F.scaled_dot_product_attention = _fused_attention
@@ -124,11 +124,11 @@ def _gpu_attention(on: bool):
         F.scaled_dot_product_attention = saved
 
 
-def _phase(trace: Trace) -> PhaseEstimate:
+def phase_of(trace: Trace) -> PhaseEstimate:
     return PhaseEstimate(trace.peak_bytes / GB, {k: v / GB for k, v in trace.at_peak.items()})
 
 
-def _trace(model: nn.Module, run: Callable[[Tracer], None], resident_images: bool, *,
+def trace_region(model: nn.Module, run: Callable[[Tracer], None], resident_images: bool, *,
            grads: Callable[[], list] = list, state: Callable[[], list] = list) -> Trace:
     tracer = Tracer()
     tracer.hold(model.parameters(), "weights")
@@ -246,7 +246,7 @@ def fake_mode():
     return FakeTensorMode(allow_non_fake_inputs=True)
 
 
-def _stats(values: list[int]) -> tuple[int, int]:
+def most_and_mean(values: list[int]) -> tuple[int, int]:
     return max(values), round(sum(values) / len(values))
 
 

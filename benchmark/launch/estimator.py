@@ -16,7 +16,7 @@ from benchmark.measure.devices import GPU
 
 def _data_for(cfg: BenchConfig):
     """The run's data without decoding or drawing one image (a 3 GB table at paper scale): the
-    split and tokens as the run has them; the image table's shape only (``_fake_tensors`` fakes it)."""
+    split and tokens as the run has them; the image table's shape only (``estimate.make_fake`` fakes it)."""
     from benchmark.launch.prepare import prepare
 
     images = cfg.data.images != "none"
@@ -61,7 +61,7 @@ def _train_trace(trainer, batch, what_if: E.WhatIf):
     grads = lambda: [p.grad for p in model.parameters() if p.grad is not None]  # noqa: E731
     state = lambda: [t for s in trainer.optimizer.state.values() for t in s.values()  # noqa: E731
                      if isinstance(t, torch.Tensor)]
-    return E._trace(model, run, what_if.resident_images, grads=grads, state=state)
+    return E.trace_region(model, run, what_if.resident_images, grads=grads, state=state)
 
 
 def _eval_trace(trainer, what_if: E.WhatIf):
@@ -76,7 +76,7 @@ def _eval_trace(trainer, what_if: E.WhatIf):
             inputs, target, history = (t[:trainer.eval_cfg.eval_batch_size] for t in trainer.eval_sets[0])
             trainer.rank(table, inputs, target, history)
 
-    return E._trace(model, run, what_if.resident_images)
+    return E.trace_region(model, run, what_if.resident_images)
 
 
 def _cache_build_trace(cfg: BenchConfig, prep, source, what_if: E.WhatIf):
@@ -92,7 +92,7 @@ def _cache_build_trace(cfg: BenchConfig, prep, source, what_if: E.WhatIf):
         with torch.no_grad():
             source(torch.arange(1, min(batch, prep.data.n_items) + 1))
 
-    return E._trace(source, run, what_if.resident_images)
+    return E.trace_region(source, run, what_if.resident_images)
 
 
 def estimate_method(cfg: BenchConfig, name: str, prep, gpu: GPU | None, what_if: E.WhatIf) -> E.MethodEstimate:
@@ -102,18 +102,18 @@ def estimate_method(cfg: BenchConfig, name: str, prep, gpu: GPU | None, what_if:
     with fake:
         for m in (model, source):
             if m is not None:
-                E._fake_tensors(m, what_if)
+                E.make_fake(m, what_if)
         trainer = _trainer(cfg, name, model, prep)
     batches = trainer._epoch_batches(trainer._order(1), trainer.n_steps())  # real ids: torch.unique on the host
     counts = [b.uniq.numel() for b in batches]
     peak_batch = batches[counts.index(max(counts))]
-    with fake, E._gpu_attention(gpu is not None):
+    with fake, E.gpu_attention(gpu is not None):
         train = _train_trace(trainer, peak_batch, what_if)
         phases = {"setup": E.PhaseEstimate(*_resting(model, what_if)),
-                  "train": E._phase(train), "eval": E._phase(_eval_trace(trainer, what_if))}
+                  "train": E.phase_of(train), "eval": E.phase_of(_eval_trace(trainer, what_if))}
         if name == "iisan-cached":
-            phases["cache_build"] = E._phase(_cache_build_trace(cfg, prep, source, what_if))
-    most, typical = E._stats(counts)
+            phases["cache_build"] = E.phase_of(_cache_build_trace(cfg, prep, source, what_if))
+    most, typical = E.most_and_mean(counts)
     step = E.roofline_s(train, gpu, typical / most) if gpu is not None else None
     return E.MethodEstimate(
         name, gpu.name if gpu else "cpu", trainer.cfg.precision, trainer.cfg.batch_size, most, typical,
@@ -151,7 +151,7 @@ def measure_cpu_step(cfg: BenchConfig, name: str) -> tuple[E.PhaseEstimate, floa
     counts = [b.uniq.numel() for b in batches]
     with FlopCounterMode(display=False) as counter:
         trace = _train_trace(trainer, batches[counts.index(max(counts))], E.WhatIf())
-    return E._phase(trace), float(counter.get_total_flops())
+    return E.phase_of(trace), float(counter.get_total_flops())
 
 
 def estimate_all(cfg: BenchConfig, names: list[str], gpu: GPU | None,

@@ -77,7 +77,7 @@ def test_the_attention_kernel_context_restricts_sdpa():
     assert kernels.is_refusal(refused.value) and not kernels.is_refusal(RuntimeError("CUDA error: misaligned"))
 
 
-def test_sdpa_backend_is_chosen_on_a_gpu_only_and_recorded():
+def test_sdpa_backend_is_chosen_on_a_gpu_only_and_recorded(monkeypatch):
     def probe(backend):
         raise AssertionError("not probed")
 
@@ -99,6 +99,17 @@ def test_sdpa_backend_is_chosen_on_a_gpu_only_and_recorded():
     with pytest.raises(RuntimeError, match="illegal memory access"):  # a real failure is not a refusal
         kernels.choose_sdpa_backend("auto", torch.device("cuda"),
                                     lambda b: (_ for _ in ()).throw(RuntimeError("illegal memory access")), "fft")
+
+    def math_oom(backend):
+        if backend == "math":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.2 GiB")
+        if backend == "cudnn":
+            raise RuntimeError("cuDNN Frontend error: [cudnn_frontend] No valid execution plans built.")
+        return times[backend]
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)  # no CUDA here: what follows an OOM
+    picked = kernels.choose_sdpa_backend("auto", torch.device("cuda"), math_oom, "fft")
+    assert (picked.backend, sorted(picked.refused)) == ("flash", ["cudnn", "math"])  # an OOM only rules math out
 
 
 def test_auto_compile_is_the_methods_choice_on_a_gpu_and_off_on_cpu(tmp_path):

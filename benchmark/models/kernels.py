@@ -46,7 +46,10 @@ class SdpaChoice:
     note: str | None = None  # why the choice is what it is (a fallback's reason)
 
 
-REFUSALS = ("No available kernel", "No viable backend for scaled_dot_product_attention")
+# how kernels say "not this call": the dispatcher's two messages, and cuDNN's when its frontend has no
+# plan for a shape, mask or dropout (some cuDNN versions build none with dropout)
+REFUSALS = ("No available kernel", "No viable backend for scaled_dot_product_attention", "cuDNN Frontend error",
+            "CUDNN_STATUS_NOT_SUPPORTED", "No valid execution plans")
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -104,10 +107,12 @@ def choose_sdpa_backend(setting: str, device: torch.device, probe: Probe, method
         try:
             _quiet(probe, backend)  # wake-up: plans and first calls, not in the timing
             timed[backend] = _quiet(probe, backend)
-        except RuntimeError as exc:
-            if not is_refusal(exc):
+        except RuntimeError as exc:  # an OOM (the math kernel keeps the T x T scores) only rules it out
+            if not (is_refusal(exc) or isinstance(exc, torch.OutOfMemoryError)):
                 raise
             timed[backend], refused[backend] = None, first_line(exc)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     ms = {k: (None if v is None else round(v * 1000, 3)) for k, v in timed.items()}
     ok = {k: v for k, v in timed.items() if v is not None}
     probe_s = time.perf_counter() - t0

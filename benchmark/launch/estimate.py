@@ -129,7 +129,8 @@ def phase_of(trace: Trace) -> PhaseEstimate:
 
 
 def trace_region(model: nn.Module, run: Callable[[Tracer], None], resident_images: bool, *,
-           grads: Callable[[], list] = list, state: Callable[[], list] = list) -> Trace:
+                 grads: Callable[[], list] = list, state: Callable[[], list] = list) -> Trace:
+    """``run(tracer)`` traced with ``model``'s weights and buffers (and, resident, its images) held."""
     tracer = Tracer()
     tracer.hold(model.parameters(), "weights")
     tracer.hold(model.buffers(), "buffers")

@@ -47,6 +47,14 @@ def _trainer(cfg: BenchConfig, name: str, model, prep):
                    progress=False)
 
 
+def _epoch_steps(trainer) -> tuple[list[int], object]:
+    """The first epoch's bucketed distinct items per step, and its largest step (the training peak).
+    Outside any fake mode: the batches are cut from the real ids (``torch.unique`` on the host)."""
+    batches = trainer._epoch_batches(trainer._order(1), trainer.n_steps())
+    counts = [b.uniq.numel() for b in batches]
+    return counts, batches[counts.index(max(counts))]
+
+
 def _train_trace(trainer, batch, what_if: E.WhatIf):
     model = trainer.model
 
@@ -104,9 +112,7 @@ def estimate_method(cfg: BenchConfig, name: str, prep, gpu: GPU | None, what_if:
             if m is not None:
                 E.make_fake(m, what_if)
         trainer = _trainer(cfg, name, model, prep)
-    batches = trainer._epoch_batches(trainer._order(1), trainer.n_steps())  # real ids: torch.unique on the host
-    counts = [b.uniq.numel() for b in batches]
-    peak_batch = batches[counts.index(max(counts))]
+    counts, peak_batch = _epoch_steps(trainer)
     with fake, E.gpu_attention(gpu is not None):
         train = _train_trace(trainer, peak_batch, what_if)
         phases = {"setup": E.PhaseEstimate(*_resting(model, what_if)),
@@ -117,18 +123,20 @@ def estimate_method(cfg: BenchConfig, name: str, prep, gpu: GPU | None, what_if:
     step = E.roofline_s(train, gpu, typical / most) if gpu is not None else None
     return E.MethodEstimate(
         name, gpu.name if gpu else "cpu", trainer.cfg.precision, trainer.cfg.batch_size, most, typical,
-        len(batches), phases, E.headline_gb(phases["train"], gpu), train.flops, step,
+        len(counts), phases, E.headline_gb(phases["train"], gpu), train.flops, step,
         step * trainer.n_steps() if step is not None else None,
         E.max_batch(trainer, phases["train"], most, gpu, fake) if gpu is not None else None, E.describe_allowance(gpu))
 
 
 def _resting(model, what_if: E.WhatIf) -> tuple[float, dict[str, float]]:
-    """The setup phase: what the built model keeps on the device before training."""
-    def mb(ts):
-        return sum({id(t): t.numel() * t.element_size() for t in ts}.values()) / E.GB
+    """The setup phase: what the built model keeps on the device before training (the runner's
+    ``resident_mb``), plus the image table where the design kept it there."""
+    from benchmark.launch.factory import resident_mb
 
-    images = [m.images for m in model.modules() if getattr(m, "has_images", False)] if what_if.resident_images else []
-    cats = {"weights": mb(model.parameters()), "buffers": mb(list(model.buffers()) + images)}
+    held = resident_mb(model)
+    images = sum(m.images.numel() for m in model.modules() if getattr(m, "has_images", False)) / E.GB
+    cats = {"weights": held["params_mb"] / 1024,
+            "buffers": held["buffers_mb"] / 1024 + (images if what_if.resident_images else 0.0)}
     return sum(cats.values()), cats
 
 
@@ -147,10 +155,9 @@ def measure_cpu_step(cfg: BenchConfig, name: str) -> tuple[E.PhaseEstimate, floa
     seed_everything(cfg.run.seed)
     model = build_model(cfg, name, prep.data, torch.device("cpu")).model
     trainer = _trainer(cfg, name, model, prep)
-    batches = trainer._epoch_batches(trainer._order(1), trainer.n_steps())
-    counts = [b.uniq.numel() for b in batches]
+    _, peak_batch = _epoch_steps(trainer)
     with FlopCounterMode(display=False) as counter:
-        trace = _train_trace(trainer, batches[counts.index(max(counts))], E.WhatIf())
+        trace = _train_trace(trainer, peak_batch, E.WhatIf())
     return E.phase_of(trace), float(counter.get_total_flops())
 
 

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from benchmark.models.kernels import first_line
+
 CUDA_GRAPH_CALLS = 3  # cudagraph trees: warm-up run, recording, first replay
 PLAIN_CALLS = 1  # inductor without graphs: the first call compiles
 
@@ -59,11 +61,6 @@ class WarmupReport:
     note: str | None = None  # why some shapes run eagerly
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
-
-
 def warm_up(loss: CompiledLoss, shapes: dict[tuple[int, int], object], step: Callable[[Callable, object], None],
             calls: int, budget_s: float, clock: Callable[[], float] = time.perf_counter) -> WarmupReport:
     """Run ``step(loss.compiled, batch)`` ``calls`` times for each shape, shapes in order, while
@@ -82,7 +79,8 @@ def warm_up(loss: CompiledLoss, shapes: dict[tuple[int, int], object], step: Cal
                 step(loss.compiled, batch)
         except Exception as exc:  # noqa: BLE001 - a compile never loses the run
             loss.ready.clear()
-            report.note = f"compiling step shape {shape} failed ({_first_line(exc)}); every shape runs eagerly"
+            report.note = (f"compiling step shape {shape} failed ({type(exc).__name__}: {first_line(exc)}); "
+                           "every shape runs eagerly")
             break
         loss.ready.add(shape)
     report.seconds = clock() - t0

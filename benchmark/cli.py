@@ -211,12 +211,46 @@ def _terminate(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
+class PipeSafe:
+    """stdout that outlives its reader: once the pipe is closed (``iisan-bench run | head -2``), the
+    rest goes to /dev/null instead of ending the sweep with a BrokenPipeError (SIGPIPE's exit 1,
+    no report). The sweep keeps writing results and the report; stderr still says what happens."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self) -> None:
+        import os
+
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, self._stream.fileno())  # Python's own flush at exit goes there too
+        os.close(null)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> None:
     import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+    if not isinstance(sys.stdout, PipeSafe):
+        sys.stdout = PipeSafe(sys.stdout)
     try:
         cli.main(args=argv, prog_name="iisan-bench", standalone_mode=False)
     except click.exceptions.Abort:
@@ -228,8 +262,15 @@ def main(argv: list[str] | None = None) -> None:
     except BenchError as exc:
         click.echo(f"iisan-bench: error: {exc}", err=True)
         sys.exit(2)
+    except OSError as exc:
+        if not exc.filename:  # not about a file the user named or holds: a bug, keep its traceback
+            raise
+        click.echo(f"iisan-bench: error: {exc.filename}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
     except Exception as exc:
-        if type(exc).__name__ == "ReportError":
+        from reports.load import ReportError
+
+        if isinstance(exc, ReportError):
             click.echo(f"iisan-bench: error: {exc}", err=True)
             sys.exit(2)
         raise

@@ -17,19 +17,20 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import tomllib
 
 from iisan_util.errors import BenchError, nearest
+from iisan_util.keys import bounded
 
 
 @dataclass
 class RunConfig:
     methods: list[str] = field(default_factory=lambda: ["all"])
-    epochs: int = 4
-    seed: int = 42
+    epochs: int = bounded(4, 1, 1000)
+    seed: int = bounded(42, 0, 2**32, hi_open=True)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out: str = "runs/default"
-    repeats: int = 1
+    repeats: int = bounded(1, 1, 100)
     isolate: bool = True
-    nproc: int = 1  # data-parallel processes per run (torch DDP; gloo on CPU, NCCL on GPUs)
-    sample_interval_ms: float = 0.0  # 0 = by device: 10 ms on GPU, 50 ms on CPU
+    nproc: int = bounded(1, 1, 1024)  # (and at most the cores, or GPUs, the run has) data-parallel processes per run (torch DDP; gloo on CPU, NCCL on GPUs)
+    sample_interval_ms: float = bounded(0.0, 1, 60_000, zero="by device")  # 0 = by device: 10 ms on GPU, 50 ms on CPU
     floors: Literal["auto", "on", "off"] = "auto"  # time the plain-PyTorch floors after the sweep; auto = on a GPU
     # each run's own estimate (iisan-bench estimate for the device it ran on) beside its measurement, and
     # its MFU from the traced FLOPs; auto = on a GPU in the device table (benchmark.measure.devices)
@@ -38,21 +39,21 @@ class RunConfig:
 
 @dataclass
 class SyntheticConfig:
-    users: int = 1000
-    items: int = 300
-    clusters: int = 8
-    min_len: int = 6
-    max_len: int = 14
-    noise: float = 0.1
+    users: int = bounded(1000, 2, 100_000)
+    items: int = bounded(300, 2, 100_000)
+    clusters: int = bounded(8, 1, 10_000)
+    min_len: int = bounded(6, 3, 1024)
+    max_len: int = bounded(14, 3, 1024)
+    noise: float = bounded(0.1, 0, 1)
 
 
 @dataclass
 class DataConfig:
     dataset: str = "synthetic"
-    max_seq_len: int = 10
-    min_seq_len: int = 5
-    text_tokens: int = 30
-    image_size: int = 32
+    max_seq_len: int = bounded(10, 1, 1024)
+    min_seq_len: int = bounded(5, 3, 1024, note="train, valid and test items")
+    text_tokens: int = bounded(30, 2, 512, note="[CLS] and at least one word; BERT's positions")
+    image_size: int = bounded(32, 1, 1024)
     images: Literal["real", "synthetic", "none"] = "synthetic"
     trust_pickle: bool = False
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -71,19 +72,19 @@ class BackboneConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 64
-    lr_backbone: float = 1e-4
-    lr_peft: float = 1e-3
-    lr_head: float = 1e-3
-    lr_backbone_vision: float = 0.0  # the vision encoder's trained weights; 0 = lr_backbone
-    weight_decay: float = 0.0
+    batch_size: int = bounded(64, 1, 65_536)
+    lr_backbone: float = bounded(1e-4, 0, 1)
+    lr_peft: float = bounded(1e-3, 0, 1)
+    lr_head: float = bounded(1e-3, 0, 1)
+    lr_backbone_vision: float = bounded(0.0, 0, 1, note="0 = lr_backbone")  # the vision encoder's trained weights
+    weight_decay: float = bounded(0.0, 0, 1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    patience: int = 3
-    max_steps_per_epoch: int = 0
-    item_dim: int = 64
-    num_blocks: int = 2
-    num_heads: int = 2
-    dropout: float = 0.1
+    patience: int = bounded(3, 0, 1000, note="0 = no early stopping")
+    max_steps_per_epoch: int = bounded(0, 0, 10_000_000, note="0 = a full epoch")
+    item_dim: int = bounded(64, 1, 4096)
+    num_blocks: int = bounded(2, 1, 48)
+    num_heads: int = bounded(2, 1, 64)
+    dropout: float = bounded(0.1, 0, 1, hi_open=True)
     # True: the IISAN paper's recipe per method (batch size, learning rates, LoRA scaling), selection
     # by valid HR@10 with patience 11, popularity count/total and architecture = paper (docs/protocol.md)
     paper_protocol: bool = False
@@ -93,35 +94,35 @@ class TrainConfig:
     # xavier init; GELU after each modality projection of end-to-end towers; SAN blocks N(0, 0.01) with
     # zero bias and the first intra step gated); ours: PyTorch's defaults (docs/protocol.md)
     architecture: Literal["ours", "paper"] = "ours"
-    profile_steps: int = 0  # >0: after training, trace this many steps with torch.profiler (OUT/traces/)
+    profile_steps: int = bounded(0, 0, 1000)  # >0: after training, trace this many steps with torch.profiler (OUT/traces/)
     # torch.compile the loss; auto = the method's own choice on a GPU (iisan-cached: reduce-overhead,
     # i.e. CUDA graphs), off on CPU
     compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
     # seconds of compiling (and CUDA-graph recording) before the clock; past it the remaining step
     # shapes run eagerly (checked between shapes: one shape's compile may overrun it by its own time)
-    compile_budget_s: float = 60.0
+    compile_budget_s: float = bounded(60.0, 0, 86_400)
     # distinct: each step encodes its distinct items once (fast); every_slot: every slot of every
     # sequence, padding and repeats included, as the paper's code does (2.5x the encoder work)
     encoder_workload: Literal["distinct", "every_slot"] = "distinct"
-    item_bucket: int = 64  # each step's distinct items padded up to a multiple: few shapes (cuDNN plans, graphs)
+    item_bucket: int = bounded(64, 1, 4096, note="1 = no padding")  # each step's distinct items padded up to a multiple: few shapes (cuDNN plans, graphs)
     sdpa_backend: Literal["auto", "default", "cudnn", "flash", "efficient", "math"] = "auto"  # attention kernel
 
 
 @dataclass
 class EvalConfig:
-    ks: list[int] = field(default_factory=lambda: [10])
+    ks: list[int] = field(default_factory=lambda: [10], metadata=bounded(None, 1, 10_000).metadata)
     # which of the user's past items compete in the ranking (benchmark.training.metrics): all_history = the
     # paper's (a repeated target is masked too: a miss), history_except_target, none (repeat-aware)
     masking: Literal["all_history", "history_except_target", "none"] = "all_history"
-    eval_batch_size: int = 256
-    item_batch_size: int = 256
+    eval_batch_size: int = bounded(256, 1, 65_536)
+    item_batch_size: int = bounded(256, 1, 65_536)
 
 
 @dataclass
 class TPMEConfig:
-    alpha_time: float = 0.45
-    alpha_params: float = 0.10
-    alpha_memory: float = 0.45
+    alpha_time: float = bounded(0.45, 0, 1)
+    alpha_params: float = bounded(0.10, 0, 1)
+    alpha_memory: float = bounded(0.45, 0, 1)
     reference: str = "fft"
 
 
@@ -143,9 +144,25 @@ class BenchConfig:
         d.pop("origins")
         return d
 
-    def where(self, key: str) -> str:
-        """Where ``key``'s value came from: ``--set KEY`` / a flag, else the config file."""
-        return self.origins.get(key, self.source)
+    def where(self, *keys: str) -> str:
+        """Where the keys' values came from, the command line's first: ``--set KEY`` or a flag, else
+        the config file (a section's source is that of any key set under it)."""
+        srcs = list(dict.fromkeys(source_of(k, self.origins, self.source) for k in keys))
+        return ", ".join(sorted(srcs, key=lambda s: s == self.source))
+
+    def value(self, key: str) -> Any:
+        node: Any = self
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else getattr(node, part)
+        return node
+
+    def blame(self, keys: tuple[str, ...] | list[str], text: str) -> BenchError:
+        """The one-line error of a check on ``keys``: every key's source first and, when the check
+        involves several keys, each one's value and its own source."""
+        if len(keys) == 1:
+            return BenchError(f"{self.where(*keys)}: {text}")
+        each = "; ".join(f"{k} = {self.value(k)!r} from {source_of(k, self.origins, self.source)}" for k in keys)
+        return BenchError(f"{self.where(*keys)}: {text} ({each})")
 
     def hash_for(self, method: str) -> str:
         """Stable hash of everything that determines one method's run (resume key)."""
@@ -177,10 +194,29 @@ def _type_ok(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
+def source_of(key: str, origins: dict[str, str], default: str) -> str:
+    """``key``'s source: its own (``--set KEY``, a flag), else that of a key set under it (a section
+    named by ``--set foo.bar``), else ``default`` (the config file)."""
+    if key in origins:
+        return origins[key]
+    return next((v for k, v in origins.items() if k.startswith(key + ".")), default)
+
+
 def _describe(tp: Any) -> str:
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) is list:
+        return f"a list of {_describe(get_args(tp)[0])}"
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _got(value: Any, tp: Any) -> str:
+    """What was wrong: the value and its type, or a list's first bad element and its type."""
+    if get_origin(tp) is list and isinstance(value, list):
+        (inner,) = get_args(tp)
+        bad = next(v for v in value if not _type_ok(v, inner))
+        return f"{type(bad).__name__} {bad!r} in {value!r}"
+    return f"{type(value).__name__} {value!r}"
 
 
 def build_dataclass(cls: type, data: dict[str, Any], where: str, prefix: str,
@@ -193,7 +229,7 @@ def build_dataclass(cls: type, data: dict[str, Any], where: str, prefix: str,
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
-        src = origins.get(full, where)
+        src = source_of(full, origins, where)
         if key not in names:
             raise BenchError(f"{src}: unknown key '{full}'{nearest(key, names)}")
         tp = hints[key]
@@ -204,7 +240,7 @@ def build_dataclass(cls: type, data: dict[str, Any], where: str, prefix: str,
             continue
         if not _type_ok(value, tp):
             raise BenchError(
-                f"{src}: '{full}' must be {_describe(tp)}, got {type(value).__name__} {value!r}"
+                f"{src}: '{full}' must be {_describe(tp)}, got {_got(value, tp)}"
             )
         kwargs[key] = float(value) if tp is float else value
     return cls(**kwargs)

@@ -1,45 +1,69 @@
 """Load-time checks of every value the type system cannot judge: ranges, finiteness, combinations.
 
 Why at load time: a negative learning rate trains uphill, a NaN one writes NaN into the results,
--1 steps reports an untrained model as ok, and a negative TPME weight used to fail only after the
-whole sweep had trained. Each is one line naming the key and where it came from (the config
-file, ``--set KEY``, or the flag), before anything runs or is written.
+-1 steps reports an untrained model as ok, a size of 1e9 hangs or allocates GBs, and a negative
+TPME weight used to fail only after the whole sweep had trained. Each is one line naming the key
+and where it came from (the config file, ``--set KEY``, or the flag), before anything runs or is
+written. A key's range is declared on its dataclass field (``iisan_util.keys.bounded``); a check
+of several keys is a ``Cross`` here, and its error names every key with its own source.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
-from iisan_util.errors import BenchError
+from iisan_util.keys import check_ranges
 
-Rule = tuple[Callable[[Any], bool], str]
-GT0: Rule = (lambda v: v > 0, "> 0")
-GE0: Rule = (lambda v: v >= 0, ">= 0")
-UNIT: Rule = (lambda v: 0 <= v <= 1, "in [0, 1]")
+NONEMPTY = {"run.out": "a folder name, not empty", "data.dataset": "'synthetic' or a folder, not empty"}
 
-RULES: dict[str, Rule] = {
-    "run.epochs": GT0, "run.repeats": GT0, "run.nproc": (lambda v: v >= 1, ">= 1"),
-    "run.seed": (lambda v: 0 <= v < 2**32, "in [0, 2^32)"),
-    "run.sample_interval_ms": (lambda v: v >= 0, ">= 0 (0 = by device)"),
-    "run.out": (lambda v: bool(v.strip()), "a folder name, not empty"),
-    "data.max_seq_len": GT0, "data.min_seq_len": (lambda v: v >= 3, ">= 3 (train, valid and test items)"),
-    "data.text_tokens": (lambda v: v >= 2, ">= 2 ([CLS] and at least one word)"),
-    "data.image_size": GT0,
-    "data.synthetic.users": (lambda v: v >= 2, ">= 2"), "data.synthetic.items": (lambda v: v >= 2, ">= 2"),
-    "data.synthetic.clusters": (lambda v: v >= 1, ">= 1"), "data.synthetic.min_len": (lambda v: v >= 3, ">= 3"),
-    "data.synthetic.max_len": (lambda v: v >= 3, ">= 3"), "data.synthetic.noise": UNIT,
-    "train.batch_size": GT0, "train.lr_backbone": GE0, "train.lr_peft": GE0, "train.lr_head": GE0,
-    "train.lr_backbone_vision": (lambda v: v >= 0, ">= 0 (0 = lr_backbone)"), "train.weight_decay": GE0,
-    "train.patience": (lambda v: v >= 0, ">= 0 (0 = no early stopping)"),
-    "train.max_steps_per_epoch": (lambda v: v >= 0, ">= 0 (0 = a full epoch)"),
-    "train.item_dim": GT0, "train.num_blocks": GT0, "train.num_heads": GT0,
-    "train.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"), "train.profile_steps": GE0,
-    "train.item_bucket": (lambda v: v >= 1, ">= 1 (1 = no padding)"), "train.compile_budget_s": GT0,
-    "eval.eval_batch_size": GT0, "eval.item_batch_size": GT0,
-    "tpme.alpha_time": GE0, "tpme.alpha_params": GE0, "tpme.alpha_memory": GE0,
-}
+
+@dataclass(frozen=True)
+class Cross:
+    """A rule over several keys; ``breaks``: ``--set`` values that break it from the defaults (the
+    tests walk every rule with them)."""
+
+    keys: tuple[str, ...]
+    ok: Callable[[Any], bool]
+    text: str
+    breaks: dict[str, Any]
+
+
+def _alphas(cfg) -> float:
+    return cfg.tpme.alpha_time + cfg.tpme.alpha_params + cfg.tpme.alpha_memory
+
+
+CROSS = (
+    Cross(("eval.ks",), lambda c: bool(c.eval.ks), "'eval.ks' must be a non-empty list", {"eval.ks": []}),
+    Cross(("train.item_dim", "train.num_heads"), lambda c: c.train.item_dim % c.train.num_heads == 0,
+          "'train.num_heads' must divide 'train.item_dim'", {"train.item_dim": 63}),
+    Cross(("run.nproc", "run.isolate"), lambda c: c.run.nproc == 1 or c.run.isolate,
+          "'run.nproc' > 1 needs 'run.isolate' = true (each rank is a child process)",
+          {"run.nproc": 2, "run.isolate": False}),
+    Cross(("data.synthetic.min_len", "data.synthetic.max_len"),
+          lambda c: c.data.synthetic.max_len >= c.data.synthetic.min_len,
+          "'data.synthetic.max_len' must be >= 'data.synthetic.min_len'", {"data.synthetic.min_len": 20}),
+    Cross(("data.synthetic.clusters", "data.synthetic.items"),
+          lambda c: c.data.synthetic.clusters <= c.data.synthetic.items,
+          "'data.synthetic.clusters' must be <= 'data.synthetic.items' (every topic needs an item)",
+          {"data.synthetic.clusters": 400}),
+    Cross(("data.min_seq_len", "data.synthetic.max_len", "data.dataset"),
+          lambda c: c.data.dataset != "synthetic" or c.data.min_seq_len <= c.data.synthetic.max_len,
+          "'data.min_seq_len' above the synthetic users' longest sequence would drop every user",
+          {"data.min_seq_len": 20}),
+    Cross(("tpme.alpha_time", "tpme.alpha_params", "tpme.alpha_memory"), lambda c: abs(_alphas(c) - 1.0) <= 1e-6,
+          "the [tpme] alphas must sum to 1", {"tpme.alpha_params": 0.0}),
+)
+
+
+def sections(obj: Any, prefix: str = "") -> Iterator[tuple[Any, str]]:
+    """Every config dataclass in ``obj`` with its dotted prefix (``methods`` tables excluded)."""
+    yield obj, prefix
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            yield from sections(v, f"{prefix}.{f.name}" if prefix else f.name)
 
 
 def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -54,30 +78,17 @@ def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def check(cfg) -> None:
-    """Raise one BenchError naming the first bad key and its source."""
-    where = cfg.where
-    values = flat(cfg)
-    for key, v in values.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            raise BenchError(f"{where(key)}: '{key}' must be a finite number, got {v}")
-    for key, (ok, text) in RULES.items():
-        if not ok(values[key]):
-            raise BenchError(f"{where(key)}: '{key}' must be {text}, got {values[key]!r}")
-    if not cfg.eval.ks or any(k <= 0 for k in cfg.eval.ks):
-        raise BenchError(f"{where('eval.ks')}: 'eval.ks' must be a non-empty list of positive integers")
-    if cfg.train.item_dim % cfg.train.num_heads:
-        raise BenchError(f"{where('train.num_heads')}: 'train.num_heads' must divide train.item_dim "
-                         f"({cfg.train.item_dim}), got {cfg.train.num_heads}")
-    if cfg.run.nproc > 1 and not cfg.run.isolate:
-        raise BenchError(f"{where('run.nproc')}: 'run.nproc' > 1 needs run.isolate = true (each rank is a child "
-                         f"process), got isolate = false")
-    s = cfg.data.synthetic
-    if s.max_len < s.min_len:
-        raise BenchError(f"{where('data.synthetic.max_len')}: 'data.synthetic.max_len' must be >= min_len "
-                         f"({s.min_len}), got {s.max_len}")
-    total = cfg.tpme.alpha_time + cfg.tpme.alpha_params + cfg.tpme.alpha_memory
-    if abs(total - 1.0) > 1e-6:
-        raise BenchError(f"{where('tpme.alpha_time')}: [tpme] alphas must sum to 1, got {total:g}")
+    """Raise one BenchError naming the first bad key (or keys) and each one's source."""
+    for section, prefix in sections(cfg):
+        bad = check_ranges(section, prefix)
+        if bad is not None:
+            raise cfg.blame((bad[0],), f"'{bad[0]}' must be {bad[1]}")
+    for key, text in NONEMPTY.items():
+        if not str(cfg.value(key)).strip():
+            raise cfg.blame((key,), f"'{key}' must be {text}, got {cfg.value(key)!r}")
+    for rule in CROSS:
+        if not rule.ok(cfg):
+            raise cfg.blame(rule.keys, rule.text)
     for name, table in cfg.methods.items():
         if not isinstance(table, dict):
-            raise BenchError(f"{where(f'methods.{name}')}: 'methods.{name}' must be a table")
+            raise cfg.blame((f"methods.{name}",), f"'methods.{name}' must be a table")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from iisan_util.errors import BenchError
+from iisan_util.keys import bounded
 
 from ._common import encoder_layers, encoders, freeze, grouped_tower, param_ids
 from .base import BuildContext, ItemTower, Method
@@ -33,20 +34,11 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "tanh": nn.Ta
 
 @dataclass
 class AdapterOptions:
-    bottleneck: int = 64  # adapter width b
+    bottleneck: int = bounded(64, 1, 4096)  # adapter width b
     non_linearity: Literal["relu", "gelu", "swish", "tanh"] = "relu"  # the paper's code: ReLU
     placement: Literal["houlsby", "pfeiffer"] = "houlsby"  # houlsby: after attention and FFN; pfeiffer: FFN only
-    dropout: float = 0.0  # dropout inside the adapter
-    init_std: float = 0.01  # N(0, init_std) weights, zero biases (the paper's code)
-
-    def check(self, key: str) -> None:
-        """Ranges, with errors naming ``key`` (the method's own [methods.NAME] table)."""
-        if self.bottleneck <= 0:
-            raise BenchError(f"'{key}.bottleneck' must be > 0, got {self.bottleneck}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise BenchError(f"'{key}.dropout' must be in [0, 1), got {self.dropout}")
-        if self.init_std <= 0:
-            raise BenchError(f"'{key}.init_std' must be > 0, got {self.init_std}")
+    dropout: float = bounded(0.0, 0, 1, hi_open=True)  # dropout inside the adapter
+    init_std: float = bounded(0.01, 1e-6, 1)  # N(0, init_std) weights, zero biases (the paper's code)
 
 
 class Bottleneck(nn.Module):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from iisan_util.errors import BenchError
+from iisan_util.keys import bounded
 
 from ._common import checkpointed, peft_tower
 from .base import BuildContext, ItemTower, Method
@@ -24,18 +25,14 @@ from .registry import register_method
 
 @dataclass
 class LoraOptions:
-    r: int = 8  # rank of the update
-    alpha: int = 16  # lora_alpha: the update is scaled by alpha / r
-    dropout: float = 0.1  # dropout on the LoRA path's input
+    r: int = bounded(8, 1, 1024)  # rank of the update
+    alpha: int = bounded(16, 1, 65_536)  # lora_alpha: the update is scaled by alpha / r
+    dropout: float = bounded(0.1, 0, 1, hi_open=True)  # dropout on the LoRA path's input
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])  # module name suffixes
     bias: Literal["none", "all", "lora_only"] = "none"  # which biases also train (peft's meaning)
 
     def check(self, key: str) -> None:
-        """Ranges, with errors naming ``key`` (the method's own [methods.NAME] table)."""
-        if self.r <= 0:
-            raise BenchError(f"'{key}.r' must be > 0, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise BenchError(f"'{key}.dropout' must be in [0, 1), got {self.dropout}")
+        """What the fields' ranges cannot say, with errors naming ``key`` (its [methods.NAME] table)."""
         if not self.target_modules:
             raise BenchError(f"'{key}.target_modules' must name at least one module")
 

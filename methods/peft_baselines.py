@@ -8,7 +8,7 @@ Target modules are spelled per encoder (``_common.targets_for``): BERT's ``query
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from iisan_util.errors import BenchError
 
@@ -21,10 +21,10 @@ def named_options(peft_type: str, defaults: dict[str, Any]) -> type[PeftOptions]
 
     class Options(PeftOptions):
         @classmethod
-        def from_table(cls, table: dict[str, Any], where: str, prefix: str) -> PeftOptions:
+        def from_table(cls, table: dict[str, Any], where: Callable[[str], str], prefix: str) -> PeftOptions:
             given = str(table.get("peft_type", peft_type)).strip().upper().replace("-", "_")
             if given != peft_type:
-                raise BenchError(f"{where}: '{prefix}.peft_type' = {table['peft_type']!r}: this built-in method is "
+                raise BenchError(f"{where(prefix + '.peft_type')}: '{prefix}.peft_type' = {table['peft_type']!r}: this built-in method is "
                                  f"{peft_type}; declare another [methods.NAME] table for another tuner")
             return PeftOptions.from_table({**defaults, **table, "peft_type": peft_type}, where, prefix)
 

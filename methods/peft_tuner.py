@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, Callable, get_type_hints
 
 from iisan_util.errors import BenchError, nearest
 
@@ -59,15 +59,17 @@ class PeftOptions:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_table(cls, table: dict[str, Any], where: str, prefix: str) -> "PeftOptions":
-        from benchmark.config import _describe, _type_ok
+    def from_table(cls, table: dict[str, Any], where: Callable[[str], str], prefix: str) -> "PeftOptions":
+        """Options from a [methods.NAME] table; ``where(key)``: where that key's value came from."""
+        from benchmark.config import _describe, _got, _type_ok
 
+        key_src = where(f"{prefix}.peft_type")
         if "peft_type" not in table:
-            raise BenchError(f"{where}: '{prefix}.peft_type' is required (e.g. peft_type = \"IA3\")")
+            raise BenchError(f"{where(prefix)}: '{prefix}.peft_type' is required (e.g. peft_type = \"IA3\")")
         peft_type = table["peft_type"]
         if not isinstance(peft_type, str):
-            raise BenchError(f"{where}: '{prefix}.peft_type' must be str, got {type(peft_type).__name__} {peft_type!r}")
-        key, config_cls = peft_config_class(peft_type, where, prefix)
+            raise BenchError(f"{key_src}: '{prefix}.peft_type' must be str, got {type(peft_type).__name__} {peft_type!r}")
+        key, config_cls = peft_config_class(peft_type, key_src, prefix)
         fields = {f.name for f in dataclasses.fields(config_cls)} - RESERVED
         try:
             hints = get_type_hints(config_cls)
@@ -75,15 +77,16 @@ class PeftOptions:
             hints = {}
         kwargs = {k: v for k, v in table.items() if k != "peft_type"}
         for k, v in kwargs.items():
+            src = where(f"{prefix}.{k}")
             if k not in fields:
-                raise BenchError(f"{where}: unknown key '{prefix}.{k}' for peft {config_cls.__name__}{nearest(k, fields)}")
+                raise BenchError(f"{src}: unknown key '{prefix}.{k}' for peft {config_cls.__name__}{nearest(k, fields)}")
             tp = hints.get(k)
             if tp is not None and not _type_ok(v, tp):
-                raise BenchError(f"{where}: '{prefix}.{k}' must be {_describe(tp)}, got {type(v).__name__} {v!r}")
+                raise BenchError(f"{src}: '{prefix}.{k}' must be {_describe(tp)}, got {_got(v, tp)}")
         try:
             config_cls(**kwargs)  # peft's own checks (__post_init__)
         except Exception as exc:  # noqa: BLE001 - any rejection is a config error
-            raise BenchError(f"{where}: [{prefix}] rejected by peft {config_cls.__name__}: {first_line(exc)}") from None
+            raise BenchError(f"{where(prefix)}: [{prefix}] rejected by peft {config_cls.__name__}: {first_line(exc)}") from None
         return cls(peft_type=key, kwargs=kwargs)
 
 

@@ -125,19 +125,24 @@ def describe(name: str) -> str:
 
 
 def options_for(name: str, cfg: Any) -> Any:
-    """Validated options dataclass for one method from its [methods.NAME] table."""
+    """Validated options dataclass for one method from its [methods.NAME] table; errors name each
+    key's own source (the config file, ``--set KEY``)."""
     from benchmark.config import build_dataclass
+    from iisan_util.keys import BadValue, check_options
 
     options_cls = get_method_for(name, cfg).Options
     table, prefix = cfg.methods.get(name) or {}, f"methods.{name}"
     if hasattr(options_cls, "from_table"):  # options with open-ended keys (the generic peft tuner)
-        return options_cls.from_table(table, cfg.source, prefix)
-    opts = build_dataclass(options_cls, table, cfg.source, prefix)
-    if hasattr(opts, "check"):
-        try:
+        return options_cls.from_table(table, cfg.where, prefix)
+    opts = build_dataclass(options_cls, table, cfg.source, prefix, cfg.origins)
+    try:
+        check_options(opts, prefix)  # each field's declared range
+        if hasattr(opts, "check"):  # the rest (non-empty lists, duplicates)
             opts.check(prefix)
-        except BenchError as exc:
-            raise BenchError(f"{cfg.where(prefix)}: {exc}") from None
+    except BadValue as exc:
+        raise cfg.blame(exc.keys, exc.text) from None
+    except BenchError as exc:
+        raise BenchError(f"{cfg.where(prefix)}: {exc}") from None
     return opts
 
 

@@ -279,7 +279,8 @@ def summarise(path: Path, method: str, runs: list[Run]) -> MethodSummary:
     s.eval_rank_s = Stat.of([num(r, "time", "eval_rank_s") for r in ok])
     s.cache_build_s = Stat.of([num(r, "time", "cache_build_s") for r in ok])
     s.mfu = Stat.of([num(r, "flops", "mfu") for r in ok])
-    batch = num(first, "config", "resolved", "train", "batch_size")
+    batch = num(first, "time", "batch_size")  # the batch used (older records: the configured one)
+    batch = num(first, "config", "resolved", "train", "batch_size") if batch is None else batch
     s.batch_size = None if batch is None else int(batch)
     s.paper_protocol = any(r.get("config", "resolved", "train", "paper_protocol") is True for r in ok)
     s.memory_source = first.get("memory", "source")

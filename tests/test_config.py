@@ -28,7 +28,7 @@ def write(tmp_path, text):
     ("[train]\nprecision = 'fp8'\n", "'train.precision' must be one of 'fp32', 'bf16', 'fp16'"),
     ("[data.synthetic]\nuser = 3\n", "unknown key 'data.synthetic.user' (did you mean 'users'?)"),
     ("[tpme]\nalpha_time = 0.5\n", "alphas must sum to 1"),
-    ("[eval]\nks = [10, 'x']\n", "'eval.ks' must be list"),
+    ("[eval]\nks = [10, 'x']\n", "'eval.ks' must be a list of int, got str 'x' in [10, 'x']"),
     ("[run\n", "invalid TOML"),
 ])
 def test_bad_config_names_the_key(tmp_path, text, needle):

@@ -186,7 +186,7 @@ def test_real_images_train_end_to_end_and_are_recorded(tmp_path):
         save_image(root / "images" / f"i{i}.jpg", (20 * i, 255 - 20 * i, 90))
     cfg = load_config(None, {"data": {"dataset": str(root), "images": "real", "image_size": 16},
                              "run": {"methods": ["fft"], "epochs": 1, "isolate": False, "out": str(tmp_path / "out")},
-                             "train": {"max_steps_per_epoch": 1, "batch_size": 8}})
+                             "train": {"max_steps_per_epoch": 1, "batch_size": 8}, "eval": {"ks": [5]}})
     rec = json.loads(run_benchmark(cfg, progress=False, echo=lambda *_: None).read_text().splitlines()[0])
     assert rec["status"] == "ok", rec.get("error")
     assert rec["data"]["images"] == "real" and rec["data"]["image_source"]["source"] == "images/"

@@ -80,8 +80,8 @@ def test_combined_record_names_the_rank_that_died_first():
     assert out.status == "failed" and out.error.startswith("rank 1 of 2: child process killed by SIGKILL")
 
 
-@pytest.mark.parametrize("over, msg", [({"nproc": 0}, "'run.nproc' must be >= 1"),
-                                       ({"nproc": 2, "isolate": False}, "needs run.isolate = true")])
+@pytest.mark.parametrize("over, msg", [({"nproc": 0}, "'run.nproc' must be in \\[1, 1024\\]"),
+                                       ({"nproc": 2, "isolate": False}, "needs 'run.isolate' = true")])
 def test_bad_nproc_is_one_line_naming_the_key(tmp_path, over, msg):
     with pytest.raises(BenchError, match=msg):
         cfg_for(tmp_path / "x", ["iisan"], **{"nproc": 1, **over})

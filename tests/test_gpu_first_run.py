@@ -16,6 +16,7 @@ from benchmark.cli import main
 from benchmark.launch.runner import choose_attention
 from benchmark.models import kernels
 from benchmark.training import compiling
+from iisan_util.errors import BenchError
 from benchmark.training import distributed as D
 from benchmark.training.metrics import target_ranks
 from benchmark.training.trainer import TrainOutcome
@@ -72,8 +73,8 @@ def test_a_forced_kernel_that_cannot_run_a_method_is_one_line_at_start(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1, err
     assert err[0].startswith("iisan-bench: error: --set train.sdpa_backend: 'train.sdpa_backend' = 'flash' cannot "
-                             "run the attention of method 'fft' on cpu (No available kernel")
-    assert not (out / "results.jsonl").exists()
+                             "run masked attention on cpu (No available kernel")
+    assert not out.exists()  # refused before the data, the folder or a child (#29)
 
 
 def test_a_kernel_refusing_a_call_mid_run_falls_back_and_the_record_says_why(tmp_path, monkeypatch):
@@ -283,3 +284,14 @@ def test_nccl_allreduce_time_is_the_devices_not_the_queueing(monkeypatch):
         stats.close_epoch()
     assert nccl.allreduce_s == pytest.approx(3 * 0.040) and host.allreduce_s < 0.01
     assert nccl.allreduce_bytes == 3 * 256 * 4
+
+
+def test_a_forced_kernel_the_runs_own_probe_refuses_is_one_line_naming_the_method():
+    """On a GPU the parent cannot try kernels (it never touches CUDA): the child's probe of the run's
+    own calls is the check, and its refusal is the same one line."""
+    def refuse(_backend):
+        raise RuntimeError("No available kernel. Aborting execution.")
+
+    with pytest.raises(BenchError, match=r"^--set train.sdpa_backend: 'train.sdpa_backend' = 'flash' cannot run the "
+                                         r"attention of method 'fft' on cuda \(No available kernel"):
+        kernels.choose_sdpa_backend("flash", torch.device("cuda"), refuse, "fft", "--set train.sdpa_backend")

@@ -44,7 +44,7 @@ def test_lora_bias_lora_only_matches_the_paper():
 
 
 def test_meta_counts_equal_real_builds_on_the_tiny_preset(tmp_path):
-    cfg = load_config(None, {"data": {"synthetic": {"users": 32, "items": 20}},
+    cfg = load_config(None, {"data": {"synthetic": {"users": 32, "items": 20}}, "eval": {"ks": [5]},
                              "methods": {"iisan-cached": {"cache_dir": str(tmp_path)}, "ia3": {"peft_type": "IA3"}}})
     names = available() + ["ia3"]
     meta = {r["method"]: (r["trainable"], r["total"]) for r in count_all(params_config(cfg), names)}

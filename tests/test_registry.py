@@ -58,10 +58,10 @@ def test_registration_checks_the_class():
 
 def test_option_errors_name_the_methods_own_table():
     cfg = load_config(None, {"methods": {"iisan-cached": {"bottleneck": 0}}})
-    with pytest.raises(BenchError, match=r"'methods.iisan-cached.bottleneck' must be > 0, got 0"):
+    with pytest.raises(BenchError, match=r"'methods.iisan-cached.bottleneck' must be in \[1, 4096\], got 0"):
         registry.options_for("iisan-cached", cfg)
     cfg = load_config(None, {"methods": {"lora": {"r": 0}}})
-    with pytest.raises(BenchError, match=r"'methods.lora.r' must be > 0"):
+    with pytest.raises(BenchError, match=r"'methods.lora.r' must be in \[1, 1024\]"):
         registry.options_for("lora", cfg)
 
 

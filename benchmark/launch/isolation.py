@@ -41,7 +41,7 @@ import torch
 
 from benchmark.config import BenchConfig
 from benchmark.launch.group import combine, free_port, rank_env, wait_group
-from benchmark.launch.launchers import STDERR_TAIL, FileTee, child_env, launcher
+from benchmark.launch.launchers import STDERR_TAIL, ZYGOTE_LOST, FileTee, child_env, launcher
 from benchmark.launch.payload import extra_modules, save_payload
 from benchmark.measure.nvml import Nvml
 from benchmark.measure.phases import apply_samples, settle
@@ -72,6 +72,8 @@ class ReadyHandle:
 
 
 def exit_reason(rc: int) -> str:
+    if rc == ZYGOTE_LOST:
+        return "the zygote process that forks each run died, and this run's process with it (a new zygote runs the next)"
     if rc < 0:
         try:
             name = signal.Signals(-rc).name

@@ -133,52 +133,94 @@ class PopenLauncher:
         pass
 
 
+ZYGOTE_LOST = -1000  # the exit "code" of a run whose zygote died under it (not a signal number)
+
+
 class ZygoteLauncher:
-    """Forks runs from a warm zygote process (Linux)."""
+    """Forks runs from a warm zygote process (Linux). The zygote is a helper: if it dies (killed, the
+    OOM killer), the runs it forked die with it (``PR_SET_PDEATHSIG``) and end as failed runs
+    (``ZYGOTE_LOST``), and the next spawn starts a new zygote; the sweep goes on."""
 
     def __init__(self, env: dict[str, str]):
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmark.launch.zygote"], env=env, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, bufsize=0)
+        self.env = env
         self.exits: dict[int, tuple[int, float | None]] = {}
-        msg = self._read()
-        if msg.get("ready") is not True:
-            raise RuntimeError(f"the zygote did not start: {msg}")
+        self.running: set[int] = set()
+        self.restarts = 0
+        self._start()
         self.start_s = time.perf_counter() - t0
 
+    def _start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmark.launch.zygote"], env=self.env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.dead = False
+        msg = self._read()
+        if msg.get("ready") is not True:
+            raise RuntimeError(f"the zygote did not start (exit code {self.proc.poll()})")
+
     def _read(self) -> dict[str, Any]:
-        """The zygote's next message; every exit it reports is kept for ``wait``/``poll``."""
-        line = self.proc.stdout.readline()
+        """The zygote's next message ({} once it is gone); every exit it reports is kept for ``wait``/``poll``."""
+        line = self.proc.stdout.readline() if not self.dead else b""
         if not line:
-            raise RuntimeError(f"the zygote exited (code {self.proc.poll()})")
+            self._lost()
+            return {}
         msg = json.loads(line)
+        if "spawned" in msg:
+            self.running.add(msg["pid"])
         if "exited" in msg:
+            self.running.discard(msg["exited"])
             self.exits[msg["exited"]] = (msg["code"], _ru_mb(msg["ru_maxrss"]))
         return msg
+
+    def _lost(self) -> None:
+        """The zygote is gone: its runs end as ``ZYGOTE_LOST`` once their processes are gone too."""
+        if self.dead:
+            return
+        self.dead = True
+        for pid in self.running:
+            _end(pid)
+            self.exits[pid] = (ZYGOTE_LOST, None)
+        self.running.clear()
 
     def _until(self, key: str, value: Any) -> dict[str, Any]:
         while True:
             msg = self._read()
+            if self.dead:
+                raise RuntimeError(f"the zygote exited (code {self.proc.poll()})")
             if msg.get(key) == value:
                 return msg
 
     def spawn(self, spec: Path, imports: list[str], stderr: Path) -> int:
         stderr.touch()  # exists before the child does: the tee opens it at once
-        req = {"spawn": str(spec), "imports": ",".join(imports), "stderr": str(stderr)}
-        self.proc.stdin.write((json.dumps(req) + "\n").encode())
-        return self._until("spawned", str(spec))["pid"]
+        req = (json.dumps({"spawn": str(spec), "imports": ",".join(imports), "stderr": str(stderr)}) + "\n").encode()
+        for attempt in (0, 1):
+            if self.dead:
+                print(f"iisan-bench: warning: the zygote (exit code {self.proc.poll()}) is gone; starting a new one",
+                      file=sys.stderr)
+                self.restarts += 1
+                self._start()
+            try:
+                self.proc.stdin.write(req)
+                return self._until("spawned", str(spec))["pid"]
+            except (OSError, RuntimeError):
+                self._lost()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def wait(self, pid: int) -> tuple[int, float | None]:
-        if pid not in self.exits:
-            self._until("exited", pid)
-        return self.exits.pop(pid)
+        while pid not in self.exits and not self.dead:
+            self._read()
+        return self.exits.pop(pid, (ZYGOTE_LOST, None))
 
     def poll(self, pid: int) -> tuple[int, float | None] | None:
         """``wait(pid)`` if the run has ended, else None at once (reads only whole waiting messages)."""
         import select
 
-        while pid not in self.exits and select.select([self.proc.stdout], [], [], 0)[0]:
+        while pid not in self.exits and not self.dead and select.select([self.proc.stdout], [], [], 0)[0]:
             self._read()
+        if self.dead and pid not in self.exits:
+            return ZYGOTE_LOST, None
         return self.exits.pop(pid, None)
 
     def close(self) -> None:
@@ -188,6 +230,26 @@ class ZygoteLauncher:
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
             self.proc.wait()
+
+
+def _end(pid: int, grace_s: float = 5.0) -> None:
+    """A run whose zygote died: it got SIGTERM with it (PR_SET_PDEATHSIG); make sure, then wait
+    until it is gone (it is init's child now: no wait4 for us)."""
+    import signal
+
+    deadline = time.time() + grace_s
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        while time.time() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        deadline = time.time() + grace_s
 
 
 def launcher(env: dict[str, str]):

@@ -73,8 +73,36 @@ def _record_settings(rec: dict[str, Any]) -> dict[str, Any] | None:
     return comparable_settings(resolved, (rec.get("env") or {}).get("device"))
 
 
+# what a sweep writes in OUT (the reporter's report.md, summary.csv and plots/ are its own)
+SWEEP_FILES = ("results.jsonl", "floors.json")
+SWEEP_DIRS = ("logs", "memory", "traces")
+
+
+def check_outputs(out: Path) -> None:
+    """Each path a sweep writes is absent or of the kind it writes, before anything runs."""
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"{out}: run.out is a file, not a folder; use another --out")
+    for name, kind, ok in [(f, "a file", Path.is_file) for f in SWEEP_FILES] + \
+                          [(d, "a folder", Path.is_dir) for d in SWEEP_DIRS]:
+        p = out / name
+        if p.exists() and not ok(p):
+            raise BenchError(f"{p}: iisan-bench writes {kind} there, and something else is in the way; "
+                             f"move it or use another --out")
+
+
+def _check_version(results: Path, line_no: int, rec: Any) -> None:
+    """A record newer than this iisan-bench writes: stop before training, not at the report."""
+    from benchmark.measure.record import SCHEMA_VERSION
+
+    version = rec.get("schema_version", 1) if isinstance(rec, dict) else 1
+    if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
+        raise BenchError(f"{results}:{line_no}: schema_version {version!r} is newer than this iisan-bench writes "
+                         f"({SCHEMA_VERSION}); update iisan-bench or use another --out")
+
+
 def check_comparable(results: Path, current: dict[str, Any], force: bool, echo=print) -> None:
-    """Stop (or, with ``force``, clear the way) when ``results`` holds runs with other settings."""
+    """Stop (or, with ``force``, clear the way) when ``results`` holds runs with other settings, or
+    runs of a newer record schema (never removed, even with ``force``)."""
     if not results.exists():
         return
     lines = results.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -86,6 +114,7 @@ def check_comparable(results: Path, current: dict[str, Any], force: bool, echo=p
             rec = json.loads(line)
         except ValueError:
             raise BenchError(f"{results}:{i}: malformed JSON; fix or remove that line, or use another --out") from None
+        _check_version(results, i, rec)
         settings = _record_settings(rec) if isinstance(rec, dict) else None
         diff = differences(settings, current) if settings is not None else ["config.resolved (missing)"]
         if diff:

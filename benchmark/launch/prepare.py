@@ -13,7 +13,8 @@ import torch
 
 from benchmark.config import BenchConfig
 from benchmark.data.dataset import SeqDataset, Split, load_dataset, make_split, tokenize
-from benchmark.training.metrics import metrics_from_ranks, repeats_history, target_ranks
+from benchmark.launch.fits import check_fits
+from benchmark.training.metrics import fewest_candidates, metrics_from_ranks, repeats_history, target_ranks
 from iisan_util.errors import BenchError
 
 
@@ -63,6 +64,19 @@ def repeat_shares(split: Split) -> dict[str, float]:
                                           ("test", split.test_target, split.test_history))}
 
 
+def check_cutoffs(cfg: BenchConfig, split: Split, n_items: int) -> None:
+    """Every K below the fewest candidates a user's target competes among after masking: at or
+    above it, that target is in the top K whatever the model does (HR@K = 1 for anything)."""
+    fewest = min(fewest_candidates(n_items, target, history, cfg.eval.masking)
+                 for target, history in ((split.valid_target, split.valid_history),
+                                         (split.test_target, split.test_history)))
+    if max(cfg.eval.ks) >= fewest:
+        raise cfg.blame(("eval.ks", "eval.masking"),
+                        f"'eval.ks' must be below {fewest}, the fewest items a user's target is ranked among "
+                        f"({n_items} items less the user's masked history): at K = {max(cfg.eval.ks)} it would be "
+                        f"in the top K whatever the model scores")
+
+
 def prepare(cfg: BenchConfig, floor: bool = True) -> Prepared:
     """The run's data, tokens and split; ``floor``: also the popularity floor's metrics (ranking
     every user: seconds at Scientific's size; an estimate has no use for them)."""
@@ -70,12 +84,10 @@ def prepare(cfg: BenchConfig, floor: bool = True) -> Prepared:
 
     check_backbones(cfg.backbone, cfg.data)  # an unavailable encoder fails before the output folder is touched
     t0 = time.perf_counter()
-    data = load_dataset(cfg.data, cfg.run.seed)
+    data = load_dataset(cfg.data, cfg.run.seed, fits=lambda items, users: check_fits(cfg, items, users))
     t1 = time.perf_counter()
     tokenize(data, load_tokenizer(cfg.backbone), cfg.data.text_tokens)
     data.timings.update(load_s=t1 - t0, tokenize_s=time.perf_counter() - t1)
     split = make_split(data, cfg.data.max_seq_len, "count" if cfg.train.paper_protocol else cfg.train.popularity)
-    if max(cfg.eval.ks) >= data.n_items:  # every item would be in the top K: HR@K = 1 for anything
-        raise BenchError(f"{cfg.where('eval.ks')}: 'eval.ks' must be below the number of items ({data.n_items}), "
-                         f"got {max(cfg.eval.ks)}")
+    check_cutoffs(cfg, split, data.n_items)
     return Prepared(data, split, popularity_metrics(split, cfg.eval.ks, cfg.eval.masking) if floor else {})

@@ -25,7 +25,7 @@ def check_methods(cfg: BenchConfig, names: list[str]) -> None:
     known = set(available()) | set(configured_extra(cfg))
     for name in cfg.methods:
         if name not in known:
-            raise BenchError(f"{cfg.source}: [methods.{name}] names no method{nearest(name, known)}")
+            raise BenchError(f"{cfg.where(f'methods.{name}')}: [methods.{name}] names no method{nearest(name, known)}")
     for name in names:
         options_for(name, cfg)
 

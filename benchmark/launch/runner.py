@@ -7,6 +7,7 @@ checked first, so bad input never leaves a half-written results folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -104,7 +105,7 @@ def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device
         record.trace = trace_steps(trainer, t.profile_steps, Path(out_dir), f"{safe_name(name)}-{repeat}")
     record.cache = method.one_off()  # e.g. iisan-cached's cache: reported apart, not in setup_s
     one_off_s = (record.cache.build_s + record.cache.load_s) if record.cache else 0.0
-    record.time = Timing(**timing, setup_s=setup_s - one_off_s,
+    record.time = Timing(**timing, batch_size=batch_used(cfg, prep), setup_s=setup_s - one_off_s,
                          cache_build_s=record.cache.build_s if record.cache else None,
                          cache_load_s=record.cache.load_s if record.cache else None)
     record.metrics.update(valid=outcome.valid, test=outcome.test, best_epoch=outcome.best_epoch,
@@ -115,6 +116,11 @@ def _train_and_evaluate(cfg: BenchConfig, name: str, cls, prep: Prepared, device
 
         record.estimate, record.flops = estimate_for_record(cfg, name, prep, record.env.get("device_name") or "",
                                                             timing["step_p50_s"])
+
+
+def batch_used(cfg: BenchConfig, prep: Prepared) -> int:
+    """The batch a step trains on: ``train.batch_size``, or every training user when there are fewer."""
+    return min(cfg.train.batch_size, prep.split.train.size(0))
 
 
 def _build_rank0_first(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device, out_dir, profiler, dist):
@@ -199,12 +205,34 @@ def summary_line(rec: RunRecord) -> str:
 
 
 def _device_for(cfg: BenchConfig) -> torch.device:
-    """``run.device`` resolved; a data-parallel run on GPUs needs one GPU per process."""
+    """``run.device`` resolved, and what it cannot do refused before anything runs: a data-parallel
+    run needs a GPU per process (or a core per process on CPU: more ranks than cores only share
+    them, and measure the sharing); a forced attention kernel must run on this device."""
+    from benchmark.models.kernels import refused_on_cpu
+
     device = resolve_device(cfg.run.device)
-    if device.type == "cuda" and cfg.run.nproc > torch.cuda.device_count():
-        raise BenchError(f"{cfg.where('run.nproc')}: 'run.nproc' = {cfg.run.nproc} needs as many GPUs, "
-                         f"this machine has {torch.cuda.device_count()}")
+    have, unit = (torch.cuda.device_count(), "GPUs") if device.type == "cuda" else (_cores(), "CPU cores")
+    if cfg.run.nproc > have:
+        raise cfg.blame(("run.nproc", "run.device"), f"'run.nproc' = {cfg.run.nproc} needs a process per "
+                                                     f"{unit[:-1]}, this machine has {have} {unit}")
+    why = refused_on_cpu(cfg.train.sdpa_backend) if device.type == "cpu" else None
+    if why:
+        raise cfg.blame(("train.sdpa_backend",), f"'train.sdpa_backend' = '{cfg.train.sdpa_backend}' cannot run "
+                                                 f"masked attention on cpu ({why}); use 'auto', 'default' or 'math'")
+    if device.type == "cpu" and cfg.train.precision == "fp16":
+        echo_warning(f"{cfg.where('train.precision')}: 'train.precision' = 'fp16' on cpu: no fp16 matmul kernels "
+                     f"there (evaluation ran 10x slower than bf16); bf16 or fp32 measure what a CPU does")
     return device
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def echo_warning(text: str) -> None:
+    import sys
+
+    print(f"iisan-bench: warning: {text}", file=sys.stderr)
 
 
 def _process_plan(cfg: BenchConfig, device: torch.device) -> str:
@@ -222,6 +250,18 @@ def finished_runs(results: Path) -> set[tuple[str, int, str]]:
     except (OSError, ValueError) as exc:
         raise BenchError(f"{results}: cannot read earlier results to resume ({exc}); use a fresh --out") from None
     return {(r.get("method"), r.get("repeat", 0), r.get("config_hash")) for r in recs if r.get("status") == "ok"}
+
+
+@contextlib.contextmanager
+def disk_errors(out: Path, what: str):
+    """A file the sweep writes that cannot be written (a full disk, a folder where a file goes)
+    ends the sweep in one line naming that file; every result appended before it stays."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or out
+        raise BenchError(f"{where}: cannot write ({exc.strerror or exc}) for {what}; the results already "
+                         f"in {out / 'results.jsonl'} are intact") from None
 
 
 def finish_record(rec: RunRecord, out: Path, device: torch.device) -> dict[str, Any]:
@@ -244,6 +284,21 @@ def finish_record(rec: RunRecord, out: Path, device: torch.device) -> dict[str, 
     return rec.to_dict()
 
 
+def _announce(cfg: BenchConfig, prep: Prepared, device: torch.device, names: list[str], runs: list, todo: list,
+              results: Path, echo) -> None:
+    """The sweep's opening lines: what runs where, what the data make of the batch, what is skipped."""
+    echo(f"dataset {prep.data.name}: {prep.data.n_users} users, {prep.data.n_items} items, "
+         f"{prep.data.n_interactions} interactions; device {device}; methods {', '.join(names)}; "
+         f"{cfg.run.repeats} repeat(s); {_process_plan(cfg, device)}")
+    if cfg.train.batch_size > prep.split.train.size(0):
+        echo(f"train.batch_size = {cfg.train.batch_size} ({cfg.where('train.batch_size')}) is more than the "
+             f"{prep.split.train.size(0)} training users: every step trains on all of them (the records say so)")
+    if len(todo) < len(runs):
+        skipped = sorted({n for n, r in runs if (n, r) not in todo})
+        echo(f"skipping {len(runs) - len(todo)} run(s) already in {results} with the same config "
+             f"({', '.join(skipped)}); --force reruns them")
+
+
 def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bool = False,
                   failed: list[str] | None = None) -> Path:
     """Run every selected (method, repeat) and append its record to OUT/results.jsonl.
@@ -253,7 +308,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     run in flight. With ``[run] isolate`` every run is a fresh child process. Runs that did not end
     ok are added to ``failed`` (the CLI exits 1 for them).
     """
-    from benchmark.launch.outdir import check_comparable, comparable_settings
+    from benchmark.launch.outdir import check_comparable, check_outputs, comparable_settings
     from benchmark.launch.payload import import_extra_modules
 
     import_extra_modules()  # IISAN_BENCH_IMPORTS: modules registering methods of one's own
@@ -263,36 +318,29 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     out = Path(cfg.run.out)
     prep = prepare(cfg)  # data errors surface before the output folder is touched
     results = out / "results.jsonl"
+    check_outputs(out)
     check_comparable(results, comparable_settings(cfg.to_dict(), device.type), force, echo)
     check_out_dir(out)
     done = set() if force else finished_runs(results)
     runs = [(n, r) for n in names for r in range(cfg.run.repeats)]
     todo = [(n, r) for n, r in runs if (n, r, method_config(cfg, n).hash_for(n)) not in done]
-    echo(f"dataset {prep.data.name}: {prep.data.n_users} users, {prep.data.n_items} items, "
-         f"{prep.data.n_interactions} interactions; device {device}; methods {', '.join(names)}; "
-         f"{cfg.run.repeats} repeat(s); {_process_plan(cfg, device)}")
-    if len(todo) < len(runs):
-        skipped = sorted({n for n, r in runs if (n, r) not in todo})
-        echo(f"skipping {len(runs) - len(todo)} run(s) already in {results} with the same config "
-             f"({', '.join(skipped)}); --force reruns them")
+    _announce(cfg, prep, device, names, runs, todo, results, echo)
     isolated = None
     if cfg.run.isolate and todo:
         from benchmark.launch.isolation import IsolatedRunner
         from benchmark.measure.profiler import default_interval_s
 
-        isolated = IsolatedRunner(cfg, prep, device, out, progress=progress, echo=echo,
-                                  interval=default_interval_s(device, cfg.run.sample_interval_ms))
+        with disk_errors(out, "the isolation payload"):
+            isolated = IsolatedRunner(cfg, prep, device, out, progress=progress, echo=echo,
+                                      interval=default_interval_s(device, cfg.run.sample_interval_ms))
     try:
         for name, repeat in todo:
-            if isolated is not None:
-                rec = isolated.run(name, repeat)
-            else:
-                rec = run_method(cfg, name, prep, device, repeat, out, progress)
-            try:
+            with disk_errors(out, f"{name} r{repeat}"):
+                if isolated is not None:
+                    rec = isolated.run(name, repeat)
+                else:
+                    rec = run_method(cfg, name, prep, device, repeat, out, progress)
                 append_result(results, finish_record(rec, out, device))
-            except OSError as exc:  # e.g. a full disk: say which file, keep what is already there
-                raise BenchError(f"{results}: cannot append the result of {name} r{repeat} "
-                                 f"({exc.strerror or exc}); earlier results are intact") from None
             echo(summary_line(rec))
             if rec.status != "ok" and failed is not None:
                 failed.append(f"{name} r{repeat} ({rec.status})")

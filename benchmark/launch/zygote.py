@@ -54,6 +54,10 @@ def serve() -> int:
 
     from benchmark.launch.child import die_with_parent
 
+    # Ctrl-C reaches every process of the terminal's group: the benchmark handles it (its children
+    # are ended, its records kept); the zygote is a helper, ended by its closed stdin, not a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     die_with_parent(int(os.environ.get(ENV_PARENT, os.getppid())))
     for mod in PRELOAD:
         importlib.import_module(mod)

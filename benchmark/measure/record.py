@@ -42,6 +42,7 @@ class Timing:
     epoch_s: list[float] = field(default_factory=list)
     epoch_s_median: float | None = None
     steps_per_epoch: int | None = None
+    batch_size: int | None = None  # sequences a step trained on: train.batch_size, or every training user if fewer
     items_encoded_per_epoch: int | None = None  # rows the item tower encoded (train.encoder_workload, buckets)
     samples_per_s: float | None = None
     step_p50_s: float | None = None

@@ -63,9 +63,14 @@ def append_result(path: Path, record: dict[str, Any]) -> None:
                 fh.seek(-1, os.SEEK_END)
                 if fh.read(1) != b"\n":  # a line a crash left unfinished: start on a fresh one
                     line = b"\n" + line
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+            end = fh.tell()
+            try:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError:  # a full disk: no half line left for the next reader to trip on
+                fh.truncate(end)
+                raise
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 

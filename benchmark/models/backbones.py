@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.config import BackboneConfig, DataConfig
+from benchmark.models.hub import hub_cache, hub_endpoint, hub_offline, hub_reachable, offline
 from benchmark.models.presets import KNOWN_CONFIGS, PRESETS
 from iisan_util.errors import BenchError, nearest
 
@@ -38,21 +39,6 @@ class Backbones:
 
 
 # --------------------------------------------------------------------------- where things are
-
-
-def offline() -> bool:
-    """True when HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE asks for no network (huggingface_hub's truthy values)."""
-    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def hub_cache() -> str:
-    try:
-        from huggingface_hub import constants
-
-        return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
-    except Exception:  # noqa: BLE001 - only used in messages
-        return "the Hugging Face cache"
 
 
 def minilm_dir() -> Path:
@@ -173,7 +159,9 @@ def _where(src: Source) -> str:
     local = src.local
     if local is not None:
         return f"local folder {local}"
-    suffix = " with HF_HUB_OFFLINE set, nothing downloaded" if offline() else " and the Hugging Face Hub"
+    suffix = (" with HF_HUB_OFFLINE set, nothing downloaded" if offline() else
+              f" only: {hub_endpoint()} is unreachable, nothing downloaded" if not hub_reachable() else
+              " and the Hugging Face Hub")
     return f"hub id '{src.location}' (looked in {hub_cache()}{suffix})"
 
 
@@ -191,21 +179,10 @@ def _check_local(src: Source) -> None:
 
 def _load_kwargs(src: Source) -> tuple[str, dict[str, Any]]:
     local = src.local
-    if offline():
-        _hub_offline()
-    return (str(local) if local is not None else src.location), {"local_files_only": offline() or local is not None}
-
-
-def _hub_offline() -> None:
-    """Tell huggingface_hub itself that HF_HUB_OFFLINE is set. Why: it reads the variable once, at
-    import, and with ``local_files_only`` hub 1.x still builds request headers, which fetch an agent
-    registry over the network; set after the import, nothing else stops that. Only when the user
-    asked for offline: a local text folder must not cut a hub-id vision encoder off the hub."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover - transformers always brings it
-        return
-    constants.HF_HUB_OFFLINE = True
+    cut_off = offline() or (local is None and not hub_reachable())
+    if cut_off:
+        hub_offline()
+    return (str(local) if local is not None else src.location), {"local_files_only": cut_off or local is not None}
 
 
 def _pretrained_model(src: Source, attn: str):

@@ -119,3 +119,23 @@ def choose_sdpa_backend(setting: str, device: torch.device, probe: Probe, method
     if not ok:
         return SdpaChoice("default", "auto-fallback", ms, probe_s, refused, "no backend ran every probed call")
     return SdpaChoice(min(ok, key=ok.get), "auto", ms, probe_s, refused)
+
+
+def refused_on_cpu(backend: str) -> str | None:
+    """Why a forced ``backend`` cannot run a masked, dropout-bearing attention call on the CPU (every
+    method's calls are such: SASRec's causal mask, BERT's padding mask, training dropout), or None.
+    The parent checks this before any run (its GPU counterpart is the child's probe of the run's own
+    calls, ``choose_sdpa_backend``: the parent never touches CUDA)."""
+    if backend in ("default", "auto"):
+        return None
+    q = torch.zeros(1, 1, 4, 8)
+    mask = torch.ones(4, 4, dtype=torch.bool).tril()
+    try:
+        with warnings.catch_warnings(), sdpa_context(backend):
+            warnings.simplefilter("ignore", UserWarning)
+            torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask, dropout_p=0.1)
+    except RuntimeError as exc:
+        if not is_refusal(exc):
+            raise
+        return first_line(exc)
+    return None

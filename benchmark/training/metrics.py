@@ -55,3 +55,15 @@ def metrics_from_ranks(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
         out[f"mrr@{k}"] = torch.where(hit, 1.0 / r, torch.zeros_like(r)).mean().item()
     return out
 
+
+
+def fewest_candidates(n_items: int, target: torch.Tensor, history: torch.Tensor, masking: str) -> int:
+    """The fewest items any user's target competes among (itself included) once ``masking`` has
+    removed their history: a cut-off K at or above it puts that target in the top K whatever the
+    model scores."""
+    if masking == "none" or history.numel() == 0:
+        return n_items
+    h = history.masked_fill(history == target.unsqueeze(1), 0).sort(1).values
+    first = torch.ones_like(h, dtype=torch.bool)
+    first[:, 1:] = h[:, 1:] != h[:, :-1]
+    return n_items - int(((h != 0) & first).sum(1).max())

@@ -8,22 +8,19 @@ from typing import Literal
 from torch import nn
 
 from iisan_util.errors import BenchError
+from iisan_util.keys import bounded
 
 
 @dataclass
 class IISANOptions:
     modality: Literal["intra_inter", "intra", "inter"] = "intra_inter"  # which branches
     fusion: Literal["gated", "add"] = "gated"  # how a tapped state joins the side stream
-    bottleneck: int = 64  # SAN block width
-    taps: list[int] = field(default_factory=list)  # hidden states to tap (0 = embeddings); [] = 0,2,...,L
+    bottleneck: int = bounded(64, 1, 4096)  # SAN block width
+    taps: list[int] = field(default_factory=list, metadata=bounded(None, 0, 1024).metadata)  # hidden states to tap (0 = embeddings); [] = 0,2,...,L
 
     def check(self, key: str) -> None:
-        """Ranges, with errors naming ``key`` (the method's own [methods.NAME] table)."""
+        """What the fields' ranges cannot say, with errors naming ``key`` (its [methods.NAME] table)."""
         self.key = key  # later errors (taps out of range, modality) name the same table
-        if self.bottleneck <= 0:
-            raise BenchError(f"'{key}.bottleneck' must be > 0, got {self.bottleneck}")
-        if any(t < 0 for t in self.taps):
-            raise BenchError(f"'{key}.taps' must be layer indices >= 0, got {self.taps}")
         if len(set(self.taps)) != len(self.taps):
             raise BenchError(f"'{key}.taps' has duplicates: {self.taps}")
 
@@ -32,12 +29,7 @@ class IISANOptions:
 class IISANCachedOptions(IISANOptions):
     cache_dir: str = ""  # "" = $IISAN_BENCH_CACHE, else $XDG_CACHE_HOME/iisan-bench, else ~/.cache/iisan-bench
     cache_dtype: Literal["fp16", "fp32"] = "fp16"  # storage type of the cached states
-    build_batch_size: int = 0  # items encoded at once while building; 0 = sized to build in <= 4 GB
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        if self.build_batch_size < 0:
-            raise BenchError(f"'{key}.build_batch_size' must be >= 0 (0 = auto), got {self.build_batch_size}")
+    build_batch_size: int = bounded(0, 1, 65_536, zero="auto")  # items encoded at once while building; 0 = sized to build in <= 4 GB
 
 
 def options_key(opts: IISANOptions) -> str:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from benchmark.cli import main
-from benchmark.config import DataConfig
+from benchmark.config import DataConfig, load_config
 from benchmark.data.dataset import tsv_dataset
 from iisan_util.errors import BenchError
 
@@ -395,3 +396,148 @@ def test_sigterm_of_a_sweep_kills_its_run_and_leaves_no_payload(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 128 + signal.SIGTERM
     assert not list(out.glob(".isolate-*"))  # the payload folder went with the sweep
+
+
+# --------------------------------------------------------------------------- round three (#29): checked
+# before anything runs, one line naming the file or key, nothing written or lost
+
+
+def test_a_folder_where_results_jsonl_goes_is_one_line_and_nothing_is_written(tmp_path, capsys):
+    out = tmp_path / "o"
+    (out / "results.jsonl").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--out", str(out), "--methods", "bitfit", "--epochs", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and err == [f"iisan-bench: error: {out / 'results.jsonl'}: iisan-bench writes a file "
+                                           f"there, and something else is in the way; move it or use another --out"]
+    assert sorted(p.name for p in out.iterdir()) == ["results.jsonl"]
+
+
+def test_a_record_of_a_newer_schema_stops_the_sweep_before_training(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    line = '{"schema_version": 99, "method": "fft", "status": "ok"}\n'
+    (out / "results.jsonl").write_text(line)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--out", str(out), "--methods", "bitfit", "--epochs", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1
+    assert err[0].endswith("results.jsonl:1: schema_version 99 is newer than this iisan-bench writes (2); "
+                           "update iisan-bench or use another --out")
+    assert (out / "results.jsonl").read_text() == line and sorted(p.name for p in out.iterdir()) == ["results.jsonl"]
+
+
+def test_k_not_below_the_fewest_candidates_after_masking_is_refused(tmp_path, capsys):
+    """One user of 12 items: the paper's masking leaves the test target one candidate (12 - 11), so
+    any model scores HR@10 = 1; the guard compares K with that, not with the 12 items."""
+    items = "".join(f"i{i}\ttitle number {i} widget\n" for i in range(1, 13))
+    users = "u1\t" + " ".join(f"i{i}" for i in range(1, 13)) + "\n"
+    err = fails(tmp_path, capsys, ["--dataset", str(write_dataset(tmp_path / "d", items, users))],
+                "'eval.ks' must be below 1, the fewest items a user's target is ranked among (12 items less")
+    assert "eval.masking = 'all_history' from" in err
+
+
+def test_more_ranks_than_cores_is_refused_naming_both_keys(tmp_path, capsys, monkeypatch):
+    from benchmark.launch import runner
+
+    monkeypatch.setattr(runner, "_cores", lambda: 2)
+    fails(tmp_path, capsys, ["--nproc", "3"], "--nproc, ", "'run.nproc' = 3 needs a process per CPU core, this machine "
+                                                          "has 2 CPU cores (run.nproc = 3 from --nproc; run.device")
+
+
+def test_fp16_on_cpu_is_a_one_line_warning(tmp_path, capsys):
+    from benchmark.launch.runner import _device_for
+
+    _device_for(load_config(None, {"run": {"device": "cpu"}, "train": {"precision": "fp16"}}, {"train.precision": "--precision"}))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("iisan-bench: warning: --precision: 'train.precision' = 'fp16' on cpu")
+
+
+def test_a_full_disk_when_a_run_starts_is_one_line_naming_the_file_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    """The spec write right after the payload (a traceback before): one line naming the file; the
+    payload folder goes; nothing is appended (a full disk during the append itself leaves no half
+    line: test_bad_input_rules)."""
+    import errno
+
+    from benchmark.launch import isolation
+
+    out = tmp_path / "o"
+
+    def full(self, name, repeat, run_dir, env):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "spec.json"))
+
+    monkeypatch.setenv("IISAN_BENCH_NO_ZYGOTE", "1")  # a fresh interpreter per run: nothing to start here
+    monkeypatch.setattr(isolation.IsolatedRunner, "_spawn", full)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--out", str(out), "--methods", "fft", "--epochs", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1, err
+    assert re.match(rf"iisan-bench: error: {re.escape(str(out))}/\.isolate-\w+/fft-0-\w+/spec\.json: cannot write \(No "
+                    rf"space left on device\) for fft r0; the results already in .*results\.jsonl are intact$", err[0])
+    assert not (out / "results.jsonl").exists() and not list(out.glob(".isolate-*"))
+
+
+def test_the_batch_size_used_is_recorded_and_reported_when_users_are_fewer(tmp_path, capsys):
+    out = tmp_path / "o"
+    main(["run", "--out", str(out), "--methods", "bitfit", "--epochs", "1", "--no-progress", "--no-isolate",
+          "--set", "data.synthetic.users=60", "--set", "data.synthetic.items=40", "--set", "train.batch_size=65536"])
+    said = capsys.readouterr().out
+    rec = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert rec["time"]["batch_size"] == 60 and rec["config"]["resolved"]["train"]["batch_size"] == 65536
+    assert "train.batch_size = 65536 (--set train.batch_size) is more than the 60 training users" in said
+    assert "- **Batch size:** 60 for every method" in (out / "report.md").read_text()
+
+
+def test_an_unreachable_hub_fails_at_once_without_retries(monkeypatch):
+    import time
+
+    from benchmark.config import BackboneConfig, DataConfig
+    from benchmark.models import backbones
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(backbones, "hub_reachable", lambda *a: False)
+    monkeypatch.setattr(backbones, "hub_offline", lambda: None)  # no process-wide flag left behind
+    t0 = time.perf_counter()
+    with pytest.raises(BenchError, match=r"hub id 'nobody/no-such-model' \(looked in .* only: https://huggingface.co is "
+                                         r"unreachable, nothing downloaded\)"):
+        backbones.check_backbones(BackboneConfig(text_model="nobody/no-such-model", init="pretrained"),
+                                  DataConfig(images="none"))
+    assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.parametrize("sets, line", [
+    (["foo.bar=1"], "--set foo.bar: unknown key 'foo'"),
+    (["tpme.alpha_params=0"], "--set tpme.alpha_params, {file}: the [tpme] alphas must sum to 1 (tpme.alpha_time = "
+                              "0.45 from {file}; tpme.alpha_params = 0.0 from --set tpme.alpha_params;"),
+    (["data.synthetic.min_len=20"], "--set data.synthetic.min_len, {file}: 'data.synthetic.max_len' must be >= "
+                                    "'data.synthetic.min_len' (data.synthetic.min_len = 20 from --set"),
+    (["train.item_dim=63"], "--set train.item_dim, {file}: 'train.num_heads' must divide 'train.item_dim'"),
+    (["methods.lora.r=-1"], "--set methods.lora.r: 'methods.lora.r' must be in [1, 1024], got -1"),
+    (["methods.bogus.r=1"], "--set methods.bogus.r: [methods.bogus] names no method"),
+    (['data.dataset=""'], "--set data.dataset: 'data.dataset' must be 'synthetic' or a folder, not empty"),
+    (["eval.ks=[1.5]"], "--set eval.ks: 'eval.ks' must be a list of int, got float 1.5 in [1.5]"),
+    (["data.max_seq_len=1000000000"], "--set data.max_seq_len: 'data.max_seq_len' must be in [1, 1024]"),
+    (["data.text_tokens=1000000000"], "--set data.text_tokens: 'data.text_tokens' must be in [2, 512]"),
+    (["data.image_size=1000000000"], "--set data.image_size: 'data.image_size' must be in [1, 1024]"),
+    (["data.synthetic.items=1000000000"], "--set data.synthetic.items: 'data.synthetic.items' must be in [2, 100_000]"),
+    (["data.synthetic.clusters=1000000000"], "--set data.synthetic.clusters: 'data.synthetic.clusters' must be in [1, 10_000]"),
+    (["data.synthetic.users=1000000000"], "--set data.synthetic.users: 'data.synthetic.users' must be in [2, 100_000]"),
+    (["train.item_dim=1000000000"], "--set train.item_dim: 'train.item_dim' must be in [1, 4096]"),
+    (["train.num_blocks=1000000000"], "--set train.num_blocks: 'train.num_blocks' must be in [1, 48]"),
+    (["run.nproc=1000000000"], "--set run.nproc: 'run.nproc' must be in [1, 1024]"),
+    (["train.batch_size=1000000000"], "--set train.batch_size: 'train.batch_size' must be in [1, 65_536]"),
+    (["run.sample_interval_ms=0.001"], "--set run.sample_interval_ms: 'run.sample_interval_ms' must be 0 (by device) or in [1, 60_000]"),
+    (['train.sdpa_backend="cudnn"'], "--set train.sdpa_backend: 'train.sdpa_backend' = 'cudnn' cannot run masked attention on cpu"),
+    (['train.sdpa_backend="flash"', "run.isolate=false"], "--set train.sdpa_backend: 'train.sdpa_backend' = 'flash' cannot run masked"),
+    (["data.image_size=1024", "data.synthetic.items=100000"], "--set data.image_size, --set data.synthetic.items: this "
+                                                              "config needs at least 293."),
+], ids=lambda v: v[0] if isinstance(v, list) else None)
+def test_each_listed_value_is_one_line_naming_its_set_and_writes_nothing(tmp_path, capsys, sets, line):
+    """#29's cases end to end: exit 2, one stderr line that starts with every key's source, no folder."""
+    from benchmark.config import default_config_path
+
+    args = [a for s in sets for a in ("--set", s)] + ["--device", "cpu"]
+    args += ["--methods", "lora"] if sets[0].startswith("methods.lora") else []
+    err = fails(tmp_path, capsys, args)
+    assert err.startswith("iisan-bench: error: " + line.format(file=default_config_path())), err

@@ -88,6 +88,7 @@ def test_bad_nproc_is_one_line_naming_the_key(tmp_path, over, msg):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # two DDP ranks and a one-process reference: 21 s
 def test_two_processes_train_what_one_does(tmp_path, monkeypatch):
     """Same seed, dropout off: the sharded loss (in-batch softmax over the whole batch, item rows
     all-gathered) and DDP's averaged gradients reproduce the one-process run: per-epoch losses to

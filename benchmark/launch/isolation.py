@@ -41,7 +41,7 @@ import torch
 
 from benchmark.config import BenchConfig
 from benchmark.launch.group import combine, free_port, rank_env, wait_group
-from benchmark.launch.launchers import STDERR_TAIL, ZYGOTE_LOST, FileTee, child_env, launcher
+from benchmark.launch.launchers import STDERR_TAIL, ZYGOTE_LOST, FileTee, alive, child_env, launcher
 from benchmark.launch.payload import extra_modules, save_payload
 from benchmark.measure.nvml import Nvml
 from benchmark.measure.phases import apply_samples, settle
@@ -97,16 +97,6 @@ def _modules_for(name: str, cfg: BenchConfig) -> list[str]:
 OWNER = "owner.pid"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def clean_stale(out: Path, grace_s: float = 60.0) -> list[Path]:
     """Remove the ``.isolate-*`` folders of sweeps that are gone (a killed sweep's payload is GBs at
     paper scale); a folder without an owner file is left alone for ``grace_s`` (being created)."""
@@ -116,7 +106,7 @@ def clean_stale(out: Path, grace_s: float = 60.0) -> list[Path]:
             pid = int((d / OWNER).read_text())
         except (OSError, ValueError):
             pid = None
-        if (pid is not None and _alive(pid)) or (pid is None and time.time() - d.stat().st_mtime < grace_s):
+        if (pid is not None and alive(pid)) or (pid is None and time.time() - d.stat().st_mtime < grace_s):
             continue
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d)

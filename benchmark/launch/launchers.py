@@ -232,6 +232,21 @@ class ZygoteLauncher:
             self.proc.wait()
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process: a zombie (dead, not yet reaped: an orphan under an init
+    that does not reap) counts as gone; someone else's live process counts as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _end(pid: int, grace_s: float = 5.0) -> None:
     """A run whose zygote died: it got SIGTERM with it (PR_SET_PDEATHSIG); make sure, then wait
     until it is gone (it is init's child now: no wait4 for us)."""
@@ -244,9 +259,7 @@ def _end(pid: int, grace_s: float = 5.0) -> None:
         except ProcessLookupError:
             return
         while time.time() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not alive(pid):
                 return
             time.sleep(0.05)
         deadline = time.time() + grace_s

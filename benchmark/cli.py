@@ -267,13 +267,6 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"iisan-bench: error: {exc.filename}: {exc.strerror or exc}", err=True)
         sys.exit(2)
-    except Exception as exc:
-        from reports.load import ReportError
-
-        if isinstance(exc, ReportError):
-            click.echo(f"iisan-bench: error: {exc}", err=True)
-            sys.exit(2)
-        raise
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ class ItemTower(nn.Module):
     """Maps item indices [N] to item embeddings [N, item_dim]."""
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:  # pragma: no cover - interface
-        """Trainable parameters by group: 'backbone' (pretrained weights), 'peft' (new adapter
-        weights), 'head' (projections/fusion). The trainer maps groups to learning rates."""
+        """Trainable parameters by group: 'backbone' (the text encoder's pretrained weights),
+        'backbone_vision' (the vision encoder's), 'peft' (new adapter weights), 'head' (projections,
+        fusion, the user encoder). The trainer maps groups to learning rates."""
         raise NotImplementedError
 
 

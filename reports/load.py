@@ -14,12 +14,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from iisan_util.errors import BenchError
+
 CV_THRESHOLD = 0.05
-SCHEMA_VERSION = 2  # the newest record version this reporter reads (benchmark.measure.record.SCHEMA_VERSION)  # coefficient of variation above which repeats are flagged as noisy
+SCHEMA_VERSION = 2  # the newest record version this reporter reads (benchmark.measure.record.SCHEMA_VERSION)
 
 
-class ReportError(Exception):
-    """A results file that cannot be reported on (missing, malformed, inconsistent config)."""
+class ReportError(BenchError):
+    """A results file that cannot be reported on (missing, malformed, inconsistent config): bad input,
+    one line and exit 2 like any other."""
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ def _config_file(tmp_path) -> str:
 
 
 def test_modules_of_ones_own_methods_are_named_in_an_env_var(tmp_path, monkeypatch):
-    from benchmark.launch.payload import ENV_IMPORTS
+    from benchmark.launch.envvars import ENV_IMPORTS
     from iisan_util.errors import BenchError
 
     monkeypatch.setenv(ENV_IMPORTS, "bench_test_methods, no_such_module_xyz")

@@ -16,6 +16,8 @@ import time
 import traceback
 from pathlib import Path
 
+from benchmark.launch.envvars import ENV_PARENT
+
 
 def die_with_parent(parent_pid: int) -> None:
     """Linux: get SIGTERM when the parent dies, so a killed sweep leaves no orphan training on."""
@@ -53,7 +55,7 @@ def rank_device(device):
 
 def main(argv: list[str]) -> int:
     t_enter = time.time()
-    die_with_parent(int(os.environ.get("IISAN_BENCH_PARENT_PID", os.getppid())))
+    die_with_parent(int(os.environ.get(ENV_PARENT, os.getppid())))
     spec = json.loads(Path(argv[0]).read_text())
     os.environ.update(spec.get("env", {}))  # a rank's RANK, WORLD_SIZE, MASTER_ADDR/PORT (torchrun's names)
     for p in spec.get("sys_path", []):

@@ -28,34 +28,32 @@ from torch import nn
 from benchmark.config import BenchConfig
 from benchmark.training.batches import typical_items
 from benchmark.training.precision import autocast_for, compute_dtype
+from iisan_util.cuda import synchronize
 from iisan_util.errors import BenchError
 
 FLOORS_FILE = "floors.json"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_steps(step: Callable[[], Any], device: torch.device, steps: int, warmup: int = 3) -> float:
     """Mean seconds per call over ``steps`` calls, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         step()
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    synchronize(device)
     return (time.perf_counter() - t0) / steps
 
 
 def _encoder_inputs(kind: str, data, n: int, device) -> dict[str, torch.Tensor]:
     """The first ``n`` items' own inputs (titles with their padding; images, synthetic or real)."""
+    from methods.base import pixel_values
+
     ids = torch.arange(n) % data.n_items + 1
     if kind == "text":
         return {"input_ids": data.tokens[ids].to(device), "attention_mask": data.attention_mask[ids].to(device)}
-    return {"pixel_values": data.images[ids].to(device).float().div_(127.5).sub_(1.0)}
+    return {"pixel_values": pixel_values(data.images[ids].to(device))}
 
 
 def fft_step_floor(encs: dict[str, nn.Module], inputs: dict[str, dict], device, precision: str, steps: int) -> float:

@@ -41,12 +41,13 @@ import torch
 
 from benchmark.config import BenchConfig
 from benchmark.launch.group import combine, free_port, rank_env, wait_group
-from benchmark.launch.launchers import STDERR_TAIL, ZYGOTE_LOST, FileTee, alive, child_env, launcher
+from benchmark.launch.launchers import STDERR_TAIL, ZYGOTE_LOST, FileTee, alive, child_env, end_process, launcher
 from benchmark.launch.payload import extra_modules, save_payload
 from benchmark.measure.nvml import Nvml
 from benchmark.measure.phases import apply_samples, settle
 from benchmark.measure.profiler import MB, SAMPLE_INTERVAL_S, ProcessSampler, warn
 from benchmark.measure.record import Memory, RunRecord, Timeline
+from iisan_util.cuda import ddp_backend
 from iisan_util.errors import BenchError
 from iisan_util.names import safe_name
 
@@ -160,7 +161,7 @@ class IsolatedRunner:
                 exits, first = wait_group(self.launcher, [p.pid for p in procs])
         except BaseException:  # Ctrl-C: take the children down with us, record nothing for them
             for p in procs:
-                self._terminate(p.pid)
+                end_process(p.pid)
             raise
         finally:
             for p in procs:
@@ -172,7 +173,7 @@ class IsolatedRunner:
             shutil.rmtree(run_dir, ignore_errors=True)
         if world == 1:
             return recs[0]
-        return combine(recs, "nccl" if self.device.type == "cuda" else "gloo", first)
+        return combine(recs, ddp_backend(self.device), first)
 
     def _spawn(self, name: str, repeat: int, run_dir: Path, env: dict[str, str]) -> "_Proc":
         tag = f"-rank{env['RANK']}" if env else ""
@@ -218,20 +219,6 @@ class IsolatedRunner:
         }
         rec.timeline = Timeline(proc.t_spawn, marks, proc.sampler.samples)
         return rec
-
-    def _terminate(self, pid: int) -> None:
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.time() + grace
-            while time.time() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.05)
 
     def _record(self, name: str, repeat: int, rc: int, stderr: str, out: dict[str, Any]) -> RunRecord:
         """The child's record; or, when it wrote none, one that says how it died."""

@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmark.launch.payload import ENV_IMPORTS
+from benchmark.launch.envvars import ENV_IMPORTS, ENV_PARENT
 
-ENV_PARENT = "IISAN_BENCH_PARENT_PID"
 ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"
 ALLOC_DEFAULT = "expandable_segments:True"
 STDERR_TAIL = 64 * 1024
@@ -178,7 +177,7 @@ class ZygoteLauncher:
             return
         self.dead = True
         for pid in self.running:
-            _end(pid)
+            end_process(pid, term_grace_s=5.0)  # it had SIGTERM already (PR_SET_PDEATHSIG)
             self.exits[pid] = (ZYGOTE_LOST, None)
         self.running.clear()
 
@@ -247,22 +246,21 @@ def alive(pid: int) -> bool:
         return True
 
 
-def _end(pid: int, grace_s: float = 5.0) -> None:
-    """A run whose zygote died: it got SIGTERM with it (PR_SET_PDEATHSIG); make sure, then wait
-    until it is gone (it is init's child now: no wait4 for us)."""
+def end_process(pid: int, term_grace_s: float = 10.0, kill_grace_s: float = 5.0) -> None:
+    """The one way a run's process is ended: SIGTERM (it may clean up), SIGKILL after ``term_grace_s``,
+    then wait up to ``kill_grace_s`` until it is gone (a zombie counts as gone: ``alive``)."""
     import signal
 
-    deadline = time.time() + grace_s
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig, grace in ((signal.SIGTERM, term_grace_s), (signal.SIGKILL, kill_grace_s)):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             return
+        deadline = time.time() + grace
         while time.time() < deadline:
             if not alive(pid):
                 return
             time.sleep(0.05)
-        deadline = time.time() + grace_s
 
 
 def launcher(env: dict[str, str]):

@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 
 from benchmark.config import BenchConfig
+from benchmark.launch.envvars import ENV_IMPORTS
 from iisan_util.errors import BenchError
-
-ENV_IMPORTS = "IISAN_BENCH_IMPORTS"  # comma list of modules a child imports first (e.g. test methods)
 
 
 def save_payload(path: Path, cfg: BenchConfig, prep) -> None:

@@ -21,6 +21,7 @@ from benchmark.launch.prepare import Prepared, prepare, resolve_device, seed_eve
 from benchmark.launch.recipe import check_methods, method_config, method_names, new_record
 from benchmark.measure.record import Distributed, Memory, Params, RankFigures, RunRecord, Timing
 from benchmark.measure.results import append_result, env_info
+from iisan_util.cuda import ddp_backend
 from iisan_util.errors import BenchError
 from iisan_util.names import safe_name
 
@@ -237,7 +238,7 @@ def echo_warning(text: str) -> None:
 
 def _process_plan(cfg: BenchConfig, device: torch.device) -> str:
     if cfg.run.nproc > 1:
-        return f"{cfg.run.nproc} DDP processes per run ({'nccl' if device.type == 'cuda' else 'gloo'})"
+        return f"{cfg.run.nproc} DDP processes per run ({ddp_backend(device)})"
     return "a fresh child process per run" if cfg.run.isolate else "in-process"
 
 

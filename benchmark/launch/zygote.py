@@ -11,8 +11,7 @@ import signal
 import sys
 from typing import Any
 
-from benchmark.launch.launchers import ENV_PARENT
-from benchmark.launch.payload import ENV_IMPORTS
+from benchmark.launch.envvars import ENV_IMPORTS, ENV_PARENT
 
 PRELOAD = ("torch", "transformers", "peft", "benchmark.launch.child", "benchmark.launch.runner", "methods.registry")
 

@@ -36,6 +36,7 @@ from benchmark.measure.profiler import (
     vmhwm_mb,
 )
 from benchmark.measure.record import HEADLINE_PHASE, Check, Energy, Memory, PhaseMemory, Timeline
+from iisan_util.cuda import synchronize
 
 CHECK_TOLERANCE_MB = 4.0  # NVML and the allocator both count in 2 MiB pages
 
@@ -186,7 +187,7 @@ class MemoryProfiler:
         p = self.mem.phases.setdefault(self.current, PhaseMemory())
         p.seconds += now - self._since
         if self.gpu:
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             p.allocated_peak_mb = _max(p.allocated_peak_mb, torch.cuda.max_memory_allocated(self.device) / MB)
             p.reserved_peak_mb = _max(p.reserved_peak_mb, torch.cuda.max_memory_reserved(self.device) / MB)
             ctx = self.context_now()
@@ -206,7 +207,7 @@ class MemoryProfiler:
         if name == "done":
             return
         if self.gpu:
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
             self._hwm_ok = reset_hwm()

@@ -26,6 +26,7 @@ import psutil
 import torch
 
 from benchmark.measure.nvml import Nvml, torch_uuid
+from iisan_util.cuda import synchronize
 
 MB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -104,7 +105,7 @@ _CUDA_STARTS: dict[str, CudaStart] = {}
 def _cuda_probe(device: torch.device) -> torch.Tensor:
     """A tiny allocation: the context and the allocator's first block come into being."""
     probe = torch.empty(1, device=device)
-    torch.cuda.synchronize(device)
+    synchronize(device)
     return probe
 
 

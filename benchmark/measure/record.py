@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import sys
 import traceback as tb
 import types
 from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from iisan_util.errors import DivergedError
 
 SCHEMA_VERSION = 2
 # A run's phases: setup, cache_build (only where a method builds a cache), train and eval (once per
@@ -227,9 +230,11 @@ class RunRecord:
 def classify(exc: BaseException) -> tuple[str, str]:
     """(status, error) of a run that raised ``exc``: ``oom`` for out-of-memory, ``diverged`` for a
     non-finite loss, else ``failed``."""
-    if type(exc).__name__ == "DivergedError":
+    if isinstance(exc, DivergedError):
         return "diverged", last_line(exc)
-    oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+    torch = sys.modules.get("torch")  # by type, without importing torch here (records stay stdlib-only)
+    oom_types = (MemoryError,) + ((torch.OutOfMemoryError,) if torch is not None else ())
+    oom = isinstance(exc, oom_types)
     return ("oom" if oom else "failed"), last_line(exc)
 
 

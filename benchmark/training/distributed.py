@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from iisan_util.cuda import ddp_backend
+
 TIMEOUT_S = 300  # a rank that waits this long on a dead peer fails (the parent kills it sooner)
 
 
@@ -159,7 +161,7 @@ def from_env(device: torch.device) -> DistContext | None:
     if not dist.is_initialized():
         import datetime
 
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = ddp_backend(device)
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S),
                                 **({"device_id": device} if device.type == "cuda" else {}))
     backend = dist.get_backend()

@@ -26,6 +26,7 @@ from benchmark.training.compiling import CompiledLoss, WarmupReport, warm_up, wa
 from benchmark.training.distributed import DistContext, wrap
 from benchmark.training.metrics import metrics_from_ranks, target_ranks
 from benchmark.training.precision import autocast_for
+from iisan_util.cuda import synchronize
 from iisan_util.errors import BenchError, DivergedError
 
 WARMUP_STEPS = 3
@@ -35,11 +36,6 @@ class Callback(Protocol):
     def on_train_start(self) -> None: ...
     def on_epoch_start(self, epoch: int) -> None: ...
     def on_epoch_end(self, epoch: int) -> None: ...
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass

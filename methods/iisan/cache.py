@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from iisan_util.atomic import atomic_write, atomic_write_text
+from iisan_util.cuda import synchronize
 
 CACHE_FORMAT = 2  # 2: {"states", "offset"} per file
 PREPROCESS = ("cls=hidden_states[tap][:,0]; pixels=uint8/127.5-1; encoders in eval mode, no grad, "
@@ -286,8 +287,7 @@ def ensure_cache(ctx, source: nn.Module, taps: dict[str, list[int]], opts, rebui
     ctx.phase("cache_build")  # its peak memory is reported apart: a one-off cost, not training's
     t1 = time.perf_counter()
     tensors = compute_states(source, ctx.data.n_items, ctx.device, batch, dtype)
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize(ctx.device)
+    synchronize(ctx.device)
     build_s = time.perf_counter() - t1
     try:
         write_cache(path, tensors, parts, build_s, str(ctx.device))

@@ -9,21 +9,17 @@ import click
 
 from iisan_util.errors import BenchError
 
-# flag -> (config section, key); errors about a flag's value name the flag (--epochs), not the file
-FLAGS = {"methods": ("run", "methods"), "epochs": ("run", "epochs"), "device": ("run", "device"),
-         "seed": ("run", "seed"), "out": ("run", "out"), "repeats": ("run", "repeats"),
-         "isolate": ("run", "isolate"), "nproc": ("run", "nproc"), "dataset": ("data", "dataset"), "images": ("data", "images"),
-         "backbone": ("backbone", "preset"), "init": ("backbone", "init"), "precision": ("train", "precision"),
-         "trust_pickle": ("data", "trust_pickle")}
-
-
 def _overrides(**flags: Any) -> dict[str, Any]:
-    """Map CLI flags onto config keys (only flags the user gave)."""
+    """Map CLI flags onto config keys (only flags the user gave; each key's flag is declared on its
+    field: ``benchmark.config.flags``)."""
+    from benchmark.config import flags as declared
+
+    keys = declared()
     out: dict[str, Any] = {}
     for flag, value in flags.items():
         if value is None:
             continue
-        section, key = FLAGS[flag]
+        section, key = keys[flag]
         if flag == "methods":
             value = [v for v in value.split(",") if v.strip()]
         out.setdefault(section, {})[key] = value
@@ -31,8 +27,11 @@ def _overrides(**flags: Any) -> dict[str, Any]:
 
 
 def _origins(**flags: Any) -> dict[str, str]:
-    """Config key -> the flag that set it."""
-    return {".".join(FLAGS[f]): "--" + f.replace("_", "-") for f, v in flags.items() if v is not None}
+    """Config key -> the flag that set it (errors about its value name the flag, not the file)."""
+    from benchmark.config import flags as declared
+
+    keys = declared()
+    return {".".join(keys[f]): "--" + f.replace("_", "-") for f, v in flags.items() if v is not None}
 
 
 def _config(config_path: str | None, sets: tuple[str, ...], **flags: Any):

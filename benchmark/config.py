@@ -17,24 +17,24 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import tomllib
 
 from iisan_util.errors import BenchError, nearest
-from iisan_util.keys import bounded
+from iisan_util.keys import bounded, in_hash, role_of, setting
 
 
 @dataclass
 class RunConfig:
-    methods: list[str] = field(default_factory=lambda: ["all"])
-    epochs: int = bounded(4, 1, 1000)
-    seed: int = bounded(42, 0, 2**32, hi_open=True)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    out: str = "runs/default"
-    repeats: int = bounded(1, 1, 100)
-    isolate: bool = True
-    nproc: int = bounded(1, 1, 1024)  # (and at most the cores, or GPUs, the run has) data-parallel processes per run (torch DDP; gloo on CPU, NCCL on GPUs)
-    sample_interval_ms: float = bounded(0.0, 1, 60_000, zero="by device")  # 0 = by device: 10 ms on GPU, 50 ms on CPU
-    floors: Literal["auto", "on", "off"] = "auto"  # time the plain-PyTorch floors after the sweep; auto = on a GPU
+    methods: list[str] = setting(factory=lambda: ["all"], role="sweep", flag="methods")
+    epochs: int = bounded(4, 1, 1000, flag="epochs")
+    seed: int = bounded(42, 0, 2**32, hi_open=True, flag="seed")
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", role="variant", flag="device")  # compared as resolved (env.device)
+    out: str = setting("runs/default", role="sweep", flag="out")
+    repeats: int = bounded(1, 1, 100, role="sweep", flag="repeats")
+    isolate: bool = setting(True, role="variant", flag="isolate")
+    nproc: int = bounded(1, 1, 1024, role="variant", flag="nproc")  # (and at most the cores, or GPUs, the run has) data-parallel processes per run (torch DDP; gloo on CPU, NCCL on GPUs)
+    sample_interval_ms: float = bounded(0.0, 1, 60_000, zero="by device", role="sweep")  # 0 = by device: 10 ms on GPU, 50 ms on CPU
+    floors: Literal["auto", "on", "off"] = setting("auto", role="sweep")  # time the plain-PyTorch floors after the sweep; auto = on a GPU
     # each run's own estimate (iisan-bench estimate for the device it ran on) beside its measurement, and
     # its MFU from the traced FLOPs; auto = on a GPU in the device table (benchmark.measure.devices)
-    estimate: Literal["auto", "on", "off"] = "auto"
+    estimate: Literal["auto", "on", "off"] = setting("auto", role="sweep")
 
 
 @dataclass
@@ -49,24 +49,24 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"
+    dataset: str = setting("synthetic", flag="dataset")
     max_seq_len: int = bounded(10, 1, 1024)
     min_seq_len: int = bounded(5, 3, 1024, note="train, valid and test items")
     text_tokens: int = bounded(30, 2, 512, note="[CLS] and at least one word; BERT's positions")
     image_size: int = bounded(32, 1, 1024)
-    images: Literal["real", "synthetic", "none"] = "synthetic"
-    trust_pickle: bool = False
+    images: Literal["real", "synthetic", "none"] = setting("synthetic", flag="images")
+    trust_pickle: bool = setting(False, role="sweep", flag="trust_pickle")  # a permission: changes no figure
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass
 class BackboneConfig:
-    preset: Literal["tiny", "minilm", "base"] = "tiny"
+    preset: Literal["tiny", "minilm", "base"] = setting("tiny", flag="backbone")
     text_model: str = ""
     vision_model: str = ""
     # auto: the weights a preset or a named model has (minilm: pretrained MiniLM text; base: BERT-base +
     # ViT-base; tiny: random); pretrained; random (architecture only: efficiency does not depend on weights)
-    init: Literal["auto", "pretrained", "random"] = "auto"
+    init: Literal["auto", "pretrained", "random"] = setting("auto", flag="init")
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
 
 
@@ -78,7 +78,7 @@ class TrainConfig:
     lr_head: float = bounded(1e-3, 0, 1)
     lr_backbone_vision: float = bounded(0.0, 0, 1, note="0 = lr_backbone")  # the vision encoder's trained weights
     weight_decay: float = bounded(0.0, 0, 1)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = setting("fp32", flag="precision")
     patience: int = bounded(3, 0, 1000, note="0 = no early stopping")
     max_steps_per_epoch: int = bounded(0, 0, 10_000_000, note="0 = a full epoch")
     item_dim: int = bounded(64, 1, 4096)
@@ -94,7 +94,7 @@ class TrainConfig:
     # xavier init; GELU after each modality projection of end-to-end towers; SAN blocks N(0, 0.01) with
     # zero bias and the first intra step gated); ours: PyTorch's defaults (docs/protocol.md)
     architecture: Literal["ours", "paper"] = "ours"
-    profile_steps: int = bounded(0, 0, 1000)  # >0: after training, trace this many steps with torch.profiler (OUT/traces/)
+    profile_steps: int = bounded(0, 0, 1000, role="sweep")  # after training, apart from every figure; >0: after training, trace this many steps with torch.profiler (OUT/traces/)
     # torch.compile the loss; auto = the method's own choice on a GPU (iisan-cached: reduce-overhead,
     # i.e. CUDA graphs), off on CPU
     compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
@@ -120,10 +120,10 @@ class EvalConfig:
 
 @dataclass
 class TPMEConfig:
-    alpha_time: float = bounded(0.45, 0, 1)
-    alpha_params: float = bounded(0.10, 0, 1)
-    alpha_memory: float = bounded(0.45, 0, 1)
-    reference: str = "fft"
+    alpha_time: float = bounded(0.45, 0, 1, role="report")
+    alpha_params: float = bounded(0.10, 0, 1, role="report")
+    alpha_memory: float = bounded(0.45, 0, 1, role="report")
+    reference: str = setting("fft", role="report")
 
 
 @dataclass
@@ -164,14 +164,47 @@ class BenchConfig:
         each = "; ".join(f"{k} = {self.value(k)!r} from {source_of(k, self.origins, self.source)}" for k in keys)
         return BenchError(f"{self.where(*keys)}: {text} ({each})")
 
-    def hash_for(self, method: str) -> str:
-        """Stable hash of everything that determines one method's run (resume key)."""
-        d = self.to_dict()
-        d["run"] = {k: v for k, v in d["run"].items()
-                    if k not in ("methods", "out", "repeats", "sample_interval_ms", "floors", "estimate")}
-        d["methods"] = {method: d["methods"].get(method, {})}
+    def hash_for(self, method: str, version: int = 1) -> str:
+        """Stable hash of everything that determines one method's run (the resume key): every key
+        whose role is in the hash (``iisan_util.keys.ROLES``), the method's own table and its code
+        ``version`` (``Method.version``: a resume after the method changed does not keep stale runs)."""
+        d = {key: v for key, v in flat_settings(self).items() if in_hash(roles()[key])}
+        d["methods"] = {method: self.methods.get(method, {}), "version": version}
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def flat_settings(cfg: "BenchConfig") -> dict[str, Any]:
+    """Every config key's value by dotted name (``methods`` tables apart)."""
+    return {key: cfg.value(key) for key in _fields(BenchConfig)}
+
+
+def _fields(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
+    out: dict[str, dataclasses.Field] = {}
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if cls is BenchConfig and f.name in ("source", "origins", "methods"):
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(_fields(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = f
+    return out
+
+
+def roles() -> dict[str, str]:
+    """Dotted key -> its role, from the fields' declarations (``iisan_util.keys.setting``)."""
+    return {key: role_of(f) for key, f in _fields(BenchConfig).items()}
+
+
+def flags() -> dict[str, tuple[str, str]]:
+    """CLI flag (click's parameter name) -> (section, key), from the fields' declarations."""
+    out = {}
+    for key, f in _fields(BenchConfig).items():
+        if "flag" in f.metadata:
+            section, _, name = key.rpartition(".")
+            out[f.metadata["flag"]] = (section, name)
+    return out
 
 
 def _type_ok(value: Any, tp: Any) -> bool:

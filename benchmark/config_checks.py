@@ -66,17 +66,6 @@ def sections(obj: Any, prefix: str = "") -> Iterator[tuple[Any, str]]:
             yield from sections(v, f"{prefix}.{f.name}" if prefix else f.name)
 
 
-def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Every leaf of a config dataclass by dotted key (``methods`` tables excluded)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        if f.name in ("source", "origins", "methods"):
-            continue
-        v, key = getattr(obj, f.name), f"{prefix}{f.name}"
-        out.update(flat(v, key + ".") if dataclasses.is_dataclass(v) else {key: v})
-    return out
-
-
 def check(cfg) -> None:
     """Raise one BenchError naming the first bad key (or keys) and each one's source."""
     for section, prefix in sections(cfg):

@@ -56,14 +56,47 @@ def _num(v: float) -> str:
     return f"{int(v):,}".replace(",", "_") if abs(v) >= 10_000 else str(int(v))
 
 
-def bounded(default: Any, lo: float, hi: float, *, hi_open: bool = False, zero: str = "", note: str = "") -> Any:
-    """A dataclass field with its range: ``epochs: int = bounded(4, 1, 1000)``."""
-    rng = Range(lo, hi, hi_open, bool(zero), zero or note)
-    return field(default=default, metadata={"range": rng})
+# What a key's value changes, which decides where it counts (one declaration, every consumer derived):
+#   result  - what a run computes: in the resume hash, and runs must agree on it to share a report
+#   variant - how a run is executed (device, isolation, processes): in the hash, but runs that differ
+#             still share a report (the scaling table compares them)
+#   sweep   - how the sweep goes (which methods, where, how often, side measurements): in neither
+#   report  - read by the reporter alone (the TPME weights): in neither; changing it re-scores
+ROLES = {"result": (True, True), "variant": (True, False), "sweep": (False, False), "report": (False, False)}
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, role: str = "result",
+            flag: str | None = None, rng: Range | None = None) -> Any:
+    """A config field with what it means beside its default: its role (``ROLES``), the CLI flag that
+    sets it (click's parameter name), its range."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    meta = {"role": role, **({"flag": flag} if flag else {}), **({"range": rng} if rng else {})}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def bounded(default: Any, lo: float, hi: float, *, hi_open: bool = False, zero: str = "", note: str = "",
+            role: str = "result", flag: str | None = None, factory: Any = dataclasses.MISSING) -> Any:
+    """A numeric setting with its range: ``epochs: int = bounded(4, 1, 1000, flag="epochs")``."""
+    return setting(default, factory=factory, role=role, flag=flag, rng=Range(lo, hi, hi_open, bool(zero), zero or note))
 
 
 def range_of(f: dataclasses.Field) -> Range | None:
     return f.metadata.get("range")
+
+
+def role_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("role", "result")
+
+
+def in_hash(role: str) -> bool:
+    return ROLES[role][0]
+
+
+def compared(role: str) -> bool:
+    return ROLES[role][1]
 
 
 def check_ranges(obj: Any, prefix: str) -> tuple[str, str] | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+TPME_FILE = "tpme.json"  # OUT/tpme.json: the TPME weights of the latest sweep into OUT (the sweep writes, the reporter reads)
+
 
 def safe_name(name: str) -> str:
     """A file-name-safe form of a method name ('peft:ia3' -> 'peft_ia3')."""

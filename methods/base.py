@@ -55,6 +55,9 @@ class Method:
 
     name: ClassVar[str] = "?"
     description: ClassVar[str] = ""
+    # the method's code version, in every run's resume hash (as lm-evaluation-harness versions tasks):
+    # raise it when a change alters what the method computes, so a resume trains it again
+    version: ClassVar[int] = 1
     Options: ClassVar[type] = NoOptions
     # The IISAN paper's recipe for this kind of method ([train] paper_protocol): TrainConfig fields
     # (batch size, learning rates) and this method's own options (e.g. LoRA's scaling).

@@ -9,7 +9,10 @@ reference instead of normalising.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+
+from iisan_util.names import TPME_FILE
 
 from .load import MethodSummary, ReportError, Results
 
@@ -73,13 +76,22 @@ def _alpha(tp: dict, key: str, default: float, where: str) -> float:
 
 
 def tpme_config(results: Results, reference: str | None = None) -> TpmeConfig:
-    """Alphas (and reference) from the latest record's ``config.resolved.tpme``.
-
-    The latest record is used because a re-run with a changed config appends after older lines.
-    """
+    """Alphas (and reference) from ``tpme.json`` beside the results, which every sweep writes with
+    its own ``[tpme]`` (the weights are the report's alone: a sweep with new weights trains nothing
+    again, and this re-scores); else from the latest record's ``config.resolved.tpme`` (a re-run
+    with a changed config appends after older lines)."""
     tp: dict = {}
     where = f"{results.path}"
-    for run in reversed(results.runs):
+    side = results.path.parent / TPME_FILE
+    if side.is_file():
+        try:
+            tp, where = json.loads(side.read_text()), str(side)
+        except (OSError, ValueError) as exc:
+            raise ReportError(f"{side}: not readable JSON ({exc}); delete it to use the records' weights") from None
+        if not isinstance(tp, dict):
+            raise ReportError(f"{side}: expected a JSON object of TPME weights")
+        where = str(tp.get("source") or side)
+    for run in reversed(results.runs if not tp else []):
         cand = run.get("config", "resolved", "tpme")
         if isinstance(cand, dict):
             tp, where = cand, f"{results.path}:{run.line}"

@@ -7,9 +7,10 @@ training, evaluation, epochs, seed, device) are compared with those of every rec
 ``OUT/results.jsonl``. A difference stops the run with one line naming the keys, unless
 ``--force``, which removes the incomparable records and runs anew.
 
-What may differ: the methods and their own options, repeats, isolation, the number of
-data-parallel processes (the report's scaling table compares them), the sampler interval,
-the out folder and the TPME weights (the report reads those). Under ``train.paper_protocol`` each
+What may differ is declared on each key (its role, ``iisan_util.keys.ROLES``): the methods and
+their own options, repeats, isolation, the number of data-parallel processes (the report's scaling
+table compares them), the sampler interval, the out folder and the TPME weights (the report reads
+those, from ``OUT/tpme.json``: a changed weighting re-scores, it trains nothing again). Under ``train.paper_protocol`` each
 method trains with its own recipe (batch size, learning rates, selection), so those keys are not
 compared there.
 """
@@ -22,15 +23,13 @@ from typing import Any
 
 from iisan_util.atomic import atomic_write_text
 from iisan_util.errors import BenchError
-
-IGNORED_RUN_KEYS = ("methods", "out", "repeats", "isolate", "nproc", "sample_interval_ms", "device", "floors")
-COMPARED_SECTIONS = ("data", "backbone", "train", "eval")
-
+from iisan_util.keys import compared
+from iisan_util.names import TPME_FILE
 
 def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
-        key = f"{prefix}.{k}"
+        key = f"{prefix}.{k}" if prefix else k
         if isinstance(v, dict):
             out.update(_flat(v, key))
         else:
@@ -39,11 +38,14 @@ def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def comparable_settings(resolved: dict[str, Any], device: str | None) -> dict[str, Any]:
-    """The flattened settings two runs must share to sit in one report."""
-    out: dict[str, Any] = {}
-    for section in COMPARED_SECTIONS:
-        out.update(_flat(resolved.get(section) or {}, section))
-    out.update({f"run.{k}": v for k, v in (resolved.get("run") or {}).items() if k not in IGNORED_RUN_KEYS})
+    """The flattened settings two runs must share to sit in one report: every key whose role is
+    compared (``iisan_util.keys.ROLES``; a key an older record has and this version does not know
+    is compared too), the device as resolved, and not the methods' own tables."""
+    from benchmark.config import roles
+
+    known = roles()
+    out = {k: v for k, v in _flat({s: v for s, v in resolved.items() if s != "methods"}, "").items()
+           if compared(known.get(k, "result"))}
     if out.get("train.paper_protocol"):
         for key in recipe_keys():
             out.pop(f"train.{key}", None)
@@ -74,7 +76,7 @@ def _record_settings(rec: dict[str, Any]) -> dict[str, Any] | None:
 
 
 # what a sweep writes in OUT (the reporter's report.md, summary.csv and plots/ are its own)
-SWEEP_FILES = ("results.jsonl", "floors.json")
+SWEEP_FILES = ("results.jsonl", "floors.json", TPME_FILE)
 SWEEP_DIRS = ("logs", "memory", "traces")
 
 

@@ -52,10 +52,18 @@ def method_config(cfg: BenchConfig, name: str) -> BenchConfig:
     return dataclasses.replace(cfg, train=train, methods=methods)
 
 
+def run_hash(cfg: BenchConfig, name: str) -> str:
+    """The resume key of method ``name``'s runs: its config as it runs (``method_config``) and its
+    code version (``Method.version``)."""
+    from methods.registry import get_method_for
+
+    return method_config(cfg, name).hash_for(name, get_method_for(name, cfg).version)
+
+
 def new_record(cfg: BenchConfig, name: str, description: str, prep: Prepared, env: dict[str, Any],
                repeat: int) -> RunRecord:
     """The record every run starts from (also the one a crashed child's parent fills in)."""
-    return RunRecord(method=name, description=description, repeat=repeat, config_hash=cfg.hash_for(name),
+    return RunRecord(method=name, description=description, repeat=repeat, config_hash=run_hash(cfg, name),
                      seed=cfg.run.seed, data=prep.data.summary(), env=env, config={"resolved": cfg.to_dict()},
                      metrics={"popularity": prep.popularity, "masking": cfg.eval.masking,
                               "target_repeats_history": repeat_shares(prep.split)})

@@ -18,7 +18,7 @@ import torch
 
 from benchmark.config import BenchConfig
 from benchmark.launch.prepare import Prepared, prepare, resolve_device, seed_everything
-from benchmark.launch.recipe import check_methods, method_config, method_names, new_record
+from benchmark.launch.recipe import check_methods, method_config, method_names, new_record, run_hash
 from benchmark.measure.record import Distributed, Memory, Params, RankFigures, RunRecord, Timing
 from benchmark.measure.results import append_result, env_info
 from iisan_util.cuda import ddp_backend
@@ -285,6 +285,19 @@ def finish_record(rec: RunRecord, out: Path, device: torch.device) -> dict[str, 
     return rec.to_dict()
 
 
+def write_tpme(cfg: BenchConfig, out: Path) -> None:
+    """OUT/tpme.json: this sweep's TPME weights and where they came from, for the reporter (they are
+    in no run's hash: a new weighting re-scores the runs already there, it trains none again)."""
+    import json
+
+    from iisan_util.atomic import atomic_write_text
+    from iisan_util.names import TPME_FILE
+
+    keys = [f"tpme.{f.name}" for f in dataclasses.fields(cfg.tpme)]
+    body = {**dataclasses.asdict(cfg.tpme), "source": cfg.where(*keys)}
+    atomic_write_text(out / TPME_FILE, json.dumps(body, indent=1) + "\n")
+
+
 def _announce(cfg: BenchConfig, prep: Prepared, device: torch.device, names: list[str], runs: list, todo: list,
               results: Path, echo) -> None:
     """The sweep's opening lines: what runs where, what the data make of the batch, what is skipped."""
@@ -322,9 +335,10 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     check_outputs(out)
     check_comparable(results, comparable_settings(cfg.to_dict(), device.type), force, echo)
     check_out_dir(out)
+    write_tpme(cfg, out)
     done = set() if force else finished_runs(results)
     runs = [(n, r) for n in names for r in range(cfg.run.repeats)]
-    todo = [(n, r) for n, r in runs if (n, r, method_config(cfg, n).hash_for(n)) not in done]
+    todo = [(n, r) for n, r in runs if (n, r, run_hash(cfg, n)) not in done]
     _announce(cfg, prep, device, names, runs, todo, results, echo)
     isolated = None
     if cfg.run.isolate and todo:

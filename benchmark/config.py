@@ -108,6 +108,18 @@ class TrainConfig:
     sdpa_backend: Literal["auto", "default", "cudnn", "flash", "efficient", "math"] = "auto"  # attention kernel
 
 
+# The IISAN paper's recipe every method shares under ``train.paper_protocol`` (selection by valid HR@10,
+# patience 11, popularity count/total, the paper code's model details); each method adds its own
+# (``Method.paper_train``: batch size, learning rates). Read by ``paper_common`` and the recipe alone.
+PAPER_TRAIN: dict[str, Any] = {"select_by": "hr", "patience": 11, "popularity": "count", "architecture": "paper"}
+
+
+def paper_common(train: TrainConfig) -> TrainConfig:
+    """``train`` with the recipe every method shares applied when ``paper_protocol`` is on (what the
+    sweep's shared data, e.g. the popularity floor, is prepared under)."""
+    return dataclasses.replace(train, **PAPER_TRAIN) if train.paper_protocol else train
+
+
 @dataclass
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10], metadata=bounded(None, 1, 10_000).metadata)

@@ -23,7 +23,7 @@ from iisan_util.errors import BenchError
 from iisan_util.keys import bounded
 
 from ._common import encoder_layers, encoders, freeze, grouped_tower, param_ids
-from .base import BuildContext, ItemTower, Method
+from .base import PAPER_PEFT, BuildContext, ItemTower, Method
 from .registry import register_method
 
 # the output projection of each sub-layer, by architecture (first match per layer wins)
@@ -103,7 +103,7 @@ def add_adapters(model: nn.Module, kind: str, o: AdapterOptions, key: str) -> No
 @register_method("adapter")
 class Adapter(Method):
     description = "Houlsby bottleneck adapters (our own module) after attention and FFN in both encoders."
-    paper_train = {"batch_size": 32, "lr_head": 2e-4, "lr_peft": 4e-4}
+    paper_train = PAPER_PEFT
     Options = AdapterOptions
 
     def build(self, ctx: BuildContext) -> ItemTower:

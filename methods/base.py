@@ -50,6 +50,12 @@ class NoOptions:
     """A strategy without options."""
 
 
+# The paper's per-method recipes share these (its run scripts): batch 32 and head lr 2e-4 for the
+# end-to-end baselines, and lr 4e-4 for the new weights of its PEFT baselines (LoRA, adapters).
+PAPER_BASELINE: dict[str, Any] = {"batch_size": 32, "lr_head": 2e-4}
+PAPER_PEFT: dict[str, Any] = {**PAPER_BASELINE, "lr_peft": 4e-4}
+
+
 class Method:
     """Base class of a strategy. Subclasses are registered with ``@register_method``."""
 

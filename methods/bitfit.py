@@ -8,14 +8,14 @@ for the ViT, the patch-projection bias. They are pretrained weights, so they tra
 from __future__ import annotations
 
 from ._common import encoders, grouped_tower, param_ids
-from .base import BuildContext, ItemTower, Method
+from .base import PAPER_BASELINE, BuildContext, ItemTower, Method
 from .registry import register_method
 
 
 @register_method("bitfit")
 class BitFit(Method):
     description = "BitFit: only the encoders' biases (plus projections, fusion and SASRec) train."
-    paper_train = {"batch_size": 32, "lr_head": 2e-4, "lr_backbone": 5e-5, "lr_backbone_vision": 1e-4}
+    paper_train = {**PAPER_BASELINE, "lr_backbone": 5e-5, "lr_backbone_vision": 1e-4}
 
     def build(self, ctx: BuildContext) -> ItemTower:
         encs = encoders(ctx.backbones, ctx.data)

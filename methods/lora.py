@@ -19,7 +19,7 @@ from iisan_util.errors import BenchError
 from iisan_util.keys import bounded
 
 from ._common import checkpointed, peft_tower
-from .base import BuildContext, ItemTower, Method
+from .base import PAPER_PEFT, BuildContext, ItemTower, Method
 from .registry import register_method
 
 
@@ -40,7 +40,7 @@ class LoraOptions:
 @register_method("lora")
 class LoRA(Method):
     description = "LoRA (peft) on query/value of both encoders; starts from the backbone's weights."
-    paper_train = {"batch_size": 32, "lr_head": 2e-4, "lr_peft": 4e-4}
+    paper_train = PAPER_PEFT
     paper_options = {"alpha": 1, "dropout": 0.0}  # the paper's code: scaling alpha / r = 1/8, no dropout
     Options = LoraOptions
 

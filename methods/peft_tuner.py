@@ -25,7 +25,7 @@ from typing import Any, Callable, get_type_hints
 from iisan_util.errors import BenchError, nearest
 
 from ._common import first_line, peft_tower
-from .base import BuildContext, ItemTower, Method
+from .base import PAPER_PEFT, BuildContext, ItemTower, Method
 from .registry import register_method
 
 # Fields of every PeftConfig that the benchmark sets itself or that make no sense here.
@@ -93,7 +93,7 @@ class PeftOptions:
 @register_method("peft", listed=False)
 class PeftTuner(Method):
     description = "Any HF peft tuner configured as [methods.NAME] peft_type = \"...\" on both encoders."
-    paper_train = {"batch_size": 32, "lr_head": 2e-4, "lr_peft": 4e-4}
+    paper_train = PAPER_PEFT
     Options = PeftOptions
 
     def build(self, ctx: BuildContext) -> ItemTower:

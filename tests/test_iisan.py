@@ -240,29 +240,32 @@ def test_random_init_backbones_are_the_same_for_the_same_seed():
 
 
 def test_cache_build_is_a_one_off_cost_with_its_own_time_and_memory_phase(tmp_path, prep, monkeypatch):
-    real = iisan_cache.compute_states
+    real, clock = iisan_cache.compute_states, [0.0]
     held = []
+    perf_counter, wall = time.perf_counter, time.time
 
     def slow(*args, **kwargs):
         block = mmap.mmap(-1, 48 * 2**20)  # 48 MB of fresh pages (malloc could reuse resident ones)
         block.write(b"x" * len(block))
         held.append(block)
-        time.sleep(1.0)
+        clock[0] += 1000.0  # the build "takes" 1000 s on both clocks: no sleep, no race with the machine's load
         out = real(*args, **kwargs)
         held.pop().close()
         return out
 
+    monkeypatch.setattr(time, "perf_counter", lambda: perf_counter() + clock[0])
+    monkeypatch.setattr(time, "time", lambda: wall() + clock[0])
     monkeypatch.setattr(iisan_cache, "compute_states", slow)
     cfg = small(tmp_path, build_batch_size=16)
     rec = run_method(cfg, "iisan-cached", prep, CPU, progress=False, sample_memory=False)
     assert rec.status == "ok", rec.traceback
     assert rec.cache.status == "built" and rec.cache.batch_size == 16
-    assert rec.time.cache_build_s == rec.cache.build_s >= 1.0
-    assert rec.time.setup_s < 1.0  # the build is not setup
+    assert rec.time.cache_build_s == rec.cache.build_s >= 1000.0
+    assert rec.time.setup_s < 1000.0  # the build is not setup (with it, setup would be past 1000 s)
     assert rec.params.total == rec.params.trainable  # the encoders are not part of the model
     phases = rec.memory.phases
     assert list(phases) == ["setup", "cache_build", "train", "eval"]
-    assert phases["cache_build"].seconds >= 1.0
+    assert phases["cache_build"].seconds >= 1000.0
     if phases["cache_build"].rss_peak_mb is not None and phases["train"].rss_peak_mb is not None:
         assert phases["cache_build"].rss_peak_mb > phases["train"].rss_peak_mb + 24  # the build's 48 MB are not training's
     again = run_method(cfg, "iisan-cached", prep, CPU, progress=False, sample_memory=False)

@@ -124,7 +124,9 @@ def test_sampler_thread_samples_every_interval_and_measures_its_cost():
     x = [bytearray(1024) for _ in range(20000)]  # some work while it samples
     import time
 
-    time.sleep(0.15)
+    deadline = time.time() + 30  # a count, not a rate: a loaded machine only makes it wait longer
+    while len(sampler.samples) < 5 and time.time() < deadline:
+        time.sleep(0.01)
     sampler.stop()
     del x
     assert len(sampler.samples) >= 5 and sampler.cpu_s > 0

@@ -70,7 +70,7 @@ def test_an_unknown_parameter_group_is_one_line_naming_the_tower(tmp_path):
 
     from benchmark.models.recommender import SeqRecommender
     from benchmark.training.trainer import Trainer
-    from tests.test_trainer import trainer_for
+    from tests.helpers import trainer_for
 
     _, prep = trainer_for("fft", tmp_path)
 

@@ -55,7 +55,7 @@ def comparable_settings(resolved: dict[str, Any], device: str | None) -> dict[st
 
 def recipe_keys() -> set[str]:
     """Training keys the paper protocol sets per method (they differ between methods by design)."""
-    from benchmark.launch.recipe import PAPER_TRAIN
+    from benchmark.config import PAPER_TRAIN
     from methods.registry import available, get_method
 
     return set(PAPER_TRAIN) | {k for name in available() for k in get_method(name).paper_train}

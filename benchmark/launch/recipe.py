@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from benchmark.config import BenchConfig
+from benchmark.config import PAPER_TRAIN, BenchConfig
 from benchmark.launch.prepare import Prepared, repeat_shares
 from benchmark.measure.record import RunRecord
 from iisan_util.errors import BenchError, nearest
@@ -28,10 +28,6 @@ def check_methods(cfg: BenchConfig, names: list[str]) -> None:
             raise BenchError(f"{cfg.where(f'methods.{name}')}: [methods.{name}] names no method{nearest(name, known)}")
     for name in names:
         options_for(name, cfg)
-
-
-# every method, under paper_protocol
-PAPER_TRAIN = {"select_by": "hr", "patience": 11, "popularity": "count", "architecture": "paper"}
 
 
 def method_config(cfg: BenchConfig, name: str) -> BenchConfig:

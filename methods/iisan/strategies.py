@@ -36,11 +36,13 @@ class IISANTower(ItemTower):
 
 # --------------------------------------------------------------------------- the two strategies
 
+PAPER_IISAN = {"batch_size": 64, "lr_head": 2e-4, "lr_peft": 1e-4}  # the paper's run script for IISAN
+
 
 @register_method("iisan")
 class IISAN(Method):
     description = "IISAN: side network over frozen encoders' tapped CLS states (encoders run every step)."
-    paper_train = {"batch_size": 64, "lr_head": 2e-4, "lr_peft": 1e-4}
+    paper_train = PAPER_IISAN
     Options = IISANOptions
 
     def build(self, ctx: BuildContext) -> ItemTower:
@@ -54,7 +56,7 @@ class IISAN(Method):
 @register_method("iisan-cached")
 class IISANCached(Method):
     description = "IISAN trained from a cache of the tapped CLS states (encoders run once, at cache build)."
-    paper_train = {"batch_size": 64, "lr_head": 2e-4, "lr_peft": 1e-4}
+    paper_train = PAPER_IISAN  # the same training, from cached states
     # a step is ~3 ms of GPU work behind ~1,000 kernel launches: CUDA graphs (torch.compile's
     # cudagraph trees, one graph per bucketed step shape, all captured before the clock)
     auto_compile = "reduce-overhead"

@@ -84,11 +84,16 @@ def run_options(command):
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def run(config_path: str | None, no_progress: bool, force: bool, sets: tuple[str, ...], **flags: Any) -> None:
     """Train and evaluate the selected methods; write OUT/results.jsonl and the report."""
+    from benchmark.commands.floors import wants_floors
     from benchmark.launch.runner import run_benchmark
 
     cfg = _config(config_path, sets, **flags)
     failed: list[str] = []
     results = run_benchmark(cfg, progress=not no_progress, echo=click.echo, force=force, failed=failed)
+    if wants_floors(cfg):  # after every run, never beside one: a command of its own, composed here
+        from benchmark.commands.floors import floors_command
+
+        click.echo(f"floors: {floors_command(cfg, results.parent, steps=10, echo=click.echo)}")
     click.echo(f"results: {results}")
     try:
         from reports import build_report
@@ -190,7 +195,7 @@ def floors(config_path: str | None, steps: int, sets: tuple[str, ...], **flags: 
     step) on this machine, for the config's shapes; the report shows each method against it."""
     from pathlib import Path
 
-    from benchmark.launch.floors import floors_command
+    from benchmark.commands.floors import floors_command
 
     cfg = _config(config_path, sets, **flags)
     click.echo(f"floors: {floors_command(cfg, Path(cfg.run.out), steps)}")

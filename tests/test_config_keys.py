@@ -62,8 +62,9 @@ def test_a_methods_version_is_in_its_hash():
 
 def test_new_tpme_weights_rescore_the_runs_without_training_them_again(tmp_path, capsys, monkeypatch):
     out = tmp_path / "o"
-    tiny = ["--out", str(out), "--methods", "bitfit,fft", "--epochs", "1", "--no-progress", "--no-isolate",
-            "--set", "data.synthetic.users=60", "--set", "data.synthetic.items=40", "--set", "train.max_steps_per_epoch=1"]
+    tiny = ["--out", str(out), "--methods", "bitfit,iisan-cached", "--epochs", "1", "--no-progress", "--no-isolate",
+            "--set", "data.synthetic.users=60", "--set", "data.synthetic.items=40", "--set", "train.max_steps_per_epoch=1",
+            "--set", f"methods.iisan-cached.cache_dir=\"{tmp_path}\"", "--set", "eval.eval_batch_size=64"]
     main(["run", *tiny])
     first = (out / "results.jsonl").read_text()
     assert "TPME (lower is better) = 0.45·time + 0.1·params + 0.45·memory" in (out / "report.md").read_text()
@@ -81,6 +82,6 @@ def test_new_tpme_weights_rescore_the_runs_without_training_them_again(tmp_path,
     monkeypatch.setattr(get_method("bitfit"), "version", 2)
     main(["run", *tiny])
     said = capsys.readouterr().out
-    assert "skipping 1 run(s) already in" in said and "(fft)" in said
+    assert "skipping 1 run(s) already in" in said and "(iisan-cached)" in said
     assert [json.loads(line)["method"] for line in (out / "results.jsonl").read_text().splitlines()] == \
-        ["bitfit", "fft", "bitfit"]
+        ["bitfit", "iisan-cached", "bitfit"]

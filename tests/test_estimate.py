@@ -57,6 +57,7 @@ def test_the_cpu_estimate_is_the_real_steps_tensors_for_every_method(default_cfg
         assert est.step_s is None and est.max_batch is None  # no GPU: memory only
 
 
+@pytest.mark.slow  # three traced estimates through the CLI: 10 s
 def test_the_command_prints_json_and_a_table_and_a_bigger_card_fits_more(capsys):
     main(["estimate", "--methods", "fft,iisan-cached", "--gpu", "h200", "--format", "json"])
     rows = json.loads(capsys.readouterr().out)

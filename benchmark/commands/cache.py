@@ -15,11 +15,8 @@ def cache_command(cfg, rebuild: bool = False, echo=print):
     from benchmark.launch.prepare import prepare, resolve_device, seed_everything
     from benchmark.launch.recipe import check_methods
     from benchmark.models.backbones import load_backbones
-    from methods._common import encoders, freeze, frozen_in_compute_dtype
-    from methods.base import BuildContext, ItemInputs
-    from methods.iisan import BackboneTaps, resolve_taps
-    from methods.iisan.cache import ensure_cache
-    from methods.registry import options_for
+    from methods.base import BuildContext
+    from methods.registry import get_method, options_for
 
     check_methods(cfg, ["iisan-cached"])
     device = resolve_device(cfg.run.device)
@@ -27,12 +24,11 @@ def cache_command(cfg, rebuild: bool = False, echo=print):
     seed_everything(cfg.run.seed)
     backbones = load_backbones(cfg.backbone, cfg.data)
     opts = options_for("iisan-cached", cfg)
-    models = encoders(backbones, prep.data)
-    freeze(*models.values())
-    taps = resolve_taps(opts, models)
-    frozen_in_compute_dtype(models, cfg.train.precision)  # as run builds it: the same cache
-    ctx = BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=device)
-    _, info = ensure_cache(ctx, BackboneTaps(models, ItemInputs(prep.data), taps), taps, opts, rebuild=rebuild)
+    method = get_method("iisan-cached")(opts)
+    method.rebuild = rebuild
+    # the method's own build (what run does): the cache it makes or verifies is the one run uses
+    method.build(BuildContext(cfg=cfg, data=prep.data, backbones=backbones, device=device))
+    info, taps = method.cache_info, method.taps
     shapes = ", ".join(f"{'image' if k == 'vision' else k} {v}" for k, v in info.shapes.items())
     what = f"built in {info.build_s:.1f}s ({info.reason})" if info.built else f"valid, reused (checked in {info.load_s:.1f}s)"
     echo(f"cache: {info.path}\n  {what}\n  {shapes} {opts.cache_dtype}, taps {taps}\n"

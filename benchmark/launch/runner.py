@@ -362,8 +362,4 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     finally:
         if isolated is not None:
             isolated.close()
-    if cfg.run.floors == "on" or (cfg.run.floors == "auto" and device.type == "cuda"):
-        from benchmark.launch.floors import floors_command
-
-        echo(f"floors: {floors_command(cfg, out, steps=10, echo=echo)}")  # after every run: never beside one
     return results

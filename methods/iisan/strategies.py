@@ -65,6 +65,7 @@ class IISANCached(Method):
     def __init__(self, options):
         super().__init__(options)
         self.cache_info = None
+        self.rebuild = False  # build the cache anew even when a valid one exists (``iisan-bench cache --rebuild``)
 
     def build(self, ctx: BuildContext) -> ItemTower:
         from methods.iisan.cache import ensure_cache
@@ -72,6 +73,7 @@ class IISANCached(Method):
         models = encoders(ctx.backbones, ctx.data)
         freeze(*models.values())
         side, taps = build_side(self.opts, models, ctx.cfg.train)  # before the cache: same init as iisan
+        self.taps = taps
         frozen_in_compute_dtype(models, ctx.cfg.train.precision)  # the cache holds what live iisan computes
         if is_meta(models["text"]):  # parameter counting on the meta device: no states to cache
             n = ctx.data.n_items + 1
@@ -79,7 +81,7 @@ class IISANCached(Method):
                           torch.empty(len(taps[k]), m.config.hidden_size, device="meta")) for k, m in models.items()}
         else:
             source = BackboneTaps(models, ItemInputs(ctx.data), taps)
-            caches, self.cache_info = ensure_cache(ctx, source, taps, self.opts)
+            caches, self.cache_info = ensure_cache(ctx, source, taps, self.opts, rebuild=self.rebuild)
             del source
             release_backbones(ctx)
         return IISANTower(CachedTaps(caches["text"], caches.get("vision")), side)

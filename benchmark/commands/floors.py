@@ -190,6 +190,13 @@ def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo
     return out
 
 
+def wants_floors(cfg) -> bool:
+    """``run.floors``: on, off, or (auto) on a GPU."""
+    from benchmark.launch.prepare import resolve_device
+
+    return cfg.run.floors == "on" or (cfg.run.floors == "auto" and resolve_device(cfg.run.device).type == "cuda")
+
+
 def floors_command(cfg: BenchConfig, out_dir: Path, steps: int, echo=print) -> Path:
     """``iisan-bench floors``: measure and write ``OUT/floors.json`` (the report picks it up)."""
     from benchmark.launch.prepare import resolve_device

@@ -85,7 +85,7 @@ def run_options(command):
 def run(config_path: str | None, no_progress: bool, force: bool, sets: tuple[str, ...], **flags: Any) -> None:
     """Train and evaluate the selected methods; write OUT/results.jsonl and the report."""
     from benchmark.commands.floors import wants_floors
-    from benchmark.launch.runner import run_benchmark
+    from benchmark.launch.sweep import run_benchmark
 
     cfg = _config(config_path, sets, **flags)
     failed: list[str] = []

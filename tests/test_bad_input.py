@@ -438,15 +438,15 @@ def test_k_not_below_the_fewest_candidates_after_masking_is_refused(tmp_path, ca
 
 
 def test_more_ranks_than_cores_is_refused_naming_both_keys(tmp_path, capsys, monkeypatch):
-    from benchmark.launch import runner
+    from benchmark.launch import sweep
 
-    monkeypatch.setattr(runner, "_cores", lambda: 2)
+    monkeypatch.setattr(sweep, "_cores", lambda: 2)
     fails(tmp_path, capsys, ["--nproc", "3"], "--nproc, ", "'run.nproc' = 3 needs a process per CPU core, this machine "
                                                           "has 2 CPU cores (run.nproc = 3 from --nproc; run.device")
 
 
 def test_fp16_on_cpu_is_a_one_line_warning(tmp_path, capsys):
-    from benchmark.launch.runner import _device_for
+    from benchmark.launch.sweep import _device_for
 
     _device_for(load_config(None, {"run": {"device": "cpu"}, "train": {"precision": "fp16"}}, {"train.precision": "--precision"}))
     err = capsys.readouterr().err.strip().splitlines()

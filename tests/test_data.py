@@ -179,7 +179,7 @@ def test_a_failed_cache_write_leaves_nothing_half_written(tmp_path, monkeypatch)
 
 
 def test_real_images_train_end_to_end_and_are_recorded(tmp_path):
-    from benchmark.launch.runner import run_benchmark
+    from benchmark.launch.sweep import run_benchmark
 
     root = make_dataset(tmp_path / "d", n_items=12, users=[[f"i{(u * 5 + j) % 12 + 1}" for j in range(6)] for u in range(12)])
     for i in range(1, 13):

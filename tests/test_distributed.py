@@ -9,7 +9,7 @@ import pytest
 
 from benchmark.config import load_config
 from benchmark.launch.group import combine
-from benchmark.launch.runner import run_benchmark
+from benchmark.launch.sweep import run_benchmark
 from benchmark.measure.record import Distributed, Memory, RankFigures, RunRecord, Timing
 from benchmark.training.distributed import CommStats, DistContext
 from iisan_util.errors import BenchError

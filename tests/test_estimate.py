@@ -94,7 +94,7 @@ def test_a_run_on_a_known_gpu_carries_its_estimate_and_mfu(tmp_path, monkeypatch
     table entry for this CPU stands in for a GPU's peak."""
     import platform
 
-    from benchmark.launch.runner import run_benchmark
+    from benchmark.launch.sweep import run_benchmark
     from benchmark.measure import devices
     from reports import build_report
 

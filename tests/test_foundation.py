@@ -6,7 +6,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.config import load_config
-from benchmark.launch.runner import run_benchmark
+from benchmark.launch.sweep import run_benchmark
 from tests.helpers import small_cfg
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from benchmark.cli import main
+from benchmark.launch.prepare import prepare
 from benchmark.launch.runner import choose_attention
 from benchmark.models import kernels
 from benchmark.training import compiling
@@ -83,7 +84,7 @@ def test_a_kernel_refusing_a_call_mid_run_falls_back_and_the_record_says_why(tmp
 
     monkeypatch.setattr(runner, "choose_attention", lambda *a, **k: kernels.SdpaChoice("flash", "config"))
     cfg = small(tmp_path)
-    rec = runner.run_method(cfg, "fft", runner.prepare(cfg), torch.device("cpu"), progress=False)
+    rec = runner.run_method(cfg, "fft", prepare(cfg), torch.device("cpu"), progress=False)
     assert rec.status == "ok", rec.error
     sdpa = rec.env["sdpa"]
     assert (sdpa["backend"], sdpa["chosen_by"]) == ("default", "runtime-fallback")
@@ -186,7 +187,7 @@ def test_a_spent_compile_budget_still_trains_and_the_record_says_so(tmp_path):
 
     cfg = small(tmp_path, train={"compile": "default", "compile_budget_s": 1e-9, "batch_size": 8,
                                  "max_steps_per_epoch": 6})
-    prep = runner.prepare(cfg)
+    prep = prepare(cfg)
     rec = runner.run_method(cfg, "iisan-cached", prep, torch.device("cpu"), progress=False)
     assert rec.status == "ok", rec.error
     t = rec.time

@@ -213,7 +213,7 @@ def test_a_real_gpu_sweep_measures_phases_and_passes_its_memory_cross_checks(tmp
     """What the fakes above stand in for: on a real card every run is ok, its headline is the
     allocator's training peak, each phase has a peak, and allocated <= NVML process <= reserved +
     context holds at every phase edge (docs/gpu-session.md runs this first)."""
-    from benchmark.launch.runner import run_benchmark
+    from benchmark.launch.sweep import run_benchmark
 
     cfg = load_config(None, {"run": {"methods": ["fft", "iisan", "iisan-cached"], "epochs": 1, "device": "cuda",
                                      "out": str(tmp_path / "out")},
@@ -233,7 +233,7 @@ def test_a_real_gpu_sweep_measures_phases_and_passes_its_memory_cross_checks(tmp
 def test_two_gpus_train_under_nccl_ddp_one_gpu_per_rank(tmp_path):
     """``--nproc 2 --device cuda``: each rank on its own GPU (announced by UUID, sampled by NVML),
     NCCL, the allocator's training peak per rank, and the one-GPU metrics with dropout off."""
-    from benchmark.launch.runner import run_benchmark
+    from benchmark.launch.sweep import run_benchmark
 
     recs = {}
     for n in (1, 2):

@@ -11,7 +11,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.config import load_config
-from benchmark.launch.runner import run_benchmark
+from benchmark.launch.sweep import run_benchmark
 from iisan_util.errors import BenchError
 
 # t-tiny, t-oom, t-fail, t-crash: registered per test (tests/conftest.py), never leaked into 'all'

@@ -278,7 +278,7 @@ def test_configured_ia3_runs_through_the_trainer(tmp_path):
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     """``iisan-bench run --methods all`` on the embedded default (about 100 s on 2 CPU cores)."""
-    from benchmark.launch.runner import run_benchmark
+    from benchmark.launch.sweep import run_benchmark
 
     out = tmp_path_factory.mktemp("default-run")
     cfg = load_config(None, {"run": {"methods": ["all"], "out": str(out)},

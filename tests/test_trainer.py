@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmark.launch.recipe import method_config
-from benchmark.launch.runner import run_benchmark
+from benchmark.launch.sweep import run_benchmark
 from benchmark.training.trainer import TrainOutcome
 from tests.helpers import build, small, small_cfg, trainer_for
 

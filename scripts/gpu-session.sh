@@ -76,7 +76,7 @@ step() {  # step NAME CAP_S COMMAND...: run under min(CAP_S, what is left of the
 
 { nvidia-smi -L 2>&1 || echo "no nvidia-smi"; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } \
   >"$WORK/logs/machine.log" 2>&1
-step gpu-tests 100 $PY -m pytest -m gpu -p no:cacheprovider -q tests/test_gpu_paths.py
+step gpu-tests 100 $PY -m pytest -m gpu -p no:cacheprovider -q tests/test_device_paths.py
 step paper-scale 390 $PY -m benchmark.cli run "${CFG[@]}" --methods fft,iisan,iisan-cached,lora,adapter,bitfit \
   --out "$WORK/paper" --no-progress --set run.floors='"off"'
 step floors 60 $PY -m benchmark.cli floors "${CFG[@]}" --out "$WORK/paper" --steps "$FLOOR_STEPS"

@@ -8,7 +8,7 @@ import types
 
 import torch
 
-from benchmark.measure import profiler
+from benchmark.measure import sampler as sampler_mod
 from benchmark.measure.nvml import MB, normalize_uuid
 
 UUID_A = "GPU-11111111-2222-3333-4444-555555555555"
@@ -90,9 +90,9 @@ def install_fake_cuda(nv: FakePynvml, monkeypatch) -> dict:
         dev["procs"] = dev["procs"] + [(me, 302 * MB)]
         dev["used"] += 302 * MB
 
-    monkeypatch.setattr(profiler, "_cuda_probe", probe)
-    monkeypatch.setattr(profiler, "torch_uuid", lambda device: normalize_uuid(UUID_B))
-    monkeypatch.setattr(profiler, "_CUDA_STARTS", {})
+    monkeypatch.setattr(sampler_mod, "_cuda_probe", probe)
+    monkeypatch.setattr(sampler_mod, "torch_uuid", lambda device: normalize_uuid(UUID_B))
+    monkeypatch.setattr(sampler_mod, "_CUDA_STARTS", {})
     monkeypatch.setattr(torch.cuda, "init", lambda: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)

@@ -12,10 +12,10 @@ import torch
 from nvml_fake import UUID_B
 
 from benchmark.launch.isolation import IsolatedRunner
-from benchmark.measure import profiler
+from benchmark.measure import sampler as sampler_mod
 from benchmark.measure.nvml import MB, Nvml
 from benchmark.measure.phases import MemoryProfiler, apply_samples, settle
-from benchmark.measure.profiler import Sample, cuda_start
+from benchmark.measure.sampler import Sample, cuda_start
 from benchmark.measure.record import Check, Memory, PhaseMemory, RunRecord, Timing
 
 CUDA = torch.device("cuda", 0)
@@ -99,7 +99,7 @@ def test_cpu_phases_read_the_kernel_peak_reset_at_each_edge():
     big.close()
     prof.on_epoch_end(1)
     mem = prof.result()
-    if profiler.vmhwm_mb() is None or not profiler.reset_hwm():
+    if sampler_mod.vmhwm_mb() is None or not sampler_mod.reset_hwm():
         pytest.skip("no VmHWM / clear_refs here")
     train, evaluation = mem.phases["train"].rss_peak_mb, mem.phases["eval"].rss_peak_mb
     assert train > evaluation + 64  # the peak was reset when evaluation began

@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
 
         from benchmark.launch.payload import import_extra_modules, load_payload
         from benchmark.launch.runner import run_method
-        from benchmark.measure.profiler import cuda_start, ru_maxrss_mb
+        from benchmark.measure.sampler import cuda_start, ru_maxrss_mb
 
         import_extra_modules()
         t0 = time.time()

@@ -45,7 +45,7 @@ from benchmark.launch.launchers import STDERR_TAIL, ZYGOTE_LOST, FileTee, alive,
 from benchmark.launch.payload import extra_modules, save_payload
 from benchmark.measure.nvml import Nvml
 from benchmark.measure.phases import apply_samples, settle
-from benchmark.measure.profiler import MB, SAMPLE_INTERVAL_S, ProcessSampler, warn
+from benchmark.measure.sampler import MB, SAMPLE_INTERVAL_S, ProcessSampler, warn
 from benchmark.measure.record import Memory, RunRecord, Timeline
 from iisan_util.cuda import ddp_backend
 from iisan_util.errors import BenchError

@@ -35,7 +35,7 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
     ``timeline`` and ``traceback`` are for the runner and never reach results.jsonl.
     """
     from benchmark.measure.phases import MemoryProfiler
-    from benchmark.measure.profiler import default_interval_s
+    from benchmark.measure.sampler import default_interval_s
     from methods.registry import get_method_for
 
     run = RunContext(method_config(cfg, name), name, prep, device, repeat, out_dir, progress, dist)

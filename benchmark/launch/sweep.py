@@ -116,7 +116,7 @@ def disk_errors(out: Path, what: str):
 
 def finish_record(rec: RunRecord, out: Path, device: torch.device) -> dict[str, Any]:
     """Write the run's side files (traceback log, memory timeline CSV); the record as JSON-ready dict."""
-    from benchmark.measure.profiler import write_timeline_csv
+    from benchmark.measure.sampler import write_timeline_csv
 
     world = f"-{rec.distributed.world_size}p" if rec.distributed is not None else ""  # beside the 1-process run's
     stem = f"{safe_name(rec.method)}-{rec.repeat}{world}"
@@ -192,7 +192,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     isolated = None
     if cfg.run.isolate and todo:
         from benchmark.launch.isolation import IsolatedRunner
-        from benchmark.measure.profiler import default_interval_s
+        from benchmark.measure.sampler import default_interval_s
 
         with disk_errors(out, "the isolation payload"):
             isolated = IsolatedRunner(cfg, prep, device, out, progress=progress, echo=echo,

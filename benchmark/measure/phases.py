@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from benchmark.measure.profiler import (
+from benchmark.measure.sampler import (
     MB,
     SAMPLE_INTERVAL_S,
     ProcessSampler,

@@ -8,7 +8,7 @@ encoders alive until the forward ends; today's hooks keep the tapped CLS vectors
 item buckets (each step's exact distinct items). Measured: the NVML process peak of the training
 phase (README table there) and the plain-PyTorch FFT step (anchor-plain-pytorch-fft.json).
 
-    python benchmarks/estimate_vs_h100.py [--measurements DIR] [--out docs/estimates-h100.md]
+    python perf/estimate_vs_h100.py [--measurements DIR] [--out docs/estimates-h100.md]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from nvml_fake import OTHER_PID, UUID_A, UUID_B, FakeMismatchError, FakeNVMLErro
 
 from benchmark.launch.isolation import ReadyHandle
 from benchmark.measure.nvml import MB, Nvml, normalize_uuid
-from benchmark.measure.profiler import ProcessSampler, Sample, cuda_start, write_timeline_csv
+from benchmark.measure.sampler import ProcessSampler, Sample, cuda_start, write_timeline_csv
 
 # ------------------------------------------------------------------------------- the NVML layer
 

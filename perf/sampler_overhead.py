@@ -2,9 +2,9 @@
 
 Not a test (timings on a shared machine are noisy); run it by hand and commit its JSON:
 
-    python benchmarks/sampler_overhead.py --pairs 100 --steps 8 \
+    python perf/sampler_overhead.py --pairs 100 --steps 8 \
         --variants out_of_process,out_of_process:10 --out docs/results/sampler-overhead-cpu.json
-    python benchmarks/sampler_overhead.py --device cuda --out docs/results/sampler-overhead-gpu.json
+    python perf/sampler_overhead.py --device cuda --out docs/results/sampler-overhead-gpu.json
 
 One model trains in this process in short blocks of steps (``Trainer.train_epoch`` with
 ``max_steps_per_epoch`` steps, device synchronised at the edges); the sampler is switched on and
@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from benchmark.config import load_config
-from benchmark.measure.profiler import ProcessSampler, default_interval_s
+from benchmark.measure.sampler import ProcessSampler, default_interval_s
 
 DEFAULT_POLICY = "normal"  # what the benchmark itself uses; "idle" is the SCHED_IDLE experiment
 

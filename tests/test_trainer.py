@@ -153,6 +153,7 @@ def test_resident_memory_counts_item_inputs_and_parameters_but_not_the_host_imag
     assert inputs.images.device.type == "cpu" and inputs.tokens.is_meta
 
 
+@pytest.mark.slow  # inductor compiles on CPU: 5 s with a warm compile cache, far longer on a fresh machine (#24)
 def test_compiled_loss_equals_eager_and_is_compiled_before_the_clock(tmp_path):
     """torch.compile (inductor on CPU here; CUDA graphs with reduce-overhead on a GPU) must give the
     eager loss, on padded distinct-item batches, and compile outside the timed epoch."""

@@ -92,6 +92,17 @@ def check_outputs(out: Path) -> None:
                              f"move it or use another --out")
 
 
+def check_out_dir(out: Path) -> None:
+    """OUT exists and takes a file (created here: the last check before the sweep writes)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise BenchError(f"run.out: cannot write to output directory '{out}': {exc.strerror or exc}") from None
+
+
 def _check_version(results: Path, line_no: int, rec: Any) -> None:
     """A record newer than this iisan-bench writes: stop before training, not at the report."""
     from benchmark.measure.record import SCHEMA_VERSION

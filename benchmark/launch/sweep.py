@@ -27,16 +27,6 @@ from iisan_util.errors import BenchError
 from iisan_util.names import safe_name
 
 
-def check_out_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise BenchError(f"run.out: cannot write to output directory '{out}': {exc.strerror or exc}") from None
-
-
 def summary_line(rec: RunRecord) -> str:
     mem = rec.memory or Memory()
     if rec.status != "ok":
@@ -171,7 +161,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     run in flight. With ``[run] isolate`` every run is a fresh child process. Runs that did not end
     ok are added to ``failed`` (the CLI exits 1 for them).
     """
-    from benchmark.launch.outdir import check_comparable, check_outputs, comparable_settings
+    from benchmark.launch.outdir import check_comparable, check_out_dir, check_outputs, comparable_settings
     from benchmark.launch.payload import import_extra_modules
 
     import_extra_modules()  # IISAN_BENCH_IMPORTS: modules registering methods of one's own

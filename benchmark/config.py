@@ -7,6 +7,7 @@ measures something other than what the user asked for. Unknown keys and wrong ty
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import sys
@@ -204,11 +205,13 @@ def _fields(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def roles() -> dict[str, str]:
     """Dotted key -> its role, from the fields' declarations (``iisan_util.keys.setting``)."""
     return {key: role_of(f) for key, f in _fields(BenchConfig).items()}
 
 
+@functools.lru_cache(maxsize=None)
 def flags() -> dict[str, tuple[str, str]]:
     """CLI flag (click's parameter name) -> (section, key), from the fields' declarations."""
     out = {}

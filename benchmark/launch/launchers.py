@@ -192,20 +192,21 @@ class ZygoteLauncher:
     def spawn(self, spec: Path, imports: list[str], stderr: Path) -> int:
         stderr.touch()  # exists before the child does: the tee opens it at once
         req = (json.dumps({"spawn": str(spec), "imports": ",".join(imports), "stderr": str(stderr)}) + "\n").encode()
-        for attempt in (0, 1):
-            if self.dead:
-                print(f"iisan-bench: warning: the zygote (exit code {self.proc.poll()}) is gone; starting a new one",
-                      file=sys.stderr)
-                self.restarts += 1
-                self._start()
-            try:
-                self.proc.stdin.write(req)
-                return self._until("spawned", str(spec))["pid"]
-            except (OSError, RuntimeError):
-                self._lost()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return self._request(req, str(spec))
+        except (OSError, RuntimeError):  # the zygote died between runs: a new one, and one more try
+            self._lost()
+            return self._request(req, str(spec))
+
+    def _request(self, req: bytes, spec: str) -> int:
+        """One spawn request to a live zygote (started anew if the last one is gone): the child's pid."""
+        if self.dead:
+            print(f"iisan-bench: warning: the zygote (exit code {self.proc.poll()}) is gone; starting a new one",
+                  file=sys.stderr)
+            self.restarts += 1
+            self._start()
+        self.proc.stdin.write(req)
+        return self._until("spawned", spec)["pid"]
 
     def wait(self, pid: int) -> tuple[int, float | None]:
         while pid not in self.exits and not self.dead:

@@ -113,6 +113,9 @@ class TrainConfig:
 # patience 11, popularity count/total, the paper code's model details); each method adds its own
 # (``Method.paper_train``: batch size, learning rates). Read by ``paper_common`` and the recipe alone.
 PAPER_TRAIN: dict[str, Any] = {"select_by": "hr", "patience": 11, "popularity": "count", "architecture": "paper"}
+# ... and on a CUDA device its precision: fp16 autocast with a GradScaler (run.py). On a CPU the
+# configured precision stays: CPUs have no fp16 matmul kernels, and the paper's scaler is CUDA's.
+PAPER_TRAIN_CUDA: dict[str, Any] = {"precision": "fp16"}
 
 
 def paper_common(train: TrainConfig) -> TrainConfig:

@@ -68,7 +68,7 @@ def end_to_end_tower(ctx: BuildContext, group_of: Callable[[str], str | None], b
     """The ``EncoderTower`` of a run (``ctx``: a ``BuildContext``), with the heads its
     ``train.architecture`` asks for."""
     return EncoderTower(backbones or ctx.backbones, ctx.data, ctx.cfg.train.item_dim, group_of,
-                        gelu=ctx.cfg.train.architecture == "paper")
+                        paper=ctx.cfg.train.architecture == "paper")
 
 
 def grouped_tower(ctx: BuildContext, pretrained: set[int], replace: dict[str, nn.Module] | None = None) -> EncoderTower:

@@ -5,10 +5,14 @@ advisories (issue #14); the adapter itself is a dozen lines. Two adapters per la
 encoders, after the attention sub-layer's output projection and after the FFN's (``placement =
 "houlsby"``; ``"pfeiffer"``: the FFN only), each x + Linear(b -> H)(act(Linear(H -> b)(x))), b = 64.
 Each wraps the output projection (``attention.output.dense`` / ``output.dense`` in BERT,
-``attention.o_proj`` / ``mlp.fc2`` in transformers 5's ViT), so it acts before that sub-layer's
-dropout, residual and LayerNorm, as in the paper's code. Every pretrained weight is frozen (the
-LayerNorms too), only the adapters (and the heads) train. Default init and activation are the
-paper's code: weights N(0, 0.01), zero biases, ReLU, so an adapter starts close to the identity.
+``attention.o_proj`` / ``mlp.fc2`` in transformers 5's ViT) and acts after that sub-layer's dropout
+and before its residual and LayerNorm: dense -> dropout -> adapter, as in the paper's code
+(``BertAdaptedSelfOutput``) and AdapterHub's Houlsby config (``order = "dropout_first"``, the
+default; ``"adapter_first"``, dense -> adapter -> dropout, is what this module did before version
+2). The order matters where the sub-layer has dropout (BERT: 0.1; ViT-base: 0). Every pretrained
+weight is frozen (the LayerNorms too), only the adapters (and the heads) train. Default init and
+activation are the paper's code: weights N(0, 0.01), zero biases, ReLU, so an adapter starts close
+to the identity.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ class AdapterOptions:
     placement: Literal["houlsby", "pfeiffer"] = "houlsby"  # houlsby: after attention and FFN; pfeiffer: FFN only
     dropout: float = bounded(0.0, 0, 1, hi_open=True)  # dropout inside the adapter
     init_std: float = bounded(0.01, 1e-6, 1)  # N(0, init_std) weights, zero biases (the paper's code)
+    # dropout_first: dense -> the sub-layer's dropout -> adapter (the paper's code, AdapterHub);
+    # adapter_first: dense -> adapter -> dropout (this module before version 2)
+    order: Literal["dropout_first", "adapter_first"] = "dropout_first"
 
 
 class Bottleneck(nn.Module):
@@ -59,15 +66,17 @@ class Bottleneck(nn.Module):
 
 
 class Adapted(nn.Module):
-    """A frozen output projection followed by its adapter (``base`` keeps the pretrained weights)."""
+    """A frozen output projection followed by its adapter (``base`` keeps the pretrained weights);
+    ``drop``: the sub-layer's dropout, moved here so it acts between the two (``order``)."""
 
-    def __init__(self, base: nn.Linear, adapter: Bottleneck):
+    def __init__(self, base: nn.Linear, adapter: Bottleneck, drop: nn.Module | None = None):
         super().__init__()
         self.base = base
+        self.drop = drop if drop is not None else nn.Identity()
         self.adapter = adapter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.adapter(self.base(x))
+        return self.adapter(self.drop(self.base(x)))
 
 
 def output_projection(layer: nn.Module, candidates: tuple[str, ...], kind: str, what: str) -> tuple[nn.Module, str]:
@@ -93,17 +102,42 @@ def add_adapters(model: nn.Module, kind: str, o: AdapterOptions, key: str) -> No
                          f"hidden size {hidden}")
     sites = (("attention", ATTENTION_OUT), ("FFN", FFN_OUT)) if o.placement == "houlsby" else (("FFN", FFN_OUT),)
     for layer in encoder_layers(model):
+        shared = _layer_dropout(layer, len(sites)) if o.order == "dropout_first" else None
         for what, candidates in sites:
             owner, leaf = output_projection(layer, candidates, kind, what)
             base = getattr(owner, leaf)
             adapter = Bottleneck(base.out_features, o).to(device=base.weight.device, dtype=base.weight.dtype)
-            setattr(owner, leaf, Adapted(base, adapter))
+            drop = None
+            if o.order == "dropout_first":
+                drop = _take_dropout(owner) or (nn.Dropout(shared.p) if shared is not None else None)
+            setattr(owner, leaf, Adapted(base, adapter, drop))
+        if shared is not None:
+            layer.dropout = nn.Identity()  # each adapted sub-layer now applies it before its adapter
+
+
+def _take_dropout(owner: nn.Module) -> nn.Dropout | None:
+    """The dropout that follows ``owner``'s output projection (BERT's SelfOutput / Output), replaced
+    there by an identity: the adapter wrapper applies it instead."""
+    drop = getattr(owner, "dropout", None)
+    if not isinstance(drop, nn.Dropout):
+        return None
+    owner.dropout = nn.Identity()
+    return drop
+
+
+def _layer_dropout(layer: nn.Module, n_sites: int) -> nn.Dropout | None:
+    """A dropout the layer applies after each sub-layer (transformers 5's ViT), movable only when
+    both sub-layers are adapted (houlsby); under pfeiffer it stays after the FFN's adapter (ViT-base's
+    is p = 0)."""
+    drop = getattr(layer, "dropout", None)
+    return drop if isinstance(drop, nn.Dropout) and n_sites == 2 else None
 
 
 @register_method("adapter")
 class Adapter(Method):
     description = "Houlsby bottleneck adapters (our own module) after attention and FFN in both encoders."
     paper_train = PAPER_PEFT
+    version = 2  # 2: the sub-layer's dropout before the adapter (order = "dropout_first")
     Options = AdapterOptions
 
     def build(self, ctx: BuildContext) -> ItemTower:

@@ -203,21 +203,30 @@ class ItemInputs(nn.Module):
         return pixel_values(self.images[ids.cpu()].to(ids.device))
 
 
+def xavier_projection(lin: nn.Linear) -> None:
+    """The paper's init of the image projection (the ViT's replaced ``classifier``, in every
+    method): xavier-normal weights, zero bias."""
+    nn.init.xavier_normal_(lin.weight)
+    nn.init.zeros_(lin.bias)
+
+
 class EncoderTower(ItemTower):
     """Backbones run end to end: text CLS + image CLS -> item_dim each -> concat -> Linear.
 
-    ``gelu``: a GELU after each modality's projection, as the paper's code has
-    (``train.architecture = "paper"``)."""
+    ``paper`` (``train.architecture = "paper"``): as the paper's code, a GELU after each modality's
+    projection, and the image projection (its ``classifier``) xavier-normal with a zero bias."""
 
     def __init__(self, backbones: Backbones, data: SeqDataset, item_dim: int,
-                 group_of: Callable[[str], str | None], gelu: bool = False):
+                 group_of: Callable[[str], str | None], paper: bool = False):
         super().__init__()
-        self.act = nn.GELU() if gelu else nn.Identity()
+        self.act = nn.GELU() if paper else nn.Identity()
         self.inputs = ItemInputs(data)
         self.text = backbones.text
         self.vision = backbones.vision if self.inputs.has_images else None
         self.text_proj = nn.Linear(self.text.config.hidden_size, item_dim)
         self.image_proj = nn.Linear(self.vision.config.hidden_size, item_dim) if self.vision is not None else None
+        if paper and self.image_proj is not None:
+            xavier_projection(self.image_proj)
         self.fuse = nn.Linear(2 * item_dim, item_dim) if self.vision is not None else None
         self._group_of = group_of
 

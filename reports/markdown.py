@@ -345,9 +345,26 @@ def _training_line(runs) -> list[str]:
     plural = "" if epochs == [1] else "s"
     arch = _uniq(runs, "config", "resolved", "train", "architecture") or ["ours"]  # older records: ours
     model = ("; model details: the paper code's (`train.architecture = paper`: SASRec with ReLU, eps 1e-6, "
-             "bias-free attention, xavier; GELU heads; SAN N(0, 0.01), first step gated)" if arch == ["paper"] else
+             "bias-free attention, FFN dropout after its second Linear only, xavier; GELU heads, xavier image "
+             "projection; SAN N(0, 0.01), first step gated; iisan's frozen encoders with dropout on while "
+             "training)" if arch == ["paper"] else
              "; model details: mixed (`train.architecture` differs between methods)" if len(arch) > 1 else "")
-    return [f"- **Training:** up to {_join(epochs)} epoch{plural}{stop}{per}{model}"]
+    return [f"- **Training:** up to {_join(epochs)} epoch{plural}{stop}{per}{model}; precision {_precision(runs)}"]
+
+
+def _precision(runs) -> str:
+    """Each precision the runs trained in, and whether a GradScaler scaled the loss (fp16 on CUDA)."""
+    seen: list[str] = []
+    for r in runs:
+        p = r.get("config", "resolved", "train", "precision")
+        if p is None:
+            continue
+        text = f"{p} autocast" if p != "fp32" else "fp32"
+        if r.get("env", "grad_scaler"):
+            text += " with a GradScaler"
+        if text not in seen:
+            seen.append(text)
+    return " / ".join(seen) if seen else "unknown"
 
 
 MASKING = {

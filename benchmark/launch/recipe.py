@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from benchmark.config import PAPER_TRAIN, BenchConfig
+from benchmark.config import PAPER_TRAIN, PAPER_TRAIN_CUDA, BenchConfig
 from benchmark.launch.prepare import Prepared, repeat_shares
 from benchmark.measure.record import RunRecord
 from iisan_util.errors import BenchError, nearest
@@ -33,19 +33,30 @@ def check_methods(cfg: BenchConfig, names: list[str]) -> None:
 def method_config(cfg: BenchConfig, name: str) -> BenchConfig:
     """``cfg`` as method ``name`` runs it: under ``[train] paper_protocol`` with the IISAN paper's
     recipe for that kind of method (its class's ``paper_train`` and ``paper_options``; options the
-    user set explicitly win). The result's resolved config and config hash carry what was used."""
+    user set explicitly win), and on a CUDA device the paper's precision. The result's resolved
+    config and config hash carry what was used."""
     from methods.registry import get_method_for
 
     if not cfg.train.paper_protocol:
         return cfg
     cls = get_method_for(name, cfg)
-    train = dataclasses.replace(cfg.train, **{**PAPER_TRAIN, **cls.paper_train})
+    cuda = PAPER_TRAIN_CUDA if on_cuda(cfg.run.device) else {}
+    train = dataclasses.replace(cfg.train, **{**PAPER_TRAIN, **cuda, **cls.paper_train})
     methods = cfg.methods
     if cls.paper_options:
         methods = {**methods, name: {**cls.paper_options, **methods.get(name, {})}}
     if train == cfg.train and methods == cfg.methods:
         return cfg
     return dataclasses.replace(cfg, train=train, methods=methods)
+
+
+def on_cuda(device: str) -> bool:
+    """Whether ``run.device`` runs on a CUDA GPU (``auto``: when one is available)."""
+    if device != "auto":
+        return device == "cuda"
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def run_hash(cfg: BenchConfig, name: str) -> str:

@@ -125,7 +125,8 @@ def _fit(run: RunContext, cls, model, profiler, record: RunRecord):
                       callbacks=[profiler], progress=run.progress, dist=run.dist)
     sdpa = choose_attention(trainer, t.sdpa_backend, run.name, run.cfg.where("train.sdpa_backend"), run.dist)
     trainer.sdpa_backend = sdpa.backend
-    record.env.update(compile=t.compile, item_bucket=t.item_bucket, sdpa=dataclasses.asdict(sdpa))
+    record.env.update(compile=t.compile, item_bucket=t.item_bucket, sdpa=dataclasses.asdict(sdpa),
+                      grad_scaler=trainer.scaler.is_enabled())
     outcome = trainer.fit(run.cfg.run.epochs, t.patience)
     if trainer.sdpa_note:  # a kernel refused a call the probe did not meet: the run went on under default
         record.env["sdpa"].update(backend="default", chosen_by="runtime-fallback", note=trainer.sdpa_note)

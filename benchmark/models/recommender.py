@@ -16,9 +16,11 @@ NEG = -1e4  # masked logit (finite, so fp16/bf16 softmax never sees -inf rows)
 class SASRec(nn.Module):
     """Causal Transformer over a left-padded sequence of item embeddings (Kang & McAuley 2018).
 
-    Post-LN blocks either way. ``architecture = "paper"`` follows the IISAN paper's code: ReLU FFN,
-    LayerNorm eps 1e-6, bias-free Q/K/V/O projections, xavier-normal weights and zero biases;
-    ``"ours"`` is PyTorch's ``TransformerEncoderLayer`` as it comes (GELU, eps 1e-5, biases).
+    Post-LN blocks either way. ``architecture = "paper"`` follows the IISAN paper's code: ReLU FFN
+    with dropout only after its second Linear (``PositionwiseFeedForward``), LayerNorm eps 1e-6,
+    bias-free Q/K/V/O projections, xavier-normal weights and zero biases; ``"ours"`` is PyTorch's
+    ``TransformerEncoderLayer`` as it comes (GELU, eps 1e-5, biases, dropout after the FFN's
+    activation too).
     """
 
     def __init__(self, dim: int = 64, max_len: int = 10, blocks: int = 2, heads: int = 2, dropout: float = 0.1,
@@ -33,6 +35,7 @@ class SASRec(nn.Module):
                                            layer_norm_eps=eps, batch_first=True)
         if paper:
             layer.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, bias=False, batch_first=True)
+            layer.dropout = nn.Identity()  # the FFN's inner dropout (after the activation): none in the paper's
         self.encoder = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
         self.heads = heads
         if paper:

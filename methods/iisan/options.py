@@ -17,6 +17,10 @@ class IISANOptions:
     fusion: Literal["gated", "add"] = "gated"  # how a tapped state joins the side stream
     bottleneck: int = bounded(64, 1, 4096)  # SAN block width
     taps: list[int] = field(default_factory=list, metadata=bounded(None, 0, 1024).metadata)  # hidden states to tap (0 = embeddings); [] = 0,2,...,L
+    # which learning rate each side-network parameter gets: side = SAN blocks, gates and branch outputs at
+    # train.lr_peft, projections and fusion at lr_head; paper = the paper's run.py, which groups by name
+    # (SideNetwork.param_groups; paper_protocol sets it)
+    lr_groups: Literal["side", "paper"] = "side"
 
     def check(self, key: str) -> None:
         """What the fields' ranges cannot say, with errors naming ``key`` (its [methods.NAME] table)."""

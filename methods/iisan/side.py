@@ -7,6 +7,7 @@ from torch import nn
 
 from benchmark.config import TrainConfig
 from iisan_util.errors import BenchError
+from methods.base import xavier_projection
 
 from .options import IISANOptions, options_key, resolve_taps
 
@@ -93,6 +94,8 @@ class SideNetwork(nn.Module):
         self.branches = nn.ModuleDict(branches)
         dims = {"text": text_dim, "image": image_dim, "inter": text_dim}
         self.proj = nn.ModuleDict({k: nn.Linear(dims[k], item_dim) for k in branches})
+        if paper and "image" in self.proj:
+            xavier_projection(self.proj["image"])  # the paper reuses the ViT's classifier, xavier-initialised
         self.fuse = nn.Linear(len(branches) * item_dim, item_dim) if len(branches) > 1 else None
 
     def forward(self, text: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
@@ -103,12 +106,40 @@ class SideNetwork(nn.Module):
             outs.append(self.proj[name](h))
         return outs[0] if self.fuse is None else self.fuse(torch.cat(outs, dim=-1))
 
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "peft": [], "head": []}
+    def param_groups(self, rule: str = "side") -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by learning-rate group (``ItemTower.param_groups``).
+
+        ``side``: everything in the branches (SAN blocks, gates, branch outputs) at ``lr_peft``, the
+        projections and the fusion at ``lr_head``. ``paper``: the paper's ``run.py``, which sorts
+        parameters by substrings of their names (``'cv'``, ``'bert'``, ``'fc'``, ``'adapter'``): its text
+        output ``fc_bert`` lands in the text-encoder group (``fine_tune_lr_text``, our ``lr_backbone``),
+        the image output ``fc_cv`` and the image gates in the image group (``fine_tune_lr_image``, our
+        ``lr_backbone_vision``), the SAN blocks in the adapter groups (``lr_peft``), and the text and
+        inter-modal gates, the inter-modal output ``fc_mm``, the projections and the fusion in the rest
+        (``lr``, our ``lr_head``)."""
+        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "backbone_vision": [], "peft": [], "head": []}
         for name, p in self.named_parameters():
             if p.requires_grad:
-                groups["peft" if name.startswith("branches.") else "head"].append(p)
+                groups[(paper_group if rule == "paper" else side_group)(name)].append(p)
         return groups
+
+
+def side_group(name: str) -> str:
+    return "peft" if name.startswith("branches.") else "head"
+
+
+PAPER_GROUPS = {("text", "out"): "backbone", ("image", "out"): "backbone_vision",
+                ("image", "gates"): "backbone_vision"}
+
+
+def paper_group(name: str) -> str:
+    """The paper's group of a side-network parameter (``SideNetwork.param_groups``)."""
+    parts = name.split(".")
+    if parts[0] != "branches":
+        return "head"  # proj.* (title.fc, classifier, fc_mm_down) and fuse (com_dense)
+    if parts[2] == "blocks":
+        return "peft"  # *_adapter_list: adapter_bert_lr / adapter_cv_lr
+    return PAPER_GROUPS.get((parts[1], parts[2]), "head")  # fc_bert, fc_cv, side_gate_params_cv; the rest lr
 
 
 def build_side(opts: IISANOptions, models: dict[str, nn.Module], train: TrainConfig) -> tuple[SideNetwork, dict[str, list[int]]]:

@@ -41,8 +41,13 @@ class TapCLS:
 class BackboneTaps(nn.Module):
     """CLS vectors of the tapped hidden states, computed by the frozen backbones without gradients."""
 
-    def __init__(self, models: dict[str, nn.Module], inputs: ItemInputs, taps: dict[str, list[int]]):
+    def __init__(self, models: dict[str, nn.Module], inputs: ItemInputs, taps: dict[str, list[int]],
+                 dropout: bool = False):
         super().__init__()
+        # False: the frozen encoders always run in eval mode (ours: the states the cache holds, so cached
+        # == live); True: they follow the tower's mode, so their dropout is active while training, as in
+        # the paper's code (model.train() on the whole model; train.architecture = "paper", iisan only)
+        self.dropout = dropout
         self.text = models["text"]
         self.vision = models.get("vision")
         self.inputs = inputs
@@ -59,9 +64,10 @@ class BackboneTaps(nn.Module):
 
     def train(self, mode: bool = True) -> "BackboneTaps":
         super().train(mode)
-        self.text.eval()  # frozen feature extractors: never dropout, same states as the cache
-        if self.vision is not None:
-            self.vision.eval()
+        if not self.dropout:  # frozen feature extractors: never dropout, same states as the cache
+            self.text.eval()
+            if self.vision is not None:
+                self.vision.eval()
         return self
 
     def numerics(self, device: torch.device):

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 def _overrides(**flags: Any) -> dict[str, Any]:
     """Map CLI flags onto config keys (only flags the user gave; each key's flag is declared on its

@@ -17,8 +17,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import tomllib
 
-from iisan_util.errors import BenchError, nearest
-from iisan_util.keys import bounded, in_hash, role_of, setting
+from core.errors import BenchError, nearest
+from core.keys import bounded, in_hash, role_of, setting
 
 
 @dataclass
@@ -182,7 +182,7 @@ class BenchConfig:
 
     def hash_for(self, method: str, version: int = 1) -> str:
         """Stable hash of everything that determines one method's run (the resume key): every key
-        whose role is in the hash (``iisan_util.keys.ROLES``), the method's own table and its code
+        whose role is in the hash (``core.keys.ROLES``), the method's own table and its code
         ``version`` (``Method.version``: a resume after the method changed does not keep stale runs)."""
         d = {key: v for key, v in flat_settings(self).items() if in_hash(roles()[key])}
         d["methods"] = {method: self.methods.get(method, {}), "version": version}
@@ -210,7 +210,7 @@ def _fields(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
 
 @functools.lru_cache(maxsize=None)
 def roles() -> dict[str, str]:
-    """Dotted key -> its role, from the fields' declarations (``iisan_util.keys.setting``)."""
+    """Dotted key -> its role, from the fields' declarations (``core.keys.setting``)."""
     return {key: role_of(f) for key, f in _fields(BenchConfig).items()}
 
 

@@ -4,7 +4,7 @@ Why at load time: a negative learning rate trains uphill, a NaN one writes NaN i
 -1 steps reports an untrained model as ok, a size of 1e9 hangs or allocates GBs, and a negative
 TPME weight used to fail only after the whole sweep had trained. Each is one line naming the key
 and where it came from (the config file, ``--set KEY``, or the flag), before anything runs or is
-written. A key's range is declared on its dataclass field (``iisan_util.keys.bounded``); a check
+written. A key's range is declared on its dataclass field (``core.keys.bounded``); a check
 of several keys is a ``Cross`` here, and its error names every key with its own source.
 """
 
@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from iisan_util.keys import check_ranges
+from core.keys import check_ranges
 
 NONEMPTY = {"run.out": "a folder name, not empty", "data.dataset": "'synthetic' or a folder, not empty"}
 

@@ -12,7 +12,7 @@ from torch import nn
 from benchmark.data.dataset import SeqDataset
 from benchmark.models.backbones import Backbones
 from benchmark.training.precision import compute_dtype
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 from .base import BuildContext, EncoderTower
 

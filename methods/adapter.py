@@ -23,8 +23,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from iisan_util.errors import BenchError
-from iisan_util.keys import bounded
+from core.errors import BenchError
+from core.keys import bounded
 
 from ._common import encoder_layers, encoders, freeze, grouped_tower, param_ids
 from .base import PAPER_PEFT, BuildContext, ItemTower, Method

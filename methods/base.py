@@ -17,7 +17,7 @@ from torch import nn
 
 from benchmark.config import BenchConfig
 from benchmark.data.dataset import SeqDataset
-from benchmark.measure.record import CacheCost
+from core.record import CacheCost
 from benchmark.models.backbones import Backbones
 
 

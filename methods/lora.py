@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from iisan_util.errors import BenchError
-from iisan_util.keys import bounded
+from core.errors import BenchError
+from core.keys import bounded
 
 from ._common import checkpointed, peft_tower
 from .base import PAPER_PEFT, BuildContext, ItemTower, Method

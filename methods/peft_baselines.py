@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 from .peft_tuner import PeftOptions, PeftTuner
 from .registry import register_method

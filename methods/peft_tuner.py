@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, get_type_hints
 
-from iisan_util.errors import BenchError, nearest
+from core.errors import BenchError, nearest
 
 from ._common import first_line, peft_tower
 from .base import PAPER_PEFT, BuildContext, ItemTower, Method

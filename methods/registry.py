@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iisan_util.errors import BenchError, nearest
+from core.errors import BenchError, nearest
 
 if TYPE_CHECKING:
     from .base import Method
@@ -128,7 +128,7 @@ def options_for(name: str, cfg: Any) -> Any:
     """Validated options dataclass for one method from its [methods.NAME] table; errors name each
     key's own source (the config file, ``--set KEY``)."""
     from benchmark.config import build_dataclass
-    from iisan_util.keys import BadValue, check_options
+    from core.keys import BadValue, check_options
 
     options_cls = get_method_for(name, cfg).Options
     table, prefix = cfg.methods.get(name) or {}, f"methods.{name}"

@@ -70,7 +70,7 @@ class IdleSampler(ProcessSampler):
         lower_sampler_priority()
         super()._loop()
 from benchmark.launch.prepare import prepare, resolve_device, seed_everything
-from iisan_util.atomic import atomic_write_text
+from core.atomic import atomic_write_text
 
 
 def build_trainer(cfg, prep, device):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iisan_util.atomic import atomic_write_text
+from core.atomic import atomic_write_text
 
 from .load import ReportError, load_results
 

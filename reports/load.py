@@ -2,7 +2,9 @@
 
 Why a separate loader: the reporter must only depend on the results file (never on torch or the
 runner), and every malformed input must fail with one line naming ``file:line`` so the user can
-fix or delete that record instead of getting a stack trace from deep inside a table builder.
+fix or delete that record instead of getting a stack trace from deep inside a table builder. Each
+line is read through the one record schema (``core.record``: ``RunRecord.from_dict``, its
+``SCHEMA_VERSION`` and the declared type of every value), the one the runner writes with.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from iisan_util.errors import BenchError
+from core.errors import BenchError
+from core.record import Distributed, RunRecord, newer_schema, type_problem
 
 CV_THRESHOLD = 0.05
-SCHEMA_VERSION = 2  # the newest record version this reporter reads (benchmark.measure.record.SCHEMA_VERSION)
 
 
 class ReportError(BenchError):
@@ -27,31 +29,47 @@ class ReportError(BenchError):
 
 @dataclass(frozen=True)
 class Run:
-    """One line of results.jsonl: one (method, repeat)."""
+    """One line of results.jsonl: one (method, repeat), as the typed record."""
 
     line: int
-    method: str
-    status: str
-    repeat: int
-    raw: dict[str, Any]
+    record: RunRecord
+
+    @property
+    def method(self) -> str:
+        return self.record.method
+
+    @property
+    def status(self) -> str:
+        return self.record.status
+
+    @property
+    def repeat(self) -> int:
+        return self.record.repeat
 
     @property
     def error(self) -> str | None:
-        return self.raw.get("error")
+        return self.record.error
 
     @property
     def world(self) -> int:
         """Data-parallel processes the run trained with (1 unless ``run.nproc`` > 1)."""
-        d = self.raw.get("distributed")
-        return int(d.get("world_size") or 1) if isinstance(d, dict) else 1
+        return self.record.distributed.world_size if self.record.distributed else 1
 
     def get(self, *keys: str) -> Any:
-        """Nested lookup that tolerates missing sections (``run.get("time", "setup_s")``)."""
-        cur: Any = self.raw
+        """Nested lookup by field names (``run.get("time", "setup_s")``): a section the record lacks
+        is None, but a name the schema does not declare raises, so a renamed field fails loudly."""
+        cur: Any = self.record
         for k in keys:
-            if not isinstance(cur, dict):
+            if cur is None:
                 return None
-            cur = cur.get(k)
+            if is_dataclass(cur):
+                if k not in {f.name for f in fields(cur)}:
+                    raise AttributeError(f"{type(cur).__name__} has no field {k!r} (core.record)")
+                cur = getattr(cur, k)
+            elif isinstance(cur, dict):
+                cur = cur.get(k)
+            else:
+                return None
         return cur
 
 
@@ -115,7 +133,7 @@ class MethodSummary:
     memory_source: str | None = None
     samples_csv: str | None = None  # relative to the results dir; from the first ok repeat with one
     metrics: dict[str, dict[str, Stat]] = field(default_factory=dict)  # split -> key -> Stat
-    distributed: dict[str, Any] | None = None  # the first ok repeat's DDP figures (run.nproc > 1)
+    distributed: Distributed | None = None  # the first ok repeat's DDP figures (run.nproc > 1)
     best_epochs: list[int] = field(default_factory=list)
     popularity: dict[str, dict[str, float]] | None = None
 
@@ -196,15 +214,10 @@ def read_runs(path: Path) -> list[Run]:
         repeat = obj.get("repeat", 0)
         if isinstance(repeat, bool) or not isinstance(repeat, int):
             raise _fail(path, lineno, f"'repeat' must be an integer, got {repeat!r}")
-        for section in ("params", "time", "memory", "energy", "flops", "metrics", "data", "backbone", "env", "config",
-                        "cache"):
-            if obj.get(section) is not None and not isinstance(obj[section], dict):
-                raise _fail(path, lineno, f"'{section}' must be an object")
-        version = obj.get("schema_version", 1)
-        if isinstance(version, bool) or not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise _fail(path, lineno, f"schema_version {version!r} is newer than this reporter reads "
-                                      f"({SCHEMA_VERSION}); update iisan-bench")
-        runs.append(Run(lineno, method, status, repeat, obj))
+        problem = newer_schema(obj) or type_problem(obj)
+        if problem:
+            raise _fail(path, lineno, problem)
+        runs.append(Run(lineno, RunRecord.from_dict(obj)))
     if not runs:
         raise ReportError(f"{path}: results file is empty (no finished runs)")
     return runs
@@ -251,7 +264,7 @@ def summarise(path: Path, method: str, runs: list[Run]) -> MethodSummary:
     """Aggregate the repeats of one method: mean/std over ok repeats, failures kept for the report."""
     ok = [r for r in runs if r.status == "ok"]
     bad = [r for r in runs if r.status != "ok"]
-    desc = next((str(r.raw["description"]) for r in runs if r.raw.get("description")), "")
+    desc = next((r.record.description for r in runs if r.record.description), "")
     s = MethodSummary(
         method=method, description=desc, status="ok" if ok else runs[-1].status,
         n_ok=len(ok), n_runs=len(runs), failures=bad,
@@ -271,9 +284,8 @@ def summarise(path: Path, method: str, runs: list[Run]) -> MethodSummary:
     s.cache_build_peak_mb = Stat.of([num(r, "memory", "phases", "cache_build", "peak_mb") for r in ok])
     s.cache_status = next((str(v) for r in ok if (v := r.get("cache", "status"))), None)
     s.memory_phase = first.get("memory", "phase")
-    s.check_failures = [f"repeat {r.repeat}, {c.get('phase')}: {c.get('check')} ({c.get('detail')})"
-                        for r in ok for c in (r.get("memory", "checks") or [])
-                        if isinstance(c, dict) and c.get("ok") is False]
+    s.check_failures = [f"repeat {r.repeat}, {c.phase}: {c.check} ({c.detail})"
+                        for r in ok if r.record.memory for c in r.record.memory.violations]
     s.energy_epoch_j = Stat.of([num(r, "energy", "epoch_j") for r in ok])
     s.samples_per_s = Stat.of([num(r, "time", "samples_per_s") for r in ok])
     s.setup_s = Stat.of([num(r, "time", "setup_s") for r in ok])
@@ -287,7 +299,7 @@ def summarise(path: Path, method: str, runs: list[Run]) -> MethodSummary:
     s.batch_size = None if batch is None else int(batch)
     s.paper_protocol = any(r.get("config", "resolved", "train", "paper_protocol") is True for r in ok)
     s.memory_source = first.get("memory", "source")
-    s.distributed = first.get("distributed") if isinstance(first.get("distributed"), dict) else None
+    s.distributed = first.record.distributed
     s.samples_csv = next((r.get("memory", "samples_csv") for r in ok if r.get("memory", "samples_csv")), None)
     s.metrics = _metrics(path, ok)
     s.best_epochs = [int(b) for r in ok if isinstance(b := r.get("metrics", "best_epoch"), (int, float))]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from iisan_util.atomic import atomic_write
+from core.atomic import atomic_write
 
 from .load import MethodSummary, Results
 from .tables import fmt_mb, fmt_params, fmt_seconds, headline_metric, metric_label, ok_methods, popularity

@@ -30,7 +30,7 @@ def _row(base: MethodSummary, par: MethodSummary, n: int, main: int, tpme: tuple
     t1, tn = base.time_epoch_s.mean, par.time_epoch_s.mean
     speed = _ratio(t1, tn)
     eff = speed / (n / main) if speed is not None else None
-    d = par.distributed or {}
+    d = par.distributed
     key = _key_metric(par)
     m1 = base.metrics.get("test", {}).get(key) if key else None
     mn = par.metrics.get("test", {}).get(key) if key else None
@@ -38,7 +38,7 @@ def _row(base: MethodSummary, par: MethodSummary, n: int, main: int, tpme: tuple
     score = " → ".join(DASH if v is None else f"{v:.3f}" for v in tpme)
     return [f"`{par.method}`", fmt_seconds(t1), fmt_seconds(tn), DASH if speed is None else f"{speed:.2f}×",
             DASH if eff is None else f"{eff:.0%}", f"{fmt_mb(base.peak_mb.mean)} → {fmt_mb(par.peak_mb.mean)}",
-            fmt_mb(d.get("allreduce_mb_per_step")), fmt_seconds(d.get("allreduce_s_per_epoch")),
+            fmt_mb(d and d.allreduce_mb_per_step), fmt_seconds(d and d.allreduce_s_per_epoch),
             metric + (f" ({key.upper()})" if key and metric != DASH else ""), score]
 
 
@@ -66,8 +66,8 @@ def scaling_section(results: Results, tp: TpmeResult) -> list[str]:
         if table is None:
             continue
         runs = [m.distributed for m in results.scaling[n] if m.distributed]
-        backend = runs[0].get("backend", "?") if runs else "?"
-        threads = runs[0].get("threads_per_rank") if runs else None
+        backend = runs[0].backend if runs else "?"
+        threads = runs[0].threads_per_rank if runs else None
         lines += [f"## Scaling: {_procs(results.world)} → {_procs(n)} ({backend})", "", table.markdown(), "",
                   f"Each of the {n} DDP processes trains on its share of every global batch (same batch size, "
                   "same steps); the in-batch softmax still spans the whole batch (its item embeddings are "

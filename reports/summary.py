@@ -7,7 +7,8 @@ import csv
 import io
 from pathlib import Path
 
-from iisan_util.atomic import atomic_write_text
+from core.atomic import atomic_write_text
+from core.record import Distributed
 
 from .load import CV_THRESHOLD, Results
 from .paper import paper_figures
@@ -48,7 +49,7 @@ def _row(m, tp: TpmeResult, splits: dict[str, list[str]], world: int) -> dict[st
     rel = tp.relative.get(m.method)
     pct_total = (100.0 * m.params_trainable / m.params_total
                  if m.params_trainable is not None and m.params_total else None)
-    d = m.distributed or {}
+    d = m.distributed or Distributed(world_size=world, backend="")
     row: dict[str, object] = {
         "method": m.method, "world_size": world, "status": m.status,
         "error": m.last_error or "", "repeats": m.n_ok, "runs": m.n_runs,
@@ -79,10 +80,10 @@ def _row(m, tp: TpmeResult, splits: dict[str, list[str]], world: int) -> dict[st
         "paper_memory_pct": _num(pf.memory.pct if pf else None),
         "best_epochs": ";".join(str(b) for b in m.best_epochs),
         "cv_threshold": CV_THRESHOLD,
-        "allreduce_mb_per_step": _num(d.get("allreduce_mb_per_step")),
-        "allreduce_s_per_epoch": _num(d.get("allreduce_s_per_epoch")),
-        "epoch_s_spread_over_ranks": _num(d.get("epoch_s_spread")),
-        "peak_mb_spread_over_ranks": _num(d.get("peak_mb_spread")),
+        "allreduce_mb_per_step": _num(d.allreduce_mb_per_step),
+        "allreduce_s_per_epoch": _num(d.allreduce_s_per_epoch),
+        "epoch_s_spread_over_ranks": _num(d.epoch_s_spread),
+        "peak_mb_spread_over_ranks": _num(d.peak_mb_spread),
     }
     for split, keys in splits.items():
         for k in keys:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from iisan_util.names import TPME_FILE
+from core.names import TPME_FILE
 
 from .load import MethodSummary, ReportError, Results
 

@@ -7,7 +7,7 @@ import torch
 
 from benchmark.config import BackboneConfig, DataConfig
 from benchmark.models.backbones import bert_tokenizer, load_backbones, load_tokenizer, minilm_dir, offline, text_source
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 TEXT_ONLY = DataConfig(images="none")
 IMAGES = DataConfig(images="synthetic", image_size=32)

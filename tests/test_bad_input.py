@@ -12,7 +12,7 @@ import torch
 from benchmark.cli import main
 from benchmark.config import DataConfig, load_config
 from benchmark.data.dataset import tsv_dataset
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 
 def write_dataset(root: Path, items: str | bytes | None = None, users: str | bytes | None = None) -> Path:
@@ -369,8 +369,8 @@ def test_a_diverged_run_is_diverged_with_its_last_finite_loss_and_strict_json(tm
                              "train": {"max_steps_per_epoch": 2}})
     rec = run_method(cfg, "fft", prepare(cfg), torch.device("cpu"), progress=False)
     assert rec.status == "diverged" and "the training loss became nan in epoch 2" in rec.error
-    assert rec.metrics["last_finite_loss"] > 0  # epoch 1's
-    rec.metrics["valid"] = {"hr@10": float("nan")}  # whatever slips through is written as null
+    assert rec.metrics.last_finite_loss > 0  # epoch 1's
+    rec.metrics.valid = {"hr@10": float("nan")}  # whatever slips through is written as null
     append_result(tmp_path / "r.jsonl", rec.to_dict())
     line = (tmp_path / "r.jsonl").read_text()
     back = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
@@ -422,7 +422,7 @@ def test_a_record_of_a_newer_schema_stops_the_sweep_before_training(tmp_path, ca
         main(["run", "--out", str(out), "--methods", "bitfit", "--epochs", "1", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1
-    assert err[0].endswith("results.jsonl:1: schema_version 99 is newer than this iisan-bench writes (2); "
+    assert err[0].endswith("results.jsonl:1: schema_version 99 is newer than this iisan-bench reads (2); "
                            "update iisan-bench or use another --out")
     assert (out / "results.jsonl").read_text() == line and sorted(p.name for p in out.iterdir()) == ["results.jsonl"]
 

@@ -20,8 +20,8 @@ from benchmark.config import BenchConfig, default_config_path, load_config
 from benchmark.config_checks import CROSS, sections
 from benchmark.launch.fits import check_fits, needs
 from benchmark.training.metrics import fewest_candidates
-from iisan_util.errors import BenchError
-from iisan_util.keys import range_of
+from core.errors import BenchError
+from core.keys import range_of
 from methods.registry import available, get_method, options_for
 
 FILE = str(default_config_path())

@@ -3,7 +3,7 @@
 import pytest
 
 from benchmark.config import BenchConfig, load_config
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 
 def test_embedded_default_loads_and_matches_dataclass_defaults():

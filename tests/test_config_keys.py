@@ -12,7 +12,7 @@ import pytest
 from benchmark.cli import RUN_OPTIONS, main
 from benchmark.config import _fields, BenchConfig, default_config_path, flags, load_config, roles
 from benchmark.launch.outdir import comparable_settings
-from iisan_util.keys import ROLES
+from core.keys import ROLES
 
 
 def test_every_key_has_a_known_role_and_bench_toml_documents_it():

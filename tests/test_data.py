@@ -12,7 +12,7 @@ import torch
 from benchmark.config import DataConfig, load_config
 from benchmark.data import images
 from benchmark.data.dataset import keyed_images, load_dataset, make_split, tokenize, tsv_dataset
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 SCIENTIFIC = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "Scientific"
 

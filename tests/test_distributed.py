@@ -10,9 +10,9 @@ import pytest
 from benchmark.config import load_config
 from benchmark.launch.group import combine
 from benchmark.launch.sweep import run_benchmark
-from benchmark.measure.record import Distributed, Memory, RankFigures, RunRecord, Timing
+from core.record import Distributed, Env, Memory, RankFigures, RunRecord, Timing
 from benchmark.training.distributed import CommStats, DistContext
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 from methods.base import FAKE_STAGING_ENV
 
 TINY = {"data": {"synthetic": {"users": 120, "items": 60}, "images": "synthetic"},
@@ -51,7 +51,7 @@ def test_allreduce_time_is_the_union_of_overlapping_spans():
 
 
 def _rank_record(rank, epochs, peak, status="ok", error=None, pid=100):
-    rec = RunRecord("m", status=status, error=error, env={"pid": pid + rank})
+    rec = RunRecord("m", status=status, error=error, env=Env(pid=pid + rank))
     rec.time = Timing(epoch_s=list(epochs), epoch_s_median=sorted(epochs)[len(epochs) // 2], samples_per_s=100.0,
                       eval_s=1.0 + rank)
     rec.memory = Memory(peak_mb=peak)

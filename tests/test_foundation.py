@@ -28,7 +28,8 @@ def test_record_is_complete_and_seeded_runs_repeat(tmp_path):
     timings = rec["data"].pop("timings")  # one-off data costs (data.summary)
     assert timings["tokenize_s"] > 0 and timings["load_s"] > 0
     assert rec["data"] == {"name": "synthetic", "users": 240, "items": 120,
-                           "interactions": rec["data"]["interactions"], "images": "synthetic"}
+                           "interactions": rec["data"]["interactions"], "images": "synthetic",
+                           "image_source": None}
     assert rec["backbone"]["init"] == "random" and rec["env"]["torch"]
     assert rec["env"]["torch_threads"] == __import__("torch").get_num_threads() >= 1
     assert rec["config"]["resolved"]["train"]["batch_size"] == 64

@@ -17,7 +17,7 @@ from benchmark.launch.prepare import prepare
 from benchmark.launch.runner import choose_attention
 from benchmark.models import kernels
 from benchmark.training import compiling
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 from benchmark.training import distributed as D
 from benchmark.training.metrics import target_ranks
 from benchmark.training.trainer import TrainOutcome
@@ -86,7 +86,7 @@ def test_a_kernel_refusing_a_call_mid_run_falls_back_and_the_record_says_why(tmp
     cfg = small(tmp_path)
     rec = runner.run_method(cfg, "fft", prepare(cfg), torch.device("cpu"), progress=False)
     assert rec.status == "ok", rec.error
-    sdpa = rec.env["sdpa"]
+    sdpa = rec.env.sdpa
     assert (sdpa["backend"], sdpa["chosen_by"]) == ("default", "runtime-fallback")
     assert sdpa["note"].startswith("'flash' refused a call mid-run (No available kernel")
 

@@ -15,7 +15,7 @@ from benchmark.config import load_config
 from benchmark.launch.prepare import prepare, seed_everything
 from benchmark.launch.runner import run_method
 from benchmark.models.backbones import load_backbones
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 from methods.base import BuildContext, ItemInputs
 from methods.iisan import (
     GATE_TEMPERATURE,

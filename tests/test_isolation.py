@@ -12,7 +12,7 @@ import pytest
 from benchmark.cli import main
 from benchmark.config import load_config
 from benchmark.launch.sweep import run_benchmark
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 # t-tiny, t-oom, t-fail, t-crash: registered per test (tests/conftest.py), never leaked into 'all'
 pytestmark = pytest.mark.usefixtures("plugin_methods")
@@ -121,7 +121,7 @@ def _config_file(tmp_path) -> str:
 
 def test_modules_of_ones_own_methods_are_named_in_an_env_var(tmp_path, monkeypatch):
     from benchmark.launch.envvars import ENV_IMPORTS
-    from iisan_util.errors import BenchError
+    from core.errors import BenchError
 
     monkeypatch.setenv(ENV_IMPORTS, "bench_test_methods, no_such_module_xyz")
     with pytest.raises(BenchError, match="IISAN_BENCH_IMPORTS: cannot import 'no_such_module_xyz'"):

@@ -7,14 +7,14 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("benchmark", "methods", "reports", "iisan_util")
+PACKAGES = ("benchmark", "methods", "reports", "core")
 
 # Each group and the groups it may import (its own included). Top to bottom: the CLI and commands,
 # launch (runner, isolation, recipe, factory), methods, training, models, data / measurement,
 # config, the shared utilities. The reporter reads only result files.
-CORE = {"iisan_util", "benchmark.config"}
+CORE = {"core", "benchmark.config"}
 ALLOWED = {
-    "iisan_util": {"iisan_util"},
+    "core": {"core"},
     "benchmark.config": CORE,
     "benchmark.data": CORE | {"benchmark.data"},
     "benchmark.measure": CORE | {"benchmark.measure"},
@@ -25,7 +25,7 @@ ALLOWED = {
 ALLOWED["benchmark.launch"] = set().union(*ALLOWED.values()) | {"benchmark.launch"}
 ALLOWED["benchmark.commands"] = ALLOWED["benchmark.launch"] | {"benchmark.commands"}
 ALLOWED["benchmark.cli"] = ALLOWED["benchmark.commands"] | {"benchmark.cli", "reports"}
-ALLOWED["reports"] = {"reports", "iisan_util"}
+ALLOWED["reports"] = {"reports", "core"}
 
 
 def modules() -> dict[str, Path]:

@@ -13,7 +13,7 @@ from benchmark.config import load_config
 from benchmark.launch.recipe import check_methods, method_names
 from benchmark.launch.runner import run_method
 from benchmark.training.trainer import Trainer, TrainOutcome
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 from methods.registry import available, describe, in_all, options_for, select
 from tests.helpers import CPU, build, prep_for, small, tower_and_base, trainable
 
@@ -268,7 +268,7 @@ def test_configured_ia3_runs_through_the_trainer(tmp_path):
     rec = run_method(cfg, "myia3", prep_for(cfg), CPU, progress=False, sample_memory=False)
     assert rec.status == "ok", rec.traceback
     assert rec.params.trainable == expected("ia3")
-    assert "hr@10" in rec.metrics["test"]
+    assert "hr@10" in rec.metrics.test
     assert rec.description.startswith("Any HF peft tuner")
 
 

@@ -131,17 +131,18 @@ def test_paper_protocol_trains_in_fp16_on_cuda_and_keeps_the_configured_precisio
 def test_the_record_and_report_say_the_precision_and_whether_a_grad_scaler_ran(tmp_path):
     from benchmark.launch.prepare import prepare
     from benchmark.launch.runner import run_method
+    from core.record import RunRecord
     from reports.load import Run
-    from reports.markdown import _precision
+    from reports.header import _precision
 
     cfg = small(tmp_path, train={"paper_protocol": True})
     rec = run_method(cfg, "fft", prepare(cfg), CPU, progress=False, sample_memory=False)
     assert rec.status == "ok", rec.error
-    assert rec.config["resolved"]["train"]["precision"] == "fp32" and rec.env["grad_scaler"] is False
+    assert rec.config["resolved"]["train"]["precision"] == "fp32" and rec.env.grad_scaler is False
 
     def run(precision, scaler):
         raw = {"config": {"resolved": {"train": {"precision": precision}}}, "env": {"grad_scaler": scaler}}
-        return Run(1, "fft", "ok", 0, raw)
+        return Run(1, RunRecord.from_dict({"method": "fft", **raw}))
 
     assert _precision([run("fp16", True)]) == "fp16 autocast with a GradScaler"
     assert _precision([run("fp32", False), run("bf16", False)]) == "fp32 / bf16 autocast"

@@ -16,7 +16,7 @@ from benchmark.measure import sampler as sampler_mod
 from benchmark.measure.nvml import MB, Nvml
 from benchmark.measure.phases import MemoryProfiler, apply_samples, settle
 from benchmark.measure.sampler import Sample, cuda_start
-from benchmark.measure.record import Check, Memory, PhaseMemory, RunRecord, Timing
+from core.record import Check, DataSummary, Memory, PhaseMemory, RunRecord, Timing
 
 CUDA = torch.device("cuda", 0)
 
@@ -129,7 +129,7 @@ def test_parent_merge_settles_the_childs_phases_with_its_samples(nv):
 def test_the_record_round_trips_through_json():
     import json
 
-    rec = RunRecord(method="iisan-cached", repeat=1, data={"name": "synthetic"},
+    rec = RunRecord(method="iisan-cached", repeat=1, data=DataSummary(name="synthetic"),
                     time=Timing(epoch_s=[1.0, 2.0], epoch_s_median=1.5, cache_build_s=3.0),
                     memory=Memory(peak_mb=10.0, phases={"train": PhaseMemory(peak_mb=10.0, seconds=2.0)},
                                   checks=[Check("train", "allocated <= nvml_process", False, "x")]),
@@ -140,6 +140,7 @@ def test_the_record_round_trips_through_json():
     assert back == rec and isinstance(back.memory.phases["train"], PhaseMemory)
     assert back.to_dict()["schema_version"] == 2
     assert RunRecord.from_dict({**rec.to_dict(), "from_the_future": 1}) == rec  # newer keys are ignored
+    assert isinstance(back.data, DataSummary) and back.data.name == "synthetic"
 
 
 def test_one_function_turns_an_exception_into_a_failed_record():

@@ -8,7 +8,7 @@ import pytest
 import methods
 from benchmark.cli import main
 from benchmark.config import load_config
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 from methods import registry
 from methods.base import Method
 

@@ -67,7 +67,7 @@ def test_schema_1_records_are_read_and_labelled_whole_run(tmp_path: Path) -> Non
 def test_a_record_from_a_newer_schema_is_refused_with_its_line(tmp_path: Path) -> None:
     newer = record("fft")
     newer["schema_version"] = 99
-    with pytest.raises(ReportError, match=r"results.jsonl:2: schema_version 99 is newer than this reporter"):
+    with pytest.raises(ReportError, match=r"results.jsonl:2: schema_version 99 is newer than this iisan-bench reads \(2\); update iisan-bench$"):
         build_report(write(tmp_path, [record("lora"), newer]))
 
 

@@ -315,3 +315,23 @@ def test_header_states_text_only_and_bounded_training(tmp_path: Path) -> None:
     assert "**Bounded training:** at most 30 steps per epoch" in text
     build_report(write(tmp_path, four_methods(failed=False)))
     assert "Bounded training" not in (tmp_path / "report.md").read_text()
+
+
+def test_the_reporter_reads_every_line_through_the_runners_record_schema(tmp_path: Path) -> None:
+    """One schema (core.record) for both sides: a value of the wrong type is refused by its path, and a
+    field name the schema does not declare raises instead of reading as a silent None."""
+    from core.record import RunRecord
+
+    bad = record("fft")
+    bad["metrics"]["test"]["hr@10"] = "high"
+    with pytest.raises(ReportError, match=r"results\.jsonl:1: 'metrics\.test\.hr@10' must be a number or null, got 'high'"):
+        load_results(write(tmp_path / "a", [bad]) / "results.jsonl")
+    bad = record("fft")
+    bad["env"] = "cpu"
+    with pytest.raises(ReportError, match=r"results\.jsonl:1: 'env' must be an object"):
+        load_results(write(tmp_path / "b", [bad]) / "results.jsonl")
+    run = load_results(write(tmp_path / "c", [record("fft")]) / "results.jsonl").runs[0]
+    assert isinstance(run.record, RunRecord) and run.get("time", "epoch_s_median") == 1.0
+    assert run.get("cache", "status") is None  # a section this record lacks
+    with pytest.raises(AttributeError, match="Timing has no field 'epoch_seconds'"):
+        run.get("time", "epoch_seconds")

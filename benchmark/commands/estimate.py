@@ -12,7 +12,7 @@ from benchmark.config import BenchConfig
 from benchmark.launch import estimate as E
 from benchmark.launch.estimator import estimate_all
 from benchmark.commands.text import aligned
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 
 def format_table(rows: list[E.MethodEstimate], cfg: BenchConfig, seconds: float) -> str:

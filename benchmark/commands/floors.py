@@ -28,8 +28,8 @@ from torch import nn
 from benchmark.config import BenchConfig
 from benchmark.training.batches import typical_items
 from benchmark.training.precision import autocast_for, compute_dtype
-from iisan_util.cuda import synchronize
-from iisan_util.errors import BenchError
+from core.cuda import synchronize
+from core.errors import BenchError
 
 FLOORS_FILE = "floors.json"
 
@@ -200,7 +200,7 @@ def wants_floors(cfg) -> bool:
 def floors_command(cfg: BenchConfig, out_dir: Path, steps: int, echo=print) -> Path:
     """``iisan-bench floors``: measure and write ``OUT/floors.json`` (the report picks it up)."""
     from benchmark.launch.prepare import resolve_device
-    from iisan_util.atomic import atomic_write_text
+    from core.atomic import atomic_write_text
 
     if steps <= 0:
         raise BenchError(f"--steps must be > 0, got {steps}")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from benchmark.commands.text import aligned
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 # Trainable parameters the paper reports (Table 2 / its code) for the base backbones.
 PAPER: dict[str, float] = {"fft": 194.9e6, "adapter": 4.97e6, "lora": 0.83e6, "bitfit": 0.41e6,

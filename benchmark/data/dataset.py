@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from benchmark.config import DataConfig
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 Fits = Callable[[int, int], None]  # (items, users) -> None, or a BenchError when they cannot fit
 

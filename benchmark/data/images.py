@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from benchmark.config import DataConfig
-from iisan_util.atomic import atomic_write
-from iisan_util.errors import BenchError
+from core.atomic import atomic_write
+from core.errors import BenchError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")  # in order of preference when several exist
 CACHE_VERSION = "v1"

@@ -61,8 +61,8 @@ def main(argv: list[str]) -> int:
     for p in spec.get("sys_path", []):
         if p not in sys.path:
             sys.path.append(p)
-    from iisan_util.atomic import atomic_write_text
-    from iisan_util.errors import BenchError
+    from core.atomic import atomic_write_text
+    from core.errors import BenchError
 
     child: dict = {"t_enter": t_enter, "marks": []}
     out: dict = {}
@@ -105,7 +105,7 @@ def main(argv: list[str]) -> int:
     except BenchError as exc:  # a user error: the parent stops the sweep with this message
         out = {"bench_error": str(exc)}
     except Exception as exc:  # caught before run_method had a record: the parent builds one
-        from benchmark.measure.record import classify
+        from core.record import classify
 
         status, error = classify(exc)
         out = {"early": {"status": status, "error": error, "traceback": traceback.format_exc()}}

@@ -12,6 +12,7 @@ import torch
 from benchmark.config import BenchConfig
 from benchmark.launch import estimate as E
 from benchmark.measure.devices import GPU
+from core.record import Flops
 
 
 def _data_for(cfg: BenchConfig):
@@ -169,7 +170,7 @@ def estimate_all(cfg: BenchConfig, names: list[str], gpu: GPU | None,
 
 
 def estimate_for_record(cfg: BenchConfig, name: str, prep, device_name: str,
-                        step_p50_s: float | None) -> tuple[dict, dict]:
+                        step_p50_s: float | None) -> tuple[dict, Flops]:
     """A run's ``estimate`` (for the GPU it ran on, or tensors only where the table has no such
     card) and its ``flops``: the traced FLOPs of a typical step, the device's peak for the run's
     precision and the MFU of the measured median step."""
@@ -180,5 +181,5 @@ def estimate_for_record(cfg: BenchConfig, name: str, prep, device_name: str,
     per_step = est.flops_per_step * est.items_typical / max(est.items_traced, 1)
     peak = gpu.peak(est.precision) if gpu is not None else None
     mfu = per_step / step_p50_s / peak if peak and step_p50_s else None
-    flops = {"per_step": per_step, "source": "traced", "device_peak": peak, "precision": est.precision, "mfu": mfu}
+    flops = Flops(per_step=per_step, source="traced", device_peak=peak, precision=est.precision, mfu=mfu)
     return E.summary(est), flops

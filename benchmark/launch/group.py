@@ -16,7 +16,7 @@ import socket
 import statistics
 import time
 
-from benchmark.measure.record import Distributed, RankFigures, RunRecord
+from core.record import Distributed, RankFigures, RunRecord
 
 CLEAN_EXIT_GRACE_S = 120.0  # after one rank ended cleanly, the others must end within this
 POLL_S = 0.05
@@ -74,7 +74,7 @@ def _kill(pid: int, sig: int) -> None:
 def _figures(rank: int, rec: RunRecord) -> RankFigures:
     ranks = rec.distributed.ranks if rec.distributed is not None else []
     fig = ranks[0] if ranks else RankFigures(rank)
-    fig.rank, fig.pid = rank, rec.env.get("pid", fig.pid)
+    fig.rank, fig.pid = rank, rec.env.pid or fig.pid
     fig.peak_mb = rec.memory.peak_mb if rec.memory is not None else None
     fig.status, fig.error = rec.status, rec.error
     return fig
@@ -118,7 +118,7 @@ def _failed_rank(recs: list[RunRecord], figs: list[RankFigures], first_failed: i
     """The rank whose failure came first: the first to die (non-zero exit), else the one that raised
     first (``failed_at``). Why: a rank that raised (an OOM) leaves its peers failing in a collective
     a moment later ("connection closed by peer"); the cause is the earliest."""
-    pids = [rec.env.get("pid") for rec in recs]
+    pids = [rec.env.pid for rec in recs]
     if first_failed is not None and first_failed in pids:
         return pids.index(first_failed)
     bad = [r for r, rec in enumerate(recs) if rec.status != "ok"]

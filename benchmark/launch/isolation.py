@@ -46,10 +46,10 @@ from benchmark.launch.payload import extra_modules, save_payload
 from benchmark.measure.nvml import Nvml
 from benchmark.measure.phases import apply_samples, settle
 from benchmark.measure.sampler import MB, SAMPLE_INTERVAL_S, ProcessSampler, warn
-from benchmark.measure.record import Memory, RunRecord, Timeline
-from iisan_util.cuda import ddp_backend
-from iisan_util.errors import BenchError
-from iisan_util.names import safe_name
+from core.record import Env, Memory, RunRecord, Timeline
+from core.cuda import ddp_backend
+from core.errors import BenchError
+from core.names import safe_name
 
 
 class ReadyHandle:
@@ -204,7 +204,7 @@ class IsolatedRunner:
         rec = self._record(name, repeat, rc, proc.tee.text(), out)
         marks = [(proc.t_spawn, "startup")] + [tuple(m) for m in child.get("marks", [])]
         self._merge_memory(rec, proc.sampler, marks, child, os_peak)
-        rec.env.update(pid=proc.pid, parent_pid=os.getpid())
+        rec.env.pid, rec.env.parent_pid = proc.pid, os.getpid()
         t_ready = child.get("t_ready")
         rec.isolation = {
             "exit_code": rc, "wall_s": wall_s,
@@ -231,8 +231,8 @@ class IsolatedRunner:
         from benchmark.launch.recipe import method_config, new_record
         from methods.registry import get_method_for
 
-        env = {"device": self.device.type, "python": sys.version.split()[0], "torch": torch.__version__,
-               "cuda": torch.version.cuda}
+        env = Env(device=self.device.type, python=sys.version.split()[0], torch=torch.__version__,
+                  cuda=torch.version.cuda)
         rec = new_record(method_config(self.cfg, name), name, get_method_for(name, self.cfg).description, self.prep, env, repeat)
         early = out.get("early")
         if early:  # the child caught it before run_method

@@ -7,7 +7,7 @@ training, evaluation, epochs, seed, device) are compared with those of every rec
 ``OUT/results.jsonl``. A difference stops the run with one line naming the keys, unless
 ``--force``, which removes the incomparable records and runs anew.
 
-What may differ is declared on each key (its role, ``iisan_util.keys.ROLES``): the methods and
+What may differ is declared on each key (its role, ``core.keys.ROLES``): the methods and
 their own options, repeats, isolation, the number of data-parallel processes (the report's scaling
 table compares them), the sampler interval, the out folder and the TPME weights (the report reads
 those, from ``OUT/tpme.json``: a changed weighting re-scores, it trains nothing again). Under ``train.paper_protocol`` each
@@ -21,10 +21,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from iisan_util.atomic import atomic_write_text
-from iisan_util.errors import BenchError
-from iisan_util.keys import compared
-from iisan_util.names import TPME_FILE
+from core.atomic import atomic_write_text
+from core.errors import BenchError
+from core.keys import compared
+from core.names import TPME_FILE
 
 def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -39,7 +39,7 @@ def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 def comparable_settings(resolved: dict[str, Any], device: str | None) -> dict[str, Any]:
     """The flattened settings two runs must share to sit in one report: every key whose role is
-    compared (``iisan_util.keys.ROLES``; a key an older record has and this version does not know
+    compared (``core.keys.ROLES``; a key an older record has and this version does not know
     is compared too), the device as resolved, and not the methods' own tables."""
     from benchmark.config import roles
 
@@ -104,13 +104,13 @@ def check_out_dir(out: Path) -> None:
 
 
 def _check_version(results: Path, line_no: int, rec: Any) -> None:
-    """A record newer than this iisan-bench writes: stop before training, not at the report."""
-    from benchmark.measure.record import SCHEMA_VERSION
+    """A record newer than this iisan-bench writes: stop before training, not at the report (the
+    reporter's rule, ``core.record.newer_schema``)."""
+    from core.record import newer_schema
 
-    version = rec.get("schema_version", 1) if isinstance(rec, dict) else 1
-    if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
-        raise BenchError(f"{results}:{line_no}: schema_version {version!r} is newer than this iisan-bench writes "
-                         f"({SCHEMA_VERSION}); update iisan-bench or use another --out")
+    problem = newer_schema(rec) if isinstance(rec, dict) else None
+    if problem:
+        raise BenchError(f"{results}:{line_no}: {problem} or use another --out")
 
 
 def check_comparable(results: Path, current: dict[str, Any], force: bool, echo=print) -> None:

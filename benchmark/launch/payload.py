@@ -12,7 +12,7 @@ import torch
 
 from benchmark.config import BenchConfig
 from benchmark.launch.envvars import ENV_IMPORTS
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 
 def save_payload(path: Path, cfg: BenchConfig, prep) -> None:

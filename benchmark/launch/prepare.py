@@ -15,7 +15,7 @@ from benchmark.config import BenchConfig, paper_common
 from benchmark.data.dataset import SeqDataset, Split, load_dataset, make_split, tokenize
 from benchmark.launch.fits import check_fits
 from benchmark.training.metrics import fewest_candidates, metrics_from_ranks, repeats_history, target_ranks
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 
 @dataclass

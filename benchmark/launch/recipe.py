@@ -8,8 +8,8 @@ from typing import Any
 
 from benchmark.config import PAPER_TRAIN, PAPER_TRAIN_CUDA, BenchConfig
 from benchmark.launch.prepare import Prepared, repeat_shares
-from benchmark.measure.record import RunRecord
-from iisan_util.errors import BenchError, nearest
+from core.record import DataSummary, Env, Metrics, RunRecord
+from core.errors import BenchError, nearest
 
 
 def method_names(cfg: BenchConfig) -> list[str]:
@@ -67,10 +67,11 @@ def run_hash(cfg: BenchConfig, name: str) -> str:
     return method_config(cfg, name).hash_for(name, get_method_for(name, cfg).version)
 
 
-def new_record(cfg: BenchConfig, name: str, description: str, prep: Prepared, env: dict[str, Any],
+def new_record(cfg: BenchConfig, name: str, description: str, prep: Prepared, env: Env,
                repeat: int) -> RunRecord:
     """The record every run starts from (also the one a crashed child's parent fills in)."""
     return RunRecord(method=name, description=description, repeat=repeat, config_hash=run_hash(cfg, name),
-                     seed=cfg.run.seed, data=prep.data.summary(), env=env, config={"resolved": cfg.to_dict()},
-                     metrics={"popularity": prep.popularity, "masking": cfg.eval.masking,
-                              "target_repeats_history": repeat_shares(prep.split)})
+                     seed=cfg.run.seed, data=DataSummary(**prep.data.summary()), env=env,
+                     config={"resolved": cfg.to_dict()},
+                     metrics=Metrics(popularity=prep.popularity, masking=cfg.eval.masking,
+                                     target_repeats_history=repeat_shares(prep.split)))

@@ -18,10 +18,10 @@ import torch
 from benchmark.config import BenchConfig
 from benchmark.launch.prepare import Prepared, seed_everything
 from benchmark.launch.recipe import method_config, new_record
-from benchmark.measure.record import Distributed, Params, RankFigures, RunRecord, Timing
+from core.record import BackboneInfo, Distributed, Env, Params, RankFigures, RunRecord, Timing
 from benchmark.measure.results import env_info
-from iisan_util.errors import BenchError
-from iisan_util.names import safe_name
+from core.errors import BenchError
+from core.names import safe_name
 
 
 def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device, repeat: int = 0,
@@ -40,7 +40,7 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
 
     run = RunContext(method_config(cfg, name), name, prep, device, repeat, out_dir, progress, dist)
     cls = get_method_for(name, run.cfg)
-    record = new_record(run.cfg, name, cls.description, prep, {**env_info(device), "pid": os.getpid()}, repeat)
+    record = new_record(run.cfg, name, cls.description, prep, Env(**env_info(device), pid=os.getpid()), repeat)
     profiler = None
     try:
         seed_everything(run.cfg.run.seed + repeat)
@@ -87,7 +87,7 @@ def _train_and_evaluate(run: RunContext, cls, profiler, record: RunRecord) -> No
 
     t0 = time.perf_counter()
     built = _build_rank0_first(run, profiler)
-    record.backbone = built.backbones.info
+    record.backbone = BackboneInfo(**built.backbones.info)
     setup_s = time.perf_counter() - t0
     record.params = Params(**count_params(built.model))
     record.resident = resident_mb(built.model)
@@ -106,10 +106,10 @@ def _train_and_evaluate(run: RunContext, cls, profiler, record: RunRecord) -> No
     record.time = Timing(**timing, batch_size=batch_used(run.cfg, run.prep), setup_s=setup_s - one_off_s,
                          cache_build_s=record.cache.build_s if record.cache else None,
                          cache_load_s=record.cache.load_s if record.cache else None)
-    record.metrics.update(valid=outcome.valid, test=outcome.test, best_epoch=outcome.best_epoch,
-                          history=outcome.history)
+    m = record.metrics
+    m.valid, m.test, m.best_epoch, m.history = outcome.valid, outcome.test, outcome.best_epoch, outcome.history
     record.energy = profiler.energy()
-    name = record.env.get("device_name") or ""
+    name = record.env.device_name or ""
     if wants_estimate(run.cfg.run.estimate, run.device, name):  # after every measured figure
         from benchmark.launch.estimator import estimate_for_record
 
@@ -125,11 +125,12 @@ def _fit(run: RunContext, cls, model, profiler, record: RunRecord):
                       callbacks=[profiler], progress=run.progress, dist=run.dist)
     sdpa = choose_attention(trainer, t.sdpa_backend, run.name, run.cfg.where("train.sdpa_backend"), run.dist)
     trainer.sdpa_backend = sdpa.backend
-    record.env.update(compile=t.compile, item_bucket=t.item_bucket, sdpa=dataclasses.asdict(sdpa),
-                      grad_scaler=trainer.scaler.is_enabled())
+    env = record.env
+    env.compile, env.item_bucket, env.sdpa = t.compile, t.item_bucket, dataclasses.asdict(sdpa)
+    env.grad_scaler = trainer.scaler.is_enabled()
     outcome = trainer.fit(run.cfg.run.epochs, t.patience)
     if trainer.sdpa_note:  # a kernel refused a call the probe did not meet: the run went on under default
-        record.env["sdpa"].update(backend="default", chosen_by="runtime-fallback", note=trainer.sdpa_note)
+        record.env.sdpa.update(backend="default", chosen_by="runtime-fallback", note=trainer.sdpa_note)
     return trainer, outcome
 
 

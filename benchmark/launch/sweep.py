@@ -20,11 +20,11 @@ from benchmark.config import BenchConfig
 from benchmark.launch.prepare import Prepared, prepare, resolve_device
 from benchmark.launch.recipe import check_methods, method_names, run_hash
 from benchmark.launch.runner import run_method
-from benchmark.measure.record import Memory, RunRecord
+from core.record import Memory, RunRecord
 from benchmark.measure.results import append_result
-from iisan_util.cuda import ddp_backend
-from iisan_util.errors import BenchError
-from iisan_util.names import safe_name
+from core.cuda import ddp_backend
+from core.errors import BenchError
+from core.names import safe_name
 
 
 def summary_line(rec: RunRecord) -> str:
@@ -33,13 +33,13 @@ def summary_line(rec: RunRecord) -> str:
         peak = f" (peak {mem.peak_mb:.0f} MB {mem.source}, {mem.phase})" if mem.peak_mb is not None else ""
         log = f"; log {rec.log}" if rec.log else ""
         return f"{rec.method} r{rec.repeat}: {rec.status} -- {rec.error}{peak}{log}"
-    m, pop = rec.metrics, rec.metrics["popularity"]["test"]
-    k = next(iter(m["test"])).split("@")[1]
+    test, pop = rec.metrics.test, rec.metrics.popularity["test"]
+    k = next(iter(test)).split("@")[1]
     iso = rec.isolation or {}
     start = f"  child start {iso['child_startup_s']:.1f}s" if iso.get("child_startup_s") is not None else ""
     flagged = f"  {len(mem.violations)} memory check(s) failed" if mem.violations else ""
-    return (f"{rec.method} r{rec.repeat}: ok  test HR@{k} {m['test'][f'hr@{k}']:.4f} (popularity {pop[f'hr@{k}']:.4f})  "
-            f"NDCG@{k} {m['test'][f'ndcg@{k}']:.4f} (popularity {pop[f'ndcg@{k}']:.4f})  "
+    return (f"{rec.method} r{rec.repeat}: ok  test HR@{k} {test[f'hr@{k}']:.4f} (popularity {pop[f'hr@{k}']:.4f})  "
+            f"NDCG@{k} {test[f'ndcg@{k}']:.4f} (popularity {pop[f'ndcg@{k}']:.4f})  "
             f"epoch {rec.time.epoch_s_median:.2f}s  train peak {mem.peak_mb:.0f} MB "
             f"({mem.source})  trainable {rec.params.trainable / 1e6:.2f}M{start}{flagged}")
 
@@ -129,8 +129,8 @@ def write_tpme(cfg: BenchConfig, out: Path) -> None:
     in no run's hash: a new weighting re-scores the runs already there, it trains none again)."""
     import json
 
-    from iisan_util.atomic import atomic_write_text
-    from iisan_util.names import TPME_FILE
+    from core.atomic import atomic_write_text
+    from core.names import TPME_FILE
 
     keys = [f"tpme.{f.name}" for f in dataclasses.fields(cfg.tpme)]
     body = {**dataclasses.asdict(cfg.tpme), "source": cfg.where(*keys)}

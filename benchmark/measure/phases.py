@@ -35,8 +35,8 @@ from benchmark.measure.sampler import (
     ru_maxrss_mb,
     vmhwm_mb,
 )
-from benchmark.measure.record import HEADLINE_PHASE, Check, Energy, Memory, PhaseMemory, Timeline
-from iisan_util.cuda import synchronize
+from core.record import HEADLINE_PHASE, Check, Energy, Memory, PhaseMemory, Timeline
+from core.cuda import synchronize
 
 CHECK_TOLERANCE_MB = 4.0  # NVML and the allocator both count in 2 MiB pages
 

@@ -26,7 +26,7 @@ import psutil
 import torch
 
 from benchmark.measure.nvml import Nvml, torch_uuid
-from iisan_util.cuda import synchronize
+from core.cuda import synchronize
 
 MB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -295,7 +295,7 @@ def write_timeline_csv(path: Path, samples: list[Sample], t0: float, marks: list
     ``t_s`` counts from ``t0``; ``phase`` is the last mark at or before the sample (``startup``
     before the first mark).
     """
-    from iisan_util.atomic import atomic_write_text
+    from core.atomic import atomic_write_text
 
     col = timeline_column(samples, gpu)
     marks = sorted(marks)

@@ -27,7 +27,7 @@ from typing import Any
 from benchmark.config import BackboneConfig, DataConfig
 from benchmark.models.hub import hub_cache, hub_endpoint, hub_offline, hub_reachable, offline
 from benchmark.models.presets import KNOWN_CONFIGS, PRESETS
-from iisan_util.errors import BenchError, nearest
+from core.errors import BenchError, nearest
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 try:  # torch >= 2.3
     from torch.nn.attention import SDPBackend, sdpa_kernel

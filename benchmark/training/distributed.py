@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from iisan_util.cuda import ddp_backend
+from core.cuda import ddp_backend
 
 TIMEOUT_S = 300  # a rank that waits this long on a dead peer fails (the parent kills it sooner)
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from benchmark.training.trainer import Trainer, TrainOutcome
-from iisan_util.atomic import atomic_write_text
+from core.atomic import atomic_write_text
 
 TRACE_EPOCH = 10_000  # an epoch number no real epoch has (epoch 1 splits off warm-up steps)
 

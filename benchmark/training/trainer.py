@@ -26,8 +26,8 @@ from benchmark.training.compiling import CompiledLoss, WarmupReport, warm_up, wa
 from benchmark.training.distributed import DistContext, wrap
 from benchmark.training.metrics import metrics_from_ranks, target_ranks
 from benchmark.training.precision import autocast_for
-from iisan_util.cuda import synchronize
-from iisan_util.errors import BenchError, DivergedError
+from core.cuda import synchronize
+from core.errors import BenchError, DivergedError
 
 WARMUP_STEPS = 3
 

@@ -46,8 +46,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from iisan_util.atomic import atomic_write, atomic_write_text
-from iisan_util.cuda import synchronize
+from core.atomic import atomic_write, atomic_write_text
+from core.cuda import synchronize
 
 CACHE_FORMAT = 2  # 2: {"states", "offset"} per file
 PREPROCESS = ("cls=hidden_states[tap][:,0]; pixels=uint8/127.5-1; encoders in eval mode, no grad, "

@@ -7,8 +7,8 @@ from typing import Literal
 
 from torch import nn
 
-from iisan_util.errors import BenchError
-from iisan_util.keys import bounded
+from core.errors import BenchError
+from core.keys import bounded
 
 
 @dataclass

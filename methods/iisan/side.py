@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from benchmark.config import TrainConfig
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 from methods.base import xavier_projection
 
 from .options import IISANOptions, options_key, resolve_taps

@@ -8,7 +8,7 @@ import gc
 import torch
 from torch import nn
 
-from benchmark.measure.record import CacheCost
+from core.record import CacheCost
 from methods._common import encoders, freeze, frozen_in_compute_dtype, is_meta
 from methods.base import BuildContext, ItemInputs, ItemTower, Method
 from methods.registry import register_method

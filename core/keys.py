@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from iisan_util.errors import BenchError
+from core.errors import BenchError
 
 
 @dataclass(frozen=True)

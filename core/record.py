@@ -1,10 +1,13 @@
-"""The one typed run record: what a (method, repeat) cost and scored, built in one place.
+"""The one typed run record: what a (method, repeat) cost and scored, declared once for both sides.
 
-Why typed: the record crosses a process boundary (isolated child -> parent) and is read back by a
-reporter that must never import this package, so its shape is declared once here, serialised with
-``to_dict()`` / ``from_dict()`` and versioned (``schema_version``). Free-form context (dataset
-summary, environment, resolved config, metrics, FLOPs) stays a plain dict; what the efficiency
-table is made of (time, memory per phase, params, energy, one-off cache costs) is typed.
+Why here, in the bottom layer (stdlib only): the runner builds it, an isolated child sends it to its
+parent (``to_dict()`` / ``from_dict()``), and the reporter, which imports nothing of the benchmark,
+reads every results line back through ``RunRecord.from_dict`` and ``check_types``: a renamed field
+fails the reporter and its tests, not a silent ``None`` in a table. One ``SCHEMA_VERSION`` serves
+the writer and the reader. Typed: every section a report reads (time, memory per phase, params,
+energy, cache, environment, data, backbone, metrics, FLOPs, DDP figures). Still plain dicts: the
+resolved config (``BenchConfig.to_dict()``, declared by the config's dataclasses), ``estimate``
+(``iisan-bench estimate --format json``'s object), ``trace`` and ``isolation`` (no report reads them).
 
 ``docs/results-schema.md`` describes every field. Schema 1 records (before phases) have no
 ``schema_version``: their ``memory.peak_mb`` spans the whole run, evaluation included.
@@ -12,15 +15,14 @@ table is made of (time, memory per phase, params, energy, one-off cache costs) i
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import sys
 import traceback as tb
-import types
 from dataclasses import dataclass, field
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
-from iisan_util.errors import DivergedError
+from core import plain
+from core.errors import DivergedError
 
 SCHEMA_VERSION = 2
 # A run's phases: setup, cache_build (only where a method builds a cache), train and eval (once per
@@ -180,6 +182,82 @@ class Timeline:
 
 
 @dataclass
+class Env:
+    """Where and with what a run ran (``benchmark.measure.results.env_info``, completed by the runner)."""
+
+    device: str | None = None  # cpu | cuda
+    device_name: str | None = None
+    cpu_count: int | None = None
+    torch_threads: int | None = None  # intra-op threads of the run's process: CPU times scale with it
+    python: str | None = None
+    torch: str | None = None
+    transformers: str | None = None
+    peft: str | None = None
+    cuda: str | None = None
+    git_sha: str | None = None
+    platform: str | None = None
+    pid: int | None = None  # the process that trained (an isolated child's)
+    parent_pid: int | None = None
+    compile: str | None = None  # train.compile as resolved for the device
+    item_bucket: int | None = None
+    sdpa: dict[str, Any] | None = None  # the attention kernel: backend, chosen_by, note
+    grad_scaler: bool | None = None  # a GradScaler scaled the loss (fp16 on CUDA)
+
+
+@dataclass
+class DataSummary:
+    """What the record states about the data (``SeqDataset.summary``)."""
+
+    name: str | None = None
+    users: int | None = None
+    items: int | None = None
+    interactions: int | None = None
+    images: str | None = None  # real | synthetic | none
+    image_source: dict[str, Any] | None = None  # real images: source, cache hit/built, cache path
+    timings: dict[str, float] | None = None  # one-off data costs (load_s, images_s, tokenize_s)
+
+
+@dataclass
+class BackboneInfo:
+    """Which encoders ran and with which weights (``Backbones.info``)."""
+
+    preset: str | None = None
+    text: str | None = None
+    text_init: str | None = None
+    text_source: str | None = None
+    vision: str | None = None
+    vision_init: str | None = None
+    vision_source: str | None = None
+    tokenizer: str | None = None
+    init: str | None = None  # pretrained | random | "text X, vision Y"
+
+
+@dataclass
+class Metrics:
+    """Ranking quality and what it was measured under."""
+
+    valid: dict[str, float] = field(default_factory=dict)  # at the best epoch: hr@K, ndcg@K, mrr@K
+    test: dict[str, float] = field(default_factory=dict)
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: loss, valid metrics
+    popularity: dict[str, dict[str, float]] | None = None  # the popularity floor, per split
+    masking: str | None = None  # eval.masking
+    target_repeats_history: dict[str, float] | None = None  # share of targets repeating a history item
+    last_finite_loss: float | None = None  # a diverged run's last finite loss
+
+
+@dataclass
+class Flops:
+    """Traced FLOPs of a typical step and the model FLOPs utilisation of the measured median step."""
+
+    per_step: float | None = None
+    source: str | None = None
+    device_peak: float | None = None
+    precision: str | None = None
+    mfu: float | None = None
+
+
+@dataclass
 class RunRecord:
     method: str
     description: str = ""
@@ -189,18 +267,18 @@ class RunRecord:
     config_hash: str | None = None
     seed: int | None = None
     timestamp: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    data: dict[str, Any] = field(default_factory=dict)
-    env: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-    backbone: dict[str, Any] | None = None
+    data: DataSummary = field(default_factory=DataSummary)
+    env: Env = field(default_factory=Env)
+    config: dict[str, Any] = field(default_factory=dict)  # {"resolved": BenchConfig.to_dict()}
+    backbone: BackboneInfo | None = None
     params: Params | None = None
     resident: dict[str, float] | None = None
     time: Timing | None = None
     memory: Memory | None = None
     energy: Energy = field(default_factory=Energy)
     cache: CacheCost | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    flops: dict[str, Any] | None = None  # run.estimate: traced FLOPs a step, the device's peak, MFU
+    metrics: Metrics = field(default_factory=Metrics)
+    flops: Flops | None = None  # run.estimate: traced FLOPs a step, the device's peak, MFU
     estimate: dict[str, Any] | None = None  # run.estimate: iisan-bench estimate for the device it ran on
     trace: dict[str, Any] | None = None
     isolation: dict[str, Any] | None = None
@@ -215,16 +293,16 @@ class RunRecord:
         recorded) or ``failed``, with the exception's last line and the traceback for the log."""
         self.status, self.error = classify(exc)
         if hasattr(exc, "last_finite"):  # a diverged run keeps its last finite loss
-            self.metrics["last_finite_loss"] = exc.last_finite
+            self.metrics.last_finite_loss = exc.last_finite
         self.traceback = trace if trace is not None else "".join(tb.format_exception(exc))
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        return plain.to_plain(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunRecord":
-        return _from_plain(cls, d)
+        return plain.from_plain(cls, d)
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -243,49 +321,18 @@ def last_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}".strip()
 
 
-# --------------------------------------------------------------------------- (de)serialisation
+# --------------------------------------------------------------------------- reading results back
 
 
-def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not f.metadata.get("transient")}
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
-    return obj
+def newer_schema(obj: dict[str, Any]) -> str | None:
+    """Why a results line cannot be read by this version (its ``schema_version`` is newer or not an
+    integer), or None. One rule for the sweep's resume and the reporter."""
+    version = obj.get("schema_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version > SCHEMA_VERSION:
+        return f"schema_version {version!r} is newer than this iisan-bench reads ({SCHEMA_VERSION}); update iisan-bench"
+    return None
 
 
-def _strip_optional(tp: Any) -> Any:
-    """``X | None`` -> ``X``."""
-    if get_origin(tp) in (Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
-
-
-def _convert(tp: Any, value: Any) -> Any:
-    """A plain JSON value as the annotated type: dataclasses, and dicts/lists of them, rebuilt."""
-    tp = _strip_optional(tp)
-    if value is None:
-        return None
-    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-        return _from_plain(tp, value)
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is dict and dataclasses.is_dataclass(args[1]) and isinstance(value, dict):
-        return {k: _from_plain(args[1], v) for k, v in value.items()}
-    if origin is list and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
-        return [_from_plain(args[0], v) for v in value]
-    if origin is list and args and get_origin(args[0]) is tuple and isinstance(value, list):
-        return [tuple(v) for v in value]
-    return value
-
-
-def _from_plain(cls: type, d: dict[str, Any]) -> Any:
-    """Build ``cls`` from a plain dict; keys this version does not know are ignored (newer records)."""
-    hints = get_type_hints(cls)
-    kwargs = {f.name: _convert(hints[f.name], d[f.name]) for f in dataclasses.fields(cls)
-              if f.name in d and not f.metadata.get("transient")}
-    return cls(**kwargs)
+def type_problem(obj: dict[str, Any]) -> str | None:
+    """The first value of a results line its declared type refuses (``core.plain.type_problem``)."""
+    return plain.type_problem(obj, RunRecord)

@@ -241,7 +241,6 @@ class Metrics:
     best_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: loss, valid metrics
     popularity: dict[str, dict[str, float]] | None = None  # the popularity floor, per split
-    masking: str | None = None  # eval.masking
     target_repeats_history: dict[str, float] | None = None  # share of targets repeating a history item
     last_finite_loss: float | None = None  # a diverged run's last finite loss
 

@@ -79,7 +79,7 @@ def build_trainer(cfg, prep, device):
 
     seed_everything(cfg.run.seed)
     model = build_model(cfg, "fft", prep.data, device).model
-    return Trainer(model, prep.split, prep.data.n_items, cfg.train, cfg.eval, device, cfg.run.seed, progress=False)
+    return Trainer(model, prep.split, cfg.train, cfg.eval, device, cfg.run.seed, progress=False)
 
 
 def _nvml_for(uuid: str | None):

@@ -201,7 +201,7 @@ MASKING = {
 
 def _evaluation_line(runs) -> list[str]:
     """The masking rule (it changes HR/NDCG) and how many targets it concerns, and the encoder workload."""
-    rules = _uniq(runs, "metrics", "masking")
+    rules = _uniq(runs, "config", "resolved", "eval", "masking")
     if not rules:  # records from before the rule was an option used history_except_target
         rules = ["history_except_target (records before [eval] masking)"] if runs else []
     shares = _uniq(runs, "metrics", "target_repeats_history", "test")

@@ -8,13 +8,14 @@ be mistaken for model-quality claims.
 
 from __future__ import annotations
 
+from core.paper import PAPER_SOURCE
+
 from .estimates import estimates_section
 from .floors import floors_section
-from .scaling import scaling_section
 from .header import header
 from .load import Results
-from .paper import PAPER_SOURCE
 from .plots import Plot
+from .scaling import scaling_section
 from .tables import (
     Table,
     checkpoint_table,

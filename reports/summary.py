@@ -8,10 +8,10 @@ import io
 from pathlib import Path
 
 from core.atomic import atomic_write_text
+from core.paper import paper_figures
 from core.record import Distributed
 
 from .load import CV_THRESHOLD, Results
-from .paper import paper_figures
 from .tables import metric_keys, popularity
 from .tpme import TpmeResult
 

@@ -7,8 +7,9 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from core.paper import PAPER_REFERENCE, paper_figures
+
 from .load import MethodSummary, Results, Stat
-from .paper import PAPER_REFERENCE, paper_figures
 from .tpme import TpmeResult
 
 NOISY = "⚠"  # marks a time/memory whose coefficient of variation over repeats exceeds 5%
@@ -260,7 +261,7 @@ def efficiency_table(results: Results, tp: TpmeResult) -> Table:
 def relative_table(results: Results, tp: TpmeResult) -> Table | None:
     """Each cost as a share of the reference method; None when the reference did not run ok.
 
-    With ``fft`` as the reference, the IISAN paper's shares of FFT sit next to ours (reports.paper).
+    With ``fft`` as the reference, the IISAN paper's shares of FFT sit next to ours (core.paper).
     """
     if not tp.relative:
         return None

@@ -63,7 +63,7 @@ def trainer_for(name="fft", cache_dir=None, **train):
     cfg = small(cache_dir)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
     model, _, prep = build(cfg, name)
-    return Trainer(model, prep.split, prep.data.n_items, cfg.train, cfg.eval, CPU, seed=1, progress=False), prep
+    return Trainer(model, prep.split, cfg.train, cfg.eval, CPU, seed=1, progress=False), prep
 
 
 def tower_and_base(cfg, name: str):

@@ -147,7 +147,7 @@ def test_frozen_backbone_weights_are_bit_identical_after_a_step(name, tmp_path):
             for n, p in enc.named_parameters():
                 assert p.requires_grad == n.endswith("bias"), n
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    trainer = Trainer(model, prep.split, prep.data.n_items, cfg.train, cfg.eval, CPU, 0, progress=False)
+    trainer = Trainer(model, prep.split, cfg.train, cfg.eval, CPU, 0, progress=False)
     trainer.train_epoch(1, TrainOutcome())
     after = {f"{k}.{n}": p for k, enc in zip(("text", "vision"), encoders) for n, p in enc.named_parameters()
              if f"{k}.{n}" in frozen}
@@ -337,7 +337,7 @@ def test_gradient_checkpointing_recomputes_layers_and_keeps_loss_and_gradients(n
     results = []
     for variant in (name, f"{name}-gc"):
         model, _, prep = build(cfg, variant)
-        trainer = Trainer(model, prep.split, prep.data.n_items, cfg.train, cfg.eval, CPU, seed=1, progress=False)
+        trainer = Trainer(model, prep.split, cfg.train, cfg.eval, CPU, seed=1, progress=False)
         batch = trainer._epoch_batches(torch.arange(16), 1)[0]
         calls = []
         for enc in (model.item_tower.text, model.item_tower.vision):  # inside layer 0: seen when recomputed

@@ -23,7 +23,7 @@ from tests.helpers import CPU, build, small
 def _lr_by_name(cfg, name: str) -> dict[str, float]:
     """Method ``name``'s item-tower parameters by name -> the learning rate its optimizer gives them."""
     model, _, prep = build(cfg, name)
-    trainer = Trainer(model, prep.split, prep.data.n_items, cfg.train, cfg.eval, CPU, seed=1, progress=False)
+    trainer = Trainer(model, prep.split, cfg.train, cfg.eval, CPU, seed=1, progress=False)
     lr = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
     return {n: lr[id(p)] for n, p in model.item_tower.named_parameters() if p.requires_grad}
 

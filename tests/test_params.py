@@ -6,7 +6,8 @@ import re
 
 import torch
 
-from benchmark.commands.params import PAPER, count_all, params_config
+from benchmark.commands.params import count_all, params_config
+from core.paper import PAPER_TRAINABLE as PAPER
 from benchmark.config import load_config
 from benchmark.launch.factory import build_model, count_params
 from benchmark.launch.prepare import prepare, seed_everything

@@ -88,4 +88,4 @@ def test_an_unknown_parameter_group_is_one_line_naming_the_tower(tmp_path):
     cfg = load_config(None)
     model = SeqRecommender(Odd(), 8, 10, 1, 1, 0.0)
     with pytest.raises(BenchError, match=r"Odd.param_groups\(\): unknown group\(s\) \['adapters'\]; groups are "):
-        Trainer(model, prep.split, prep.data.n_items, cfg.train, cfg.eval, torch.device("cpu"), 0)
+        Trainer(model, prep.split, cfg.train, cfg.eval, torch.device("cpu"), 0)

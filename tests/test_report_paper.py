@@ -8,7 +8,7 @@ import pytest
 from report_helpers import TPME_DEFAULT, read_csv, record, section, write  # noqa: E402  (tests/ is on sys.path)
 
 from reports import build_report  # noqa: E402
-from reports.paper import PAPER
+from core.paper import PAPER
 
 
 def paper_methods() -> list[dict]:

@@ -19,10 +19,8 @@ import torch
 
 from benchmark.commands.text import aligned
 from core.errors import BenchError
+from core.paper import PAPER_TRAINABLE
 
-# Trainable parameters the paper reports (Table 2 / its code) for the base backbones.
-PAPER: dict[str, float] = {"fft": 194.9e6, "adapter": 4.97e6, "lora": 0.83e6, "bitfit": 0.41e6,
-                           "iisan": 4.11e6, "iisan-cached": 4.11e6}
 PAPER_IMAGE_SIZE = 224
 
 
@@ -53,7 +51,7 @@ def count_method(cfg, name: str) -> dict[str, Any]:
     sasrec = sum(p.numel() for p in model.user_encoder.parameters())
     return {"method": name, **count_params(model), "backbone": groups.get("backbone", 0) + groups.get("backbone_vision", 0),
             "peft": groups.get("peft", 0), "head": groups.get("head", 0) - sasrec, "sasrec": sasrec,
-            "paper": PAPER.get(name), "info": backbones.info}
+            "paper": PAPER_TRAINABLE.get(name), "info": backbones.info}
 
 
 def params_config(cfg, image_size: int | None = None):

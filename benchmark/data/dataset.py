@@ -87,6 +87,11 @@ class Split:
     test_history: torch.Tensor
     log_pop: torch.Tensor  # float [n_items+1]: log of smoothed training popularity
 
+    @property
+    def n_items(self) -> int:
+        """Items ranked in evaluation (row 0 of every item table is padding)."""
+        return self.log_pop.numel() - 1
+
 
 def _left_pad(rows: list[list[int]], width: int) -> torch.Tensor:
     out = torch.zeros(len(rows), width, dtype=torch.long)

@@ -44,7 +44,7 @@ def _trainer(cfg: BenchConfig, name: str, model, prep):
 
     mcfg = method_config(cfg, name)
     t = dataclasses.replace(mcfg.train, compile="off")
-    return Trainer(model, prep.split, prep.data.n_items, t, mcfg.eval, torch.device("cpu"), cfg.run.seed,
+    return Trainer(model, prep.split, t, mcfg.eval, torch.device("cpu"), cfg.run.seed,
                    progress=False)
 
 

@@ -73,5 +73,4 @@ def new_record(cfg: BenchConfig, name: str, description: str, prep: Prepared, en
     return RunRecord(method=name, description=description, repeat=repeat, config_hash=run_hash(cfg, name),
                      seed=cfg.run.seed, data=DataSummary(**prep.data.summary()), env=env,
                      config={"resolved": cfg.to_dict()},
-                     metrics=Metrics(popularity=prep.popularity, masking=cfg.eval.masking,
-                                     target_repeats_history=repeat_shares(prep.split)))
+                     metrics=Metrics(popularity=prep.popularity, target_repeats_history=repeat_shares(prep.split)))

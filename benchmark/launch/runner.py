@@ -121,7 +121,7 @@ def _fit(run: RunContext, cls, model, profiler, record: RunRecord):
     from benchmark.training.trainer import Trainer
 
     t = resolve_runtime(run.cfg.train, cls, run.device, data_parallel=run.dist is not None)
-    trainer = Trainer(model, run.prep.split, run.prep.data.n_items, t, run.cfg.eval, run.device, run.seed,
+    trainer = Trainer(model, run.prep.split, t, run.cfg.eval, run.device, run.seed,
                       callbacks=[profiler], progress=run.progress, dist=run.dist)
     sdpa = choose_attention(trainer, t.sdpa_backend, run.name, run.cfg.where("train.sdpa_backend"), run.dist)
     trainer.sdpa_backend = sdpa.backend

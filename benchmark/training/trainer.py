@@ -93,14 +93,14 @@ class TrainOutcome:
 
 
 class Trainer:
-    def __init__(self, model: SeqRecommender, split: Split, n_items: int, train: TrainConfig,
-                 evaluation: EvalConfig, device: torch.device, seed: int,
-                 callbacks: list[Callback] | None = None, progress: bool = True, sdpa_backend: str = "default",
-                 dist: DistContext | None = None):
-        """``train.compile`` and ``sdpa_backend`` as resolved by the runner (never ``auto`` here);
-        ``dist``: this process's rank in a data-parallel group (``training.distributed``)."""
-        self.model, self.split, self.n_items, self.dist = model, split, n_items, dist
-        self.sdpa_backend = sdpa_backend
+    def __init__(self, model: SeqRecommender, split: Split, train: TrainConfig, evaluation: EvalConfig,
+                 device: torch.device, seed: int, *, callbacks: list[Callback] | None = None,
+                 progress: bool = True, dist: DistContext | None = None):
+        """``train.compile`` as resolved by the runner (never ``auto`` here); ``dist``: this process's
+        rank in a data-parallel group (``training.distributed``). The attention kernel
+        (``sdpa_backend``) is the default until the runner sets the one it chose."""
+        self.model, self.split, self.n_items, self.dist = model, split, split.n_items, dist
+        self.sdpa_backend = "default"
         self.cfg, self.eval_cfg, self.device, self.seed = train, evaluation, device, seed
         self.callbacks = callbacks or []
         self.progress = progress

@@ -1,4 +1,7 @@
-"""What the IISAN paper reports, relative to full fine-tuning, to set next to our own ratios.
+"""What the IISAN paper reports, one table for every reader: its trainable parameters per method
+(``iisan-bench params``) and its time and memory as shares of full fine-tuning (the report, next to
+our own ratios). Its training recipe is not here: each method states that beside its code
+(``Method.paper_train`` / ``paper_options``, applied by ``launch.recipe.method_config``).
 
 Source: Fu et al., "IISAN: Efficiently Adapting Multimodal Representation for Sequential
 Recommendation with Decoupled PEFT", SIGIR 2024, arXiv 2404.02059; Amazon Scientific, one GPU.
@@ -37,6 +40,10 @@ class PaperFigures:
     time: PaperRatio
     memory: PaperRatio
 
+
+# Trainable parameters the paper reports (Table 2 / its code) for BERT-base + ViT-base, by our method names
+PAPER_TRAINABLE: dict[str, float] = {"fft": 194.9e6, "adapter": 4.97e6, "lora": 0.83e6, "bitfit": 0.41e6,
+                                     "iisan": 4.11e6, "iisan-cached": 4.11e6}
 
 # keyed by our method names
 PAPER: dict[str, PaperFigures] = {

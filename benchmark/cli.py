@@ -46,25 +46,33 @@ def cli() -> None:
     """Benchmark what parameter-efficient fine-tuning really costs (IISAN, SIGIR 2024)."""
 
 
+def _flag_options() -> list:
+    """One click option per config key that declares a flag, its type, choices and help read from
+    the field (``benchmark.settings``): a flag is declared once, where its key is."""
+    from typing import Literal, get_args, get_origin
+
+    from benchmark.config import flags, key_fields
+    from core.keys import key_doc
+
+    fields = key_fields()
+    out = []
+    for flag, (section, name) in flags().items():
+        f, tp = fields[f"{section}.{name}"]
+        opt, extra = "--" + flag.replace("_", "-"), {}
+        if tp is bool:
+            opt, extra = f"{opt}/--no-{opt[2:]}", {"default": None}
+        elif get_origin(tp) is Literal:  # checked by the config (one line naming the flag), not by click
+            extra = {"metavar": "[" + "|".join(str(a) for a in get_args(tp)) + "]"}
+        elif tp in (int, float):
+            extra = {"type": tp}
+        help_text = key_doc(f) + (" (a comma list)" if get_origin(tp) is list else "")
+        out.append(click.option(opt, flag, help=f"{section}.{name}: {help_text}", **extra))
+    return out
+
+
 RUN_OPTIONS = [
     click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: embedded bench.toml)."),
-    click.option("--methods", help="'all', a comma list, or wildcards such as 'iisan*'."),
-    click.option("--dataset", help="'synthetic' or a folder in IISAN's TSV format."),
-    click.option("--backbone", help="Backbone preset: tiny, minilm or base."),
-    click.option("--init", type=click.Choice(["auto", "pretrained", "random"]),
-                 help="Backbone weights (auto: the preset's own, e.g. pretrained MiniLM text for minilm)."),
-    click.option("--epochs", type=int),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"])),
-    click.option("--seed", type=int),
-    click.option("--images", type=click.Choice(["real", "synthetic", "none"])),
-    click.option("--trust-pickle", "trust_pickle", is_flag=True, default=None,
-                 help="Allow reading the paper's LMDB image store (pickled Python objects: trusted sources only)."),
-    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"])),
-    click.option("--repeats", type=int, help="Runs per method."),
-    click.option("--isolate/--no-isolate", default=None,
-                 help="Each (method, repeat) in a fresh child process (default) or all in this process."),
-    click.option("--nproc", type=int, help="Data-parallel processes per run (torch DDP: gloo on CPU, NCCL on GPUs)."),
-    click.option("--out", help="Output folder for results.jsonl and the report."),
+    *_flag_options(),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                  help="Override any config key, e.g. --set train.max_steps_per_epoch=2 (repeatable; "
                       "the flags above win over it)."),

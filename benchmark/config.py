@@ -17,129 +17,21 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import tomllib
 
+from benchmark.settings import (  # noqa: F401 - the key declarations, re-exported where they were
+    BackboneConfig,
+    DataConfig,
+    EvalConfig,
+    PAPER_TRAIN,
+    PAPER_TRAIN_CUDA,
+    RunConfig,
+    SyntheticConfig,
+    TPMEConfig,
+    TrainConfig,
+    paper_common,
+)
 from core.errors import BenchError, nearest
-from core.keys import bounded, in_hash, role_of, setting
+from core.keys import in_hash, role_of
 
-
-@dataclass
-class RunConfig:
-    methods: list[str] = setting(factory=lambda: ["all"], role="sweep", flag="methods")
-    epochs: int = bounded(4, 1, 1000, flag="epochs")
-    seed: int = bounded(42, 0, 2**32, hi_open=True, flag="seed")
-    device: Literal["auto", "cpu", "cuda"] = setting("auto", role="variant", flag="device")  # compared as resolved (env.device)
-    out: str = setting("runs/default", role="sweep", flag="out")
-    repeats: int = bounded(1, 1, 100, role="sweep", flag="repeats")
-    isolate: bool = setting(True, role="variant", flag="isolate")
-    nproc: int = bounded(1, 1, 1024, role="variant", flag="nproc")  # (and at most the cores, or GPUs, the run has) data-parallel processes per run (torch DDP; gloo on CPU, NCCL on GPUs)
-    sample_interval_ms: float = bounded(0.0, 1, 60_000, zero="by device", role="sweep")  # 0 = by device: 10 ms on GPU, 50 ms on CPU
-    floors: Literal["auto", "on", "off"] = setting("auto", role="sweep")  # time the plain-PyTorch floors after the sweep; auto = on a GPU
-    # each run's own estimate (iisan-bench estimate for the device it ran on) beside its measurement, and
-    # its MFU from the traced FLOPs; auto = on a GPU in the device table (benchmark.measure.devices)
-    estimate: Literal["auto", "on", "off"] = setting("auto", role="sweep")
-
-
-@dataclass
-class SyntheticConfig:
-    users: int = bounded(1000, 2, 100_000)
-    items: int = bounded(300, 2, 100_000)
-    clusters: int = bounded(8, 1, 10_000)
-    min_len: int = bounded(6, 3, 1024)
-    max_len: int = bounded(14, 3, 1024)
-    noise: float = bounded(0.1, 0, 1)
-
-
-@dataclass
-class DataConfig:
-    dataset: str = setting("synthetic", flag="dataset")
-    max_seq_len: int = bounded(10, 1, 1024)
-    min_seq_len: int = bounded(5, 3, 1024, note="train, valid and test items")
-    text_tokens: int = bounded(30, 2, 512, note="[CLS] and at least one word; BERT's positions")
-    image_size: int = bounded(32, 1, 1024)
-    images: Literal["real", "synthetic", "none"] = setting("synthetic", flag="images")
-    trust_pickle: bool = setting(False, role="sweep", flag="trust_pickle")  # a permission: changes no figure
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-
-
-@dataclass
-class BackboneConfig:
-    preset: Literal["tiny", "minilm", "base"] = setting("tiny", flag="backbone")
-    text_model: str = ""
-    vision_model: str = ""
-    # auto: the weights a preset or a named model has (minilm: pretrained MiniLM text; base: BERT-base +
-    # ViT-base; tiny: random); pretrained; random (architecture only: efficiency does not depend on weights)
-    init: Literal["auto", "pretrained", "random"] = setting("auto", flag="init")
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = bounded(64, 1, 65_536)
-    lr_backbone: float = bounded(1e-4, 0, 1)
-    lr_peft: float = bounded(1e-3, 0, 1)
-    lr_head: float = bounded(1e-3, 0, 1)
-    lr_backbone_vision: float = bounded(0.0, 0, 1, note="0 = lr_backbone")  # the vision encoder's trained weights
-    weight_decay: float = bounded(0.0, 0, 1)
-    precision: Literal["fp32", "bf16", "fp16"] = setting("fp32", flag="precision")
-    patience: int = bounded(3, 0, 1000, note="0 = no early stopping")
-    max_steps_per_epoch: int = bounded(0, 0, 10_000_000, note="0 = a full epoch")
-    item_dim: int = bounded(64, 1, 4096)
-    num_blocks: int = bounded(2, 1, 48)
-    num_heads: int = bounded(2, 1, 64)
-    dropout: float = bounded(0.1, 0, 1, hi_open=True)
-    # True: the IISAN paper's recipe per method (batch size, learning rates, LoRA scaling), selection
-    # by valid HR@10 with patience 11, popularity count/total and architecture = paper (docs/protocol.md)
-    paper_protocol: bool = False
-    select_by: Literal["ndcg", "hr", "mrr"] = "ndcg"  # validation metric (at K = 10, else the first K) for the best epoch
-    popularity: Literal["smoothed", "count"] = "smoothed"  # log-popularity debiasing: (count + 1) / sum, or count / total
-    # paper: the paper's code's model details (SASRec: ReLU FFN, LayerNorm eps 1e-6, bias-free attention,
-    # xavier init; GELU after each modality projection of end-to-end towers; SAN blocks N(0, 0.01) with
-    # zero bias and the first intra step gated); ours: PyTorch's defaults (docs/protocol.md)
-    architecture: Literal["ours", "paper"] = "ours"
-    profile_steps: int = bounded(0, 0, 1000, role="sweep")  # after training, apart from every figure; >0: after training, trace this many steps with torch.profiler (OUT/traces/)
-    # torch.compile the loss; auto = the method's own choice on a GPU (iisan-cached: reduce-overhead,
-    # i.e. CUDA graphs), off on CPU
-    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
-    # seconds of compiling (and CUDA-graph recording) before the clock; past it the remaining step
-    # shapes run eagerly (checked between shapes: one shape's compile may overrun it by its own time)
-    compile_budget_s: float = bounded(60.0, 0, 86_400)
-    # distinct: each step encodes its distinct items once (fast); every_slot: every slot of every
-    # sequence, padding and repeats included, as the paper's code does (2.5x the encoder work)
-    encoder_workload: Literal["distinct", "every_slot"] = "distinct"
-    item_bucket: int = bounded(64, 1, 4096, note="1 = no padding")  # each step's distinct items padded up to a multiple: few shapes (cuDNN plans, graphs)
-    sdpa_backend: Literal["auto", "default", "cudnn", "flash", "efficient", "math"] = "auto"  # attention kernel
-
-
-# The IISAN paper's recipe every method shares under ``train.paper_protocol`` (selection by valid HR@10,
-# patience 11, popularity count/total, the paper code's model details); each method adds its own
-# (``Method.paper_train``: batch size, learning rates). Read by ``paper_common`` and the recipe alone.
-PAPER_TRAIN: dict[str, Any] = {"select_by": "hr", "patience": 11, "popularity": "count", "architecture": "paper"}
-# ... and on a CUDA device its precision: fp16 autocast with a GradScaler (run.py). On a CPU the
-# configured precision stays: CPUs have no fp16 matmul kernels, and the paper's scaler is CUDA's.
-PAPER_TRAIN_CUDA: dict[str, Any] = {"precision": "fp16"}
-
-
-def paper_common(train: TrainConfig) -> TrainConfig:
-    """``train`` with the recipe every method shares applied when ``paper_protocol`` is on (what the
-    sweep's shared data, e.g. the popularity floor, is prepared under)."""
-    return dataclasses.replace(train, **PAPER_TRAIN) if train.paper_protocol else train
-
-
-@dataclass
-class EvalConfig:
-    ks: list[int] = field(default_factory=lambda: [10], metadata=bounded(None, 1, 10_000).metadata)
-    # which of the user's past items compete in the ranking (benchmark.training.metrics): all_history = the
-    # paper's (a repeated target is masked too: a miss), history_except_target, none (repeat-aware)
-    masking: Literal["all_history", "history_except_target", "none"] = "all_history"
-    eval_batch_size: int = bounded(256, 1, 65_536)
-    item_batch_size: int = bounded(256, 1, 65_536)
-
-
-@dataclass
-class TPMEConfig:
-    alpha_time: float = bounded(0.45, 0, 1, role="report")
-    alpha_params: float = bounded(0.10, 0, 1, role="report")
-    alpha_memory: float = bounded(0.45, 0, 1, role="report")
-    reference: str = setting("fft", role="report")
 
 
 @dataclass
@@ -205,6 +97,23 @@ def _fields(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
             out.update(_fields(hints[f.name], f"{prefix}{f.name}."))
         else:
             out[f"{prefix}{f.name}"] = f
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def key_fields() -> dict[str, tuple[dataclasses.Field, Any]]:
+    """Dotted key -> (its field, its resolved type): what the CLI's flags are built from."""
+    out: dict[str, tuple[dataclasses.Field, Any]] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            elif f"{prefix}{f.name}" in roles():
+                out[f"{prefix}{f.name}"] = (f, hints[f.name])
+
+    walk(BenchConfig, "")
     return out
 
 

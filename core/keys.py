@@ -66,25 +66,33 @@ ROLES = {"result": (True, True), "variant": (True, False), "sweep": (False, Fals
 
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, role: str = "result",
-            flag: str | None = None, rng: Range | None = None) -> Any:
+            flag: str | None = None, rng: Range | None = None, help: str = "") -> Any:
     """A config field with what it means beside its default: its role (``ROLES``), the CLI flag that
-    sets it (click's parameter name), its range."""
+    sets it (click's parameter name), its range and its help text (``key_doc``)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
-    meta = {"role": role, **({"flag": flag} if flag else {}), **({"range": rng} if rng else {})}
+    meta = {"role": role, "help": help, **({"flag": flag} if flag else {}), **({"range": rng} if rng else {})}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
 def bounded(default: Any, lo: float, hi: float, *, hi_open: bool = False, zero: str = "", note: str = "",
-            role: str = "result", flag: str | None = None, factory: Any = dataclasses.MISSING) -> Any:
+            role: str = "result", flag: str | None = None, factory: Any = dataclasses.MISSING, help: str = "") -> Any:
     """A numeric setting with its range: ``epochs: int = bounded(4, 1, 1000, flag="epochs")``."""
-    return setting(default, factory=factory, role=role, flag=flag, rng=Range(lo, hi, hi_open, bool(zero), zero or note))
+    return setting(default, factory=factory, role=role, flag=flag, rng=Range(lo, hi, hi_open, bool(zero), zero or note),
+                   help=help)
 
 
 def range_of(f: dataclasses.Field) -> Range | None:
     return f.metadata.get("range")
+
+
+def key_doc(f: dataclasses.Field) -> str:
+    """A key's documentation, as bench.toml's comment on it and the CLI's help say it: its range
+    first (where it has one), then its help text."""
+    rng, text = range_of(f), f.metadata.get("help", "")
+    return f"range {rng.text()}; {text}" if rng is not None else text
 
 
 def role_of(f: dataclasses.Field) -> str:

@@ -70,7 +70,8 @@ def test_set_overrides_read_toml_values_and_flags_win():
 def test_paper_config_builds_the_papers_models():
     """configs/paper.toml is the paper's setting: counted on the meta device, its models have the
     paper's trainable parameters, at the paper's image size, as the params command counts them."""
-    from benchmark.commands.params import PAPER, PAPER_IMAGE_SIZE, count_all, params_config
+    from benchmark.commands.params import PAPER_IMAGE_SIZE, count_all, params_config
+    from core.paper import PAPER_TRAINABLE as PAPER
 
     cfg = load_config("configs/paper.toml")
     assert params_config(cfg).data.image_size == cfg.data.image_size == PAPER_IMAGE_SIZE

@@ -12,20 +12,34 @@ import pytest
 from benchmark.cli import RUN_OPTIONS, main
 from benchmark.config import _fields, BenchConfig, default_config_path, flags, load_config, roles
 from benchmark.launch.outdir import comparable_settings
-from core.keys import ROLES
+from core.keys import ROLES, key_doc
 
 
-def test_every_key_has_a_known_role_and_bench_toml_documents_it():
+def bench_toml_comments() -> dict[str, str]:
+    """Each key's comment in bench.toml, its continuation lines joined."""
+    section, docs, cur = "", {}, None
+    for line in default_config_path().read_text().splitlines():
+        if m := re.match(r"^\[([\w.]+)\]", line):
+            section, cur = m.group(1), None
+        elif m := re.match(r"^(\w+)\s*=.*?#\s?(.*)$", line):
+            cur = f"{section}.{m.group(1)}"
+            docs[cur] = m.group(2).strip()
+        elif (m := re.match(r"^\s+#\s?(.*)$", line)) and cur:
+            docs[cur] += " " + m.group(1).strip()
+        else:
+            cur = None
+    return docs
+
+
+def test_every_key_has_a_known_role_and_bench_toml_documents_it_as_its_field_does():
     keys = roles()
     assert set(keys.values()) <= set(ROLES) and len(keys) >= 50
-    text = default_config_path().read_text()
-    section, documented = "", set()
-    for line in text.splitlines():
-        if m := re.match(r"^\[([\w.]+)\]", line):
-            section = m.group(1)
-        elif (m := re.match(r"^(\w+)\s*=.*#\s*\S", line)):
-            documented.add(f"{section}.{m.group(1)}")
-    assert set(keys) - documented == set()  # a key added without its line in bench.toml fails here
+    docs = bench_toml_comments()
+    assert set(keys) - set(docs) == set()  # a key added without its line in bench.toml fails here
+    fields = _fields(BenchConfig)
+    drifted = {k: (docs[k], key_doc(fields[k])) for k in keys if docs[k] != key_doc(fields[k])}
+    assert not drifted, drifted  # the comment says what the field declares: range, then help text
+    assert all(fields[k].metadata.get("help") for k in keys)
 
 
 def test_the_clis_flags_are_the_declared_ones():

@@ -40,7 +40,7 @@ def modules() -> dict[str, Path]:
 def group(module: str) -> str:
     if module.startswith("benchmark."):
         sub = module.split(".")[1]
-        return "benchmark.config" if sub in ("config", "config_checks") else f"benchmark.{sub}"
+        return "benchmark.config" if sub in ("config", "config_checks", "settings") else f"benchmark.{sub}"
     return module.split(".")[0]
 
 

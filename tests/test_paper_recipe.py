@@ -146,3 +146,26 @@ def test_the_record_and_report_say_the_precision_and_whether_a_grad_scaler_ran(t
 
     assert _precision([run("fp16", True)]) == "fp16 autocast with a GradScaler"
     assert _precision([run("fp32", False), run("bf16", False)]) == "fp32 / bf16 autocast"
+
+
+def test_loras_fresh_base_weights_reproduce_the_papers_loralib_layers():
+    """base_weights = "fresh": the adapted Q/V Linears are re-initialised, their weights frozen and their
+    biases trained: the paper's count adds 2 x hidden biases per layer of each encoder."""
+    from peft.tuners.lora import LoraLayer
+
+    from tests.helpers import tower_and_base, trainable
+
+    ours, (text, vision), _ = build(small(), "lora")
+    fresh = build(small(**{"lora": {"base_weights": "fresh"}}), "lora")[0]
+    t, v = text.config, vision.config
+    assert trainable(fresh) - trainable(ours) == 2 * (t.hidden_size * t.num_hidden_layers
+                                                      + v.hidden_size * v.num_hidden_layers)
+    tower, (base_text, _), _ = tower_and_base(small(**{"lora": {"base_weights": "fresh"}}), "lora")
+    layers = [m for m in tower.text.modules() if isinstance(m, LoraLayer)]
+    assert len(layers) == 2 * t.num_hidden_layers
+    for layer in layers:
+        base = layer.get_base_layer()
+        assert not base.weight.requires_grad and base.bias.requires_grad
+    q0 = layers[0].get_base_layer().weight
+    same = [base_text.encoder.layer[0].attention.self.query.weight]
+    assert same and not torch.equal(q0, same[0])  # the pretrained Q is gone, as in the paper's code

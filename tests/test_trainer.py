@@ -88,7 +88,7 @@ def test_paper_protocol_resolves_to_the_papers_recipe_per_method(tmp_path):
     d = cfg.train  # what the paper leaves as configured (e.g. FFT has no added weights)
     assert got == {  # batch, head, added weights, BERT, ViT (IISAN's code and paper)
         "fft": (32, 1e-4, d.lr_peft, 5e-5, 1e-4), "bitfit": (32, 2e-4, d.lr_peft, 5e-5, 1e-4),
-        "lora": (32, 2e-4, 4e-4, d.lr_backbone, d.lr_backbone_vision),
+        "lora": (32, 2e-4, 4e-4, 5e-5, 1e-4),
         "adapter": (32, 2e-4, 4e-4, d.lr_backbone, d.lr_backbone_vision),
         # IISAN: the text and image rates its name grouping gives side-network parameters (lr_groups)
         "iisan": (64, 2e-4, 1e-4, 5e-5, 1e-4), "iisan-cached": (64, 2e-4, 1e-4, 5e-5, 1e-4)}

@@ -250,3 +250,20 @@ def test_two_gpus_train_under_nccl_ddp_one_gpu_per_rank(tmp_path):
         assert rec["memory"]["source"] == "cuda" and all(f["peak_mb"] > 0 for f in d["ranks"])
         if name == "iisan-cached":  # no backbone dropout: the same training as one GPU
             assert rec["metrics"]["test"] == pytest.approx(recs[1][name]["metrics"]["test"], abs=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_paper_protocol_trains_in_fp16_with_a_grad_scaler_on_a_gpu(tmp_path):
+    """#25: under paper_protocol on CUDA every method trains with fp16 autocast and a GradScaler, and
+    the record says so (config.resolved.train.precision, env.grad_scaler); losses stay finite."""
+    from benchmark.launch.sweep import run_benchmark
+
+    cfg = load_config(None, {"run": {"methods": ["fft", "adapter", "iisan", "iisan-cached"], "epochs": 1,
+                                     "device": "cuda", "out": str(tmp_path / "out")},
+                             "train": {"max_steps_per_epoch": 4, "paper_protocol": True},
+                             "methods": {"iisan-cached": {"cache_dir": str(tmp_path / "cache")}}})
+    path = run_benchmark(cfg, progress=False, echo=lambda *_: None)
+    for rec in map(json.loads, path.read_text().splitlines()):
+        assert rec["status"] == "ok", (rec["method"], rec["error"])
+        assert rec["config"]["resolved"]["train"]["precision"] == "fp16" and rec["env"]["grad_scaler"] is True

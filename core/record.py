@@ -199,7 +199,6 @@ class Env:
     pid: int | None = None  # the process that trained (an isolated child's)
     parent_pid: int | None = None
     compile: str | None = None  # train.compile as resolved for the device
-    item_bucket: int | None = None
     sdpa: dict[str, Any] | None = None  # the attention kernel: backend, chosen_by, note
     grad_scaler: bool | None = None  # a GradScaler scaled the loss (fp16 on CUDA)
 

@@ -126,7 +126,7 @@ def _fit(run: RunContext, cls, model, profiler, record: RunRecord):
     sdpa = choose_attention(trainer, t.sdpa_backend, run.name, run.cfg.where("train.sdpa_backend"), run.dist)
     trainer.sdpa_backend = sdpa.backend
     env = record.env
-    env.compile, env.item_bucket, env.sdpa = t.compile, t.item_bucket, dataclasses.asdict(sdpa)
+    env.compile, env.sdpa = t.compile, dataclasses.asdict(sdpa)
     env.grad_scaler = trainer.scaler.is_enabled()
     outcome = trainer.fit(run.cfg.run.epochs, t.patience)
     if trainer.sdpa_note:  # a kernel refused a call the probe did not meet: the run went on under default

@@ -9,6 +9,7 @@ import click
 
 from core.errors import BenchError
 
+
 def _overrides(**flags: Any) -> dict[str, Any]:
     """Map CLI flags onto config keys (only flags the user gave; each key's flag is declared on its
     field: ``benchmark.config.flags``)."""

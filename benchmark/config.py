@@ -11,18 +11,17 @@ import functools
 import hashlib
 import json
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-import tomllib
-
 from benchmark.settings import (  # noqa: F401 - the key declarations, re-exported where they were
+    PAPER_TRAIN,
+    PAPER_TRAIN_CUDA,
     BackboneConfig,
     DataConfig,
     EvalConfig,
-    PAPER_TRAIN,
-    PAPER_TRAIN_CUDA,
     RunConfig,
     SyntheticConfig,
     TPMEConfig,
@@ -31,7 +30,6 @@ from benchmark.settings import (  # noqa: F401 - the key declarations, re-export
 )
 from core.errors import BenchError, nearest
 from core.keys import in_hash, role_of
-
 
 
 @dataclass

@@ -17,8 +17,8 @@ from torch import nn
 
 from benchmark.config import BenchConfig
 from benchmark.data.dataset import SeqDataset
-from core.record import CacheCost
 from benchmark.models.backbones import Backbones
+from core.record import CacheCost
 
 
 @dataclass

@@ -8,10 +8,10 @@ import time
 
 import torch
 
+from benchmark.commands.text import aligned
 from benchmark.config import BenchConfig
 from benchmark.launch import estimate as E
 from benchmark.launch.estimator import estimate_all
-from benchmark.commands.text import aligned
 from core.errors import BenchError
 
 
@@ -40,10 +40,8 @@ def format_table(rows: list[E.MethodEstimate], cfg: BenchConfig, seconds: float)
 
 
 def estimate_command(cfg: BenchConfig, names: list[str], gpu_name: str | None, fmt: str) -> str:
-    from benchmark.measure.devices import GPUS, gpu_named
-
     from benchmark.launch.prepare import resolve_device
-    from benchmark.measure.devices import gpu_of
+    from benchmark.measure.devices import GPUS, gpu_named, gpu_of
 
     if gpu_name:
         gpu = gpu_named(gpu_name)

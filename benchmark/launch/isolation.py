@@ -46,10 +46,10 @@ from benchmark.launch.payload import extra_modules, save_payload
 from benchmark.measure.nvml import Nvml
 from benchmark.measure.phases import apply_samples, settle
 from benchmark.measure.sampler import MB, SAMPLE_INTERVAL_S, ProcessSampler, warn
-from core.record import Env, Memory, RunRecord, Timeline
 from core.cuda import ddp_backend
 from core.errors import BenchError
 from core.names import safe_name
+from core.record import Env, Memory, RunRecord, Timeline
 
 
 class ReadyHandle:

@@ -26,6 +26,7 @@ from core.errors import BenchError
 from core.keys import compared
 from core.names import TPME_FILE
 
+
 def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():

@@ -8,8 +8,8 @@ from typing import Any
 
 from benchmark.config import PAPER_TRAIN, PAPER_TRAIN_CUDA, BenchConfig
 from benchmark.launch.prepare import Prepared, repeat_shares
-from core.record import DataSummary, Env, Metrics, RunRecord
 from core.errors import BenchError, nearest
+from core.record import DataSummary, Env, Metrics, RunRecord
 
 
 def method_names(cfg: BenchConfig) -> list[str]:

@@ -18,10 +18,10 @@ import torch
 from benchmark.config import BenchConfig
 from benchmark.launch.prepare import Prepared, seed_everything
 from benchmark.launch.recipe import method_config, new_record
-from core.record import BackboneInfo, Distributed, Env, Params, RankFigures, RunRecord, Timing
 from benchmark.measure.results import env_info
 from core.errors import BenchError
 from core.names import safe_name
+from core.record import BackboneInfo, Distributed, Env, Params, RankFigures, RunRecord, Timing
 
 
 def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device, repeat: int = 0,

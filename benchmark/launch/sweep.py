@@ -20,11 +20,11 @@ from benchmark.config import BenchConfig
 from benchmark.launch.prepare import Prepared, prepare, resolve_device
 from benchmark.launch.recipe import check_methods, method_names, run_hash
 from benchmark.launch.runner import run_method
-from core.record import Memory, RunRecord
 from benchmark.measure.results import append_result
 from core.cuda import ddp_backend
 from core.errors import BenchError
 from core.names import safe_name
+from core.record import Memory, RunRecord
 
 
 def summary_line(rec: RunRecord) -> str:

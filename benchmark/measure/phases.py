@@ -35,8 +35,8 @@ from benchmark.measure.sampler import (
     ru_maxrss_mb,
     vmhwm_mb,
 )
-from core.record import HEADLINE_PHASE, Check, Energy, Memory, PhaseMemory, Timeline
 from core.cuda import synchronize
+from core.record import HEADLINE_PHASE, Check, Energy, Memory, PhaseMemory, Timeline
 
 CHECK_TOLERANCE_MB = 4.0  # NVML and the allocator both count in 2 MiB pages
 

@@ -80,6 +80,18 @@ RUN_OPTIONS = [
 ]
 
 
+def config_flags(*names: str):
+    """The generated options of the named flags (``_flag_options``), for commands that take a few."""
+    chosen = [opt for opt in RUN_OPTIONS if opt(lambda **k: None).__click_params__[0].name in names]
+
+    def apply(command):
+        for option in reversed(chosen):
+            command = option(command)
+        return command
+
+    return apply
+
+
 def run_options(command):
     """The flags of ``run``, which ``estimate`` takes too: one list, so the two never differ."""
     for option in reversed(RUN_OPTIONS):
@@ -171,15 +183,7 @@ def params(config_path: str | None, methods: str, image_size: int | None, **flag
 
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: embedded bench.toml).")
-@click.option("--dataset", help="'synthetic' or a folder in IISAN's TSV format.")
-@click.option("--backbone", help="Backbone preset: tiny, minilm or base.")
-@click.option("--init", type=click.Choice(["auto", "pretrained", "random"]),
-              help="Backbone weights (auto: the preset's own, e.g. pretrained MiniLM text for minilm).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--seed", type=int, help="Seed the random-init backbones are built with (as run, repeat 0).")
-@click.option("--images", type=click.Choice(["real", "synthetic", "none"]))
-@click.option("--trust-pickle", "trust_pickle", is_flag=True, default=None,
-              help="Allow reading the paper's LMDB image store (pickled Python objects: trusted sources only).")
+@config_flags("dataset", "backbone", "init", "device", "seed", "images", "trust_pickle")
 @click.option("--rebuild", is_flag=True, help="Rebuild even if a valid cache exists.")
 def cache(config_path: str | None, rebuild: bool, **flags: Any) -> None:
     """Build the iisan-cached cache of tapped CLS states (run builds it when missing)."""
@@ -191,11 +195,7 @@ def cache(config_path: str | None, rebuild: bool, **flags: Any) -> None:
 
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: embedded bench.toml).")
-@click.option("--dataset", help="'synthetic' or a folder in IISAN's TSV format.")
-@click.option("--backbone", help="Backbone preset: tiny, minilm or base.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]))
-@click.option("--images", type=click.Choice(["real", "synthetic", "none"]))
+@config_flags("dataset", "backbone", "device", "precision", "images")
 @click.option("--out", help="Folder for floors.json (default: the config's run.out).")
 @click.option("--steps", type=int, default=10, show_default=True, help="Timed steps per floor (after 3 warm-up steps).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key.")

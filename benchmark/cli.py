@@ -47,16 +47,16 @@ def cli() -> None:
     """Benchmark what parameter-efficient fine-tuning really costs (IISAN, SIGIR 2024)."""
 
 
-def _flag_options() -> list:
-    """One click option per config key that declares a flag, its type, choices and help read from
-    the field (``benchmark.settings``): a flag is declared once, where its key is."""
+def _flag_options() -> dict[str, Any]:
+    """Flag -> its click option, for every config key that declares a flag, its type, choices and
+    help read from the field (``benchmark.settings``): a flag is declared once, where its key is."""
     from typing import Literal, get_args, get_origin
 
     from benchmark.config import flags, key_fields
     from core.keys import key_doc
 
     fields = key_fields()
-    out = []
+    out = {}
     for flag, (section, name) in flags().items():
         f, tp = fields[f"{section}.{name}"]
         opt, extra = "--" + flag.replace("_", "-"), {}
@@ -67,36 +67,40 @@ def _flag_options() -> list:
         elif tp in (int, float):
             extra = {"type": tp}
         help_text = key_doc(f) + (" (a comma list)" if get_origin(tp) is list else "")
-        out.append(click.option(opt, flag, help=f"{section}.{name}: {help_text}", **extra))
+        out[flag] = click.option(opt, flag, help=f"{section}.{name}: {help_text}", **extra)
     return out
+
+
+FLAG_OPTIONS = _flag_options()
 
 
 RUN_OPTIONS = [
     click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: embedded bench.toml)."),
-    *_flag_options(),
+    *FLAG_OPTIONS.values(),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                  help="Override any config key, e.g. --set train.max_steps_per_epoch=2 (repeatable; "
                       "the flags above win over it)."),
 ]
 
 
-def config_flags(*names: str):
-    """The generated options of the named flags (``_flag_options``), for commands that take a few."""
-    chosen = [opt for opt in RUN_OPTIONS if opt(lambda **k: None).__click_params__[0].name in names]
+def _with(options: list):
+    """A decorator applying ``options`` in order (the first is the first in ``--help``)."""
 
     def apply(command):
-        for option in reversed(chosen):
+        for option in reversed(options):
             command = option(command)
         return command
 
     return apply
 
 
-def run_options(command):
-    """The flags of ``run``, which ``estimate`` takes too: one list, so the two never differ."""
-    for option in reversed(RUN_OPTIONS):
-        command = option(command)
-    return command
+def config_flags(*names: str):
+    """The generated options of the named flags (``_flag_options``), for commands that take a few."""
+    return _with([FLAG_OPTIONS[name] for name in names])
+
+
+# The flags of ``run``, which ``estimate`` takes too: one list, so the two never differ.
+run_options = _with(RUN_OPTIONS)
 
 
 @cli.command()

@@ -86,33 +86,27 @@ def flat_settings(cfg: "BenchConfig") -> dict[str, Any]:
 
 
 def _fields(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
-    out: dict[str, dataclasses.Field] = {}
+    return {key: f for key, (f, _) in _typed_fields(cls, prefix).items()}
+
+
+def _typed_fields(cls: type, prefix: str = "") -> dict[str, tuple[dataclasses.Field, Any]]:
+    """Every config key of ``cls`` by dotted name, with its field and its resolved type."""
+    out: dict[str, tuple[dataclasses.Field, Any]] = {}
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if cls is BenchConfig and f.name in ("source", "origins", "methods"):
             continue
         if dataclasses.is_dataclass(hints[f.name]):
-            out.update(_fields(hints[f.name], f"{prefix}{f.name}."))
+            out.update(_typed_fields(hints[f.name], f"{prefix}{f.name}."))
         else:
-            out[f"{prefix}{f.name}"] = f
+            out[f"{prefix}{f.name}"] = (f, hints[f.name])
     return out
 
 
 @functools.lru_cache(maxsize=None)
 def key_fields() -> dict[str, tuple[dataclasses.Field, Any]]:
     """Dotted key -> (its field, its resolved type): what the CLI's flags are built from."""
-    out: dict[str, tuple[dataclasses.Field, Any]] = {}
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{prefix}{f.name}.")
-            elif f"{prefix}{f.name}" in roles():
-                out[f"{prefix}{f.name}"] = (f, hints[f.name])
-
-    walk(BenchConfig, "")
-    return out
+    return _typed_fields(BenchConfig)
 
 
 @functools.lru_cache(maxsize=None)

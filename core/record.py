@@ -52,6 +52,10 @@ class Timing:
     samples_per_s: float | None = None
     step_p50_s: float | None = None
     step_p90_s: float | None = None
+    step_p99_s: float | None = None
+    step_max_s: float | None = None
+    # the steady steps' own times in order (every one, or evenly thinned to 2000): the report's step profile
+    step_s: list[float] = field(default_factory=list)
     warmup_s: float | None = None
     steps_timed: int | None = None  # steady-state steps behind step_p50_s / step_p90_s (warm-up excluded)
     # bounded epochs (train.max_steps_per_epoch): the full epoch's time extrapolated as

@@ -19,6 +19,8 @@ from typing import Any
 from core.errors import BenchError
 from core.record import Distributed, RunRecord, newer_schema, type_problem
 
+from .stats import Spread, StepProfile, over_repeats, over_steps, step_profile
+
 CV_THRESHOLD = 0.05
 
 
@@ -136,6 +138,10 @@ class MethodSummary:
     distributed: Distributed | None = None  # the first ok repeat's DDP figures (run.nproc > 1)
     best_epochs: list[int] = field(default_factory=list)
     popularity: dict[str, dict[str, float]] | None = None
+    # median and 95% interval: over repeats, or (one run) its epoch time over its own steps (reports.stats)
+    time_spread: Spread | None = None
+    peak_spread: Spread | None = None
+    steps: list[tuple[int, StepProfile]] = field(default_factory=list)  # (repeat, its step-time profile)
 
     @property
     def ok(self) -> bool:
@@ -305,7 +311,19 @@ def summarise(path: Path, method: str, runs: list[Run]) -> MethodSummary:
     s.best_epochs = [int(b) for r in ok if isinstance(b := r.get("metrics", "best_epoch"), (int, float))]
     pop = next((r.get("metrics", "popularity") for r in ok if isinstance(r.get("metrics", "popularity"), dict)), None)
     s.popularity = pop
+    _spreads(s, ok, [_epoch_time(path, r) for r in ok], [num(r, "memory", "peak_mb") for r in ok])
     return s
+
+
+def _spreads(s: MethodSummary, ok: list[Run], epochs: list[float | None], peaks: list[float | None]) -> None:
+    """Each figure's median and interval: over repeats when there are several, else over the one run's steps."""
+    s.steps = [(r.repeat, p) for r in ok if (p := step_profile(list(r.get("time", "step_s") or []))) is not None]
+    s.time_spread = over_repeats(epochs)
+    s.peak_spread = over_repeats(peaks)
+    one = s.time_spread is not None and s.time_spread.n == 1 and len(ok) == 1
+    steps = list(ok[0].get("time", "step_s") or []) if one else []
+    if one and len(steps) > 1:
+        s.time_spread = over_steps(s.time_spread.median, steps)
 
 
 def load_results(path: Path | str) -> Results:

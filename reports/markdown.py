@@ -16,6 +16,7 @@ from .header import header
 from .load import Results
 from .plots import Plot
 from .scaling import scaling_section
+from .steps import interval_lines, step_section
 from .tables import (
     Table,
     checkpoint_table,
@@ -56,6 +57,7 @@ def _checks(results: Results) -> list[str]:
 def _efficiency(results: Results, tp: TpmeResult) -> list[str]:
     c = tp.config
     lines = ["## Efficiency", "", efficiency_table(results, tp).markdown(), "", _memory_meaning(results)]
+    lines += interval_lines(results)
     lines.append(
         f"TPME (lower is better) = {c.alpha_time:g}·time + {c.alpha_params:g}·params + {c.alpha_memory:g}·memory, "
         "each term min-max normalised over the methods that ran ok (a term equal for all methods counts 0). "
@@ -83,7 +85,7 @@ def _efficiency(results: Results, tp: TpmeResult) -> list[str]:
         if show_paper(tp, [m.method for m in ok_methods(results) if m.method in tp.relative]):
             lines += [f"Paper columns: as reported by {PAPER_SOURCE}; ours are measured in one run on the "
                       "device in the header, with this report's data, backbone and batch size.", ""]
-    return (lines + _eval_cost(results) + _checkpoints(results) + floors_section(results)
+    return (lines + step_section(results) + _eval_cost(results) + _checkpoints(results) + floors_section(results)
             + estimates_section(results))
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from core.paper import PAPER_REFERENCE, paper_figures
 
 from .load import MethodSummary, Results, Stat
+from .stats import Spread
 from .tpme import TpmeResult
 
 NOISY = "⚠"  # marks a time/memory whose coefficient of variation over repeats exceeds 5%
@@ -114,6 +115,30 @@ def fmt_stat(stat: Stat, fmt) -> str:
     if stat.noisy:
         text += f" {NOISY} CV {100 * stat.cv:.0f}%"  # type: ignore[operator]
     return text
+
+
+def fmt_spread(spread: Spread | None, stat: Stat, fmt) -> str:
+    """Median with its 95% interval in one unit (``11.0 s [10.0–12.0]``), the CV flag kept; a figure
+    without an interval falls back to the mean (``fmt_stat``)."""
+    if spread is None or not spread.has_interval:
+        return fmt_stat(stat, fmt)
+    text = fmt(spread.median)
+    num, unit = (text.rsplit(" ", 1) + [""])[:2] if " " in text else (text, "")
+    decimals = len(num.split(".")[1]) if "." in num else 0
+    scale = float(num) / spread.median if spread.median else 1.0
+    lo, hi = (f"{v * scale:.{decimals}f}" for v in (spread.low, spread.high))  # type: ignore[operator]
+    text = f"{num}{' ' + unit if unit else ''} [{lo}–{hi}]"
+    if stat.noisy:
+        text += f" {NOISY} CV {100 * stat.cv:.0f}%"  # type: ignore[operator]
+    return text
+
+
+def overlapping(results: Results, attr: str) -> list[tuple[str, str]]:
+    """Pairs of ok methods whose ``attr`` intervals (``time_spread`` / ``peak_spread``) overlap: their
+    difference is within the measured noise."""
+    oks = [(m.method, getattr(m, attr)) for m in ok_methods(results)]
+    return [(a, b) for i, (a, sa) in enumerate(oks) for b, sb in oks[i + 1:]
+            if sa is not None and sb is not None and sa.overlaps(sb)]
 
 
 def fmt_metric(x: float | None) -> str:
@@ -238,7 +263,8 @@ def efficiency_table(results: Results, tp: TpmeResult) -> Table:
     mb = lambda mean, std=None: fmt_mb(mean, std, unit)  # noqa: E731
     for m in oks:
         row = [f"`{m.method}`"] + ([DASH if m.batch_size is None else str(m.batch_size)] if show_batch else []) + [
-            _params_cell(m), fmt_stat(m.time_epoch_s, fmt_seconds), fmt_stat(m.peak_mb, mb)]
+            _params_cell(m), fmt_spread(m.time_spread, m.time_epoch_s, fmt_seconds),
+            fmt_spread(m.peak_spread, m.peak_mb, mb)]
         row += ([fmt_stat(m.eval_peak_mb, mb)] if show_eval else []) + ([one_off_cell(m, unit)] if show_once else [])
         if show_energy:
             row.append(fmt_stat(m.energy_epoch_j, fmt_energy))

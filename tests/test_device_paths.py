@@ -22,7 +22,7 @@ from benchmark.launch import payload
 from benchmark.launch.prepare import prepare
 from benchmark.launch.runner import resolve_runtime
 from benchmark.models import kernels
-from benchmark.training.trainer import TrainOutcome
+from benchmark.training.outcome import TrainOutcome
 from methods.registry import get_method_for
 from tests.helpers import build, small, trainer_for
 

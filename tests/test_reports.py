@@ -18,6 +18,7 @@ from report_helpers import TPME_DEFAULT, four_methods, read_csv, record, write  
 from reports import ReportError, build_report  # noqa: E402
 from reports.load import load_results  # noqa: E402
 from reports.plots import pareto_front  # noqa: E402
+from reports.stats import Spread  # noqa: E402
 from reports.tables import fmt_mb, fmt_params, fmt_pct, fmt_seconds  # noqa: E402
 from reports.tpme import compute_tpme  # noqa: E402
 
@@ -167,8 +168,10 @@ def test_repeats_mean_std_and_cv_flag(tmp_path: Path) -> None:
     assert lora.metrics["test"]["ndcg@10"].mean == pytest.approx(0.05)
 
     report = build_report(d).read_text()
-    assert "11.0 ± 1.0 s ⚠ CV 9%" in report
-    assert "101 ± 1 MB" in report
+    # medians 11 s and 101 MB; the bootstrap medians of three values range over them: [10–12], [100–102]
+    assert "| 11.0 s [10.0–12.0] ⚠ CV 9% | 101 MB [100–102] |" in report
+    assert lora.time_spread == Spread(11.0, 10.0, 12.0, 3, "repeats")
+    assert "a bootstrap of the median over repeats" in report
     row = read_csv(d / "summary.csv")["lora"]
     assert (row["repeats"], row["time_cv_flag"], row["memory_cv_flag"]) == ("3", "1", "0")
     assert float(row["time_epoch_s_std"]) == pytest.approx(1.0)

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from benchmark.training.trainer import Trainer, TrainOutcome
+from benchmark.training.outcome import TrainOutcome
+from benchmark.training.trainer import Trainer
 from core.atomic import atomic_write_text
 
 TRACE_EPOCH = 10_000  # an epoch number no real epoch has (epoch 1 splits off warm-up steps)

@@ -85,6 +85,7 @@ def _row(m, tp: TpmeResult, splits: dict[str, list[str]], world: int) -> dict[st
         "epoch_s_spread_over_ranks": _num(d.epoch_s_spread),
         "peak_mb_spread_over_ranks": _num(d.peak_mb_spread),
     }
+    row.update(_spread_columns(m))
     for split, keys in splits.items():
         for k in keys:
             st = m.metrics.get(split, {}).get(k)
@@ -92,6 +93,21 @@ def _row(m, tp: TpmeResult, splits: dict[str, list[str]], world: int) -> dict[st
             row[f"{split}_{k}_std"] = _num(st.std if st else None)
     row["description"] = m.description
     return row
+
+
+def _spread_columns(m) -> dict[str, object]:
+    """The report's bracketed intervals and the worst step profile over repeats, raw."""
+    out: dict[str, object] = {}
+    for name, sp in (("time_epoch_s", m.time_spread), ("peak_mb", m.peak_spread)):
+        out[f"{name}_median"] = _num(sp.median if sp else None)
+        out[f"{name}_ci95_low"] = _num(sp.low if sp else None)
+        out[f"{name}_ci95_high"] = _num(sp.high if sp else None)
+        out[f"{name}_ci95_basis"] = sp.basis if sp else ""
+    worst = max((p for _, p in m.steps), key=lambda p: p.tail, default=None)
+    for q in ("p50", "p90", "p99", "max"):
+        out[f"step_{q}_s"] = _num(getattr(worst, q) if worst else None)
+    out["step_flags"] = "; ".join(f for _, p in m.steps for f in p.flags)
+    return out
 
 
 def write_summary_csv(path: Path, results: Results, tp: TpmeResult) -> Path:

@@ -9,7 +9,7 @@ import pytest
 from reports import build_report
 from reports.load import load_results
 from reports.stats import Spread, bimodality, bootstrap_ci, over_steps, step_profile
-from report_helpers import record, write
+from report_helpers import read_csv, record, write
 
 
 def test_bootstrap_interval_of_a_median_is_seeded_and_brackets_it() -> None:
@@ -69,3 +69,7 @@ def test_report_marks_overlapping_intervals_and_flags_a_stalled_run(tmp_path: Pa
     assert "**Unusual step times** in `lora`" in md
     lora = load_results(tmp_path / "results.jsonl").method("lora")
     assert lora.time_spread.basis == "repeats" and lora.steps[0][1].n == 50
+    row = read_csv(tmp_path / "summary.csv")["lora"]
+    assert (float(row["time_epoch_s_median"]), float(row["time_epoch_s_ci95_low"]),
+            float(row["time_epoch_s_ci95_high"]), row["time_epoch_s_ci95_basis"]) == (11.0, 10.0, 12.0, "repeats")
+    assert float(row["step_p90_s"]) == 5.0 and row["step_flags"].endswith("long tail: p90/p50 21.74 > 1.5")

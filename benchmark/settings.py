@@ -41,6 +41,10 @@ class RunConfig:
     sample_interval_ms: float = bounded(0.0, 1, 60_000, zero="by device", role="sweep", help=(
         "memory sampler interval; 0 = by device: 10 ms (GPU, NVML), 50 ms (CPU, timeline only)"
     ))
+    quiet_check_ms: float = bounded(250.0, 10, 10_000, zero="off", role="sweep", help=(
+        "at each run's start and end, CPU time other processes used over this window (and other GPU "
+        "processes, clocks): a run that shared its machine is reported as measured on a busy machine"
+    ))
     floors: Literal["auto", "on", "off"] = setting("auto", role="sweep", help=(
         "auto | on | off: after the sweep, time the plain-PyTorch floor of the same work "
         "(OUT/floors.json; the report shows each method against it); auto = on a GPU"

@@ -186,6 +186,31 @@ class Timeline:
 
 
 @dataclass
+class Snapshot:
+    """What else used the machine at one moment of a run (``benchmark.measure.conditions``)."""
+
+    when: str  # start | end
+    load_1m: float | None = None  # the kernel's 1-minute load average (earlier runs of a sweep count in it)
+    cpu_count: int | None = None
+    others_cores: float | None = None  # CPU other processes used over the window, in cores
+    window_s: float | None = None
+    others_top: list[str] = field(default_factory=list)  # "pid name: cores", busiest first
+    cpu_mhz: float | None = None
+    gpu_others: list[str] | None = None  # other compute processes on the run's GPU (NVML): "pid: MB"
+    gpu: dict[str, Any] | None = None  # clocks, power limit, memory, driver (``Nvml.device_state``)
+
+
+@dataclass
+class Conditions:
+    """Whether the run shared its machine: ``busy`` with its evidence, from the start and end snapshots."""
+
+    busy: bool = False
+    evidence: list[str] = field(default_factory=list)
+    threads: dict[str, Any] = field(default_factory=dict)  # torch intra-op threads, OMP/MKL settings
+    snapshots: list[Snapshot] = field(default_factory=list)
+
+
+@dataclass
 class Env:
     """Where and with what a run ran (``benchmark.measure.results.env_info``, completed by the runner)."""
 
@@ -285,6 +310,7 @@ class RunRecord:
     trace: dict[str, Any] | None = None
     isolation: dict[str, Any] | None = None
     distributed: Distributed | None = None  # only for runs under DDP (run.nproc > 1)
+    conditions: Conditions | None = None  # other load on the machine at the run's start and end
     log: str | None = None
     schema_version: int = SCHEMA_VERSION
     traceback: str | None = field(default=None, metadata=TRANSIENT)

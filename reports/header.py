@@ -81,8 +81,8 @@ def _repeats(results: Results) -> str:
     reps = sorted({m.n_ok for m in ok_methods(results)})
     text = (f"{reps[0]} per method" if len(reps) == 1 else f"{reps[0]}–{reps[-1]} per method") if reps else "none ok"
     if reps and reps[-1] > 1:
-        text += (" (tables show the mean ± sample standard deviation over repeats; "
-                 f"{NOISY} marks a coefficient of variation above {CV_THRESHOLD:.0%})")
+        text += (" (time and memory: median [95% interval] over repeats; other figures: mean ± sample "
+                 f"standard deviation; {NOISY} marks a coefficient of variation above {CV_THRESHOLD:.0%})")
     return text
 
 
@@ -134,8 +134,28 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
         f"- **Memory source:** {src_text}",
         f"- **Repeats:** {_repeats(results)}",
         *_processes_line(results),
+        *machine_lines(runs),
         *_caveats(runs, sources, devices),
     ]
+
+
+def machine_lines(runs: list[Run]) -> list[str]:
+    """Whether the machine was quiet (``record.conditions``): one line, or the busy runs' evidence first."""
+    checked = [r for r in runs if r.record.conditions is not None]
+    if not checked:
+        return ["- **Machine load:** not checked (records before the check, or `run.quiet_check_ms = 0`)"]
+    busy = [r for r in checked if r.record.conditions.busy]
+    if busy:
+        lines = [f"- **Measured on a busy machine:** {len(busy)} of {len(runs)} runs shared it; their times "
+                 "and step profiles carry that load:"]
+        return lines + [f"  - `{r.method}` r{r.repeat}: " + "; ".join(r.record.conditions.evidence) for r in busy]
+    most = max((s.others_cores or 0.0) for r in checked for s in r.record.conditions.snapshots)
+    gpus = [s.gpu_others for r in checked for s in r.record.conditions.snapshots if s.gpu_others is not None]
+    text = f"quiet: other processes used at most {most:.2f} cores at the runs' starts and ends"
+    if gpus:
+        text += "; no other process on the GPU"
+    unchecked = len(runs) - len(checked)
+    return [f"- **Machine load:** {text}" + (f" ({unchecked} runs not checked)" if unchecked else "")]
 
 
 def _processes_line(results: Results) -> list[str]:

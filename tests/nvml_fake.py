@@ -68,6 +68,23 @@ class FakePynvml(types.ModuleType):
             raise procs
         return [types.SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in procs]
 
+    NVML_CLOCK_SM, NVML_CLOCK_MEM = 1, 2
+
+    def nvmlDeviceGetClockInfo(self, handle, kind):  # an H100 SXM running below its boost clock
+        return {1: 1755, 2: 2619}[kind]
+
+    def nvmlDeviceGetMaxClockInfo(self, handle, kind):
+        return {1: 1980, 2: 2619}[kind]
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle):
+        return 700_000  # mW
+
+    def nvmlDeviceGetName(self, handle):
+        return b"NVIDIA H100 80GB HBM3"
+
+    def nvmlSystemGetDriverVersion(self):
+        return "570.86.15"
+
     def nvmlDeviceGetTotalEnergyConsumption(self, handle):
         energy = self.devices[handle[1]]["energy"]
         if energy is None:

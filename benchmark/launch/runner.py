@@ -34,6 +34,7 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
     carries this rank's own figures, which the parent combines. The record's transient
     ``timeline`` and ``traceback`` are for the runner and never reach results.jsonl.
     """
+    from benchmark.measure.conditions import Watch
     from benchmark.measure.phases import MemoryProfiler
     from benchmark.measure.sampler import default_interval_s
     from methods.registry import get_method_for
@@ -42,6 +43,7 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
     cls = get_method_for(name, run.cfg)
     record = new_record(run.cfg, name, cls.description, prep, Env(**env_info(device), pid=os.getpid()), repeat)
     profiler = None
+    watch = Watch.start(device, run.cfg.run.quiet_check_ms)  # before anything of the run's own loads the machine
     try:
         seed_everything(run.cfg.run.seed + repeat)
         # before the build: an OOM while building still has its memory timeline
@@ -57,6 +59,7 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
         if dist is not None:  # when: a rank's failure breaks its peers' collectives a moment later
             record.distributed = Distributed(dist.world, dist.backend,
                                              ranks=[RankFigures(dist.rank, os.getpid(), failed_at=time.time())])
+    record.conditions = watch.finish()
     if profiler is not None:
         record.memory = profiler.result()
         record.timeline = profiler.timeline()

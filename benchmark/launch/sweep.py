@@ -164,6 +164,9 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     from benchmark.launch.outdir import check_comparable, check_out_dir, check_outputs, comparable_settings
     from benchmark.launch.payload import import_extra_modules
 
+    from benchmark.measure.conditions import mark_root
+
+    mark_root()  # the processes this sweep starts are its own, not "other load" (measure.conditions)
     import_extra_modules()  # IISAN_BENCH_IMPORTS: modules registering methods of one's own
     names = method_names(cfg)
     check_methods(cfg, names)

@@ -150,3 +150,25 @@ class Nvml:
             return int(self.nv.nvmlDeviceGetTotalEnergyConsumption(handle))
         except self.error:
             return None
+
+    # ---------------------------------------------------------------- conditions
+
+    def _read(self, fn: str, *args: Any) -> Any:
+        """One NVML query, None where this driver or binding lacks it."""
+        try:
+            value = getattr(self.nv, fn)(*args)
+        except (*self.error, AttributeError, TypeError):
+            return None
+        return value.decode() if isinstance(value, bytes) else value
+
+    def device_state(self, handle: Any) -> dict[str, Any]:
+        """Clocks, power limit, memory and driver of one device: what makes two runs comparable."""
+        clock = lambda fn, kind: self._read(fn, handle, getattr(self.nv, kind, None))  # noqa: E731
+        mem = self._read("nvmlDeviceGetMemoryInfo", handle)
+        limit = self._read("nvmlDeviceGetEnforcedPowerLimit", handle)
+        return {"name": self._read("nvmlDeviceGetName", handle), "driver": self._read("nvmlSystemGetDriverVersion"),
+                "memory_total_mb": None if mem is None else mem.total / MB,
+                "sm_clock_mhz": clock("nvmlDeviceGetClockInfo", "NVML_CLOCK_SM"),
+                "sm_clock_max_mhz": clock("nvmlDeviceGetMaxClockInfo", "NVML_CLOCK_SM"),
+                "mem_clock_mhz": clock("nvmlDeviceGetClockInfo", "NVML_CLOCK_MEM"),
+                "power_limit_w": None if limit is None else limit / 1000.0}

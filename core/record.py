@@ -230,6 +230,16 @@ class Env:
     compile: str | None = None  # train.compile as resolved for the device
     sdpa: dict[str, Any] | None = None  # the attention kernel: backend, chosen_by, note
     grad_scaler: bool | None = None  # a GradScaler scaled the loss (fp16 on CUDA)
+    # reproducibility (``benchmark.measure.results.build_info``)
+    cpu_model: str | None = None
+    git_commit: str | None = None  # the full commit; git_sha is its short form, "-dirty" when changed
+    git_dirty: bool | None = None
+    torch_config_sha: str | None = None  # sha256 of torch.__config__.show(): the build's flags, 16 hex
+    cudnn: int | None = None
+    nccl: str | None = None
+    driver: str | None = None  # the NVIDIA driver (NVML)
+    gpu_memory_mb: float | None = None
+    packages: dict[str, str] = field(default_factory=dict)  # numpy, tokenizers, safetensors, ... versions
 
 
 @dataclass
@@ -243,6 +253,7 @@ class DataSummary:
     images: str | None = None  # real | synthetic | none
     image_source: dict[str, Any] | None = None  # real images: source, cache hit/built, cache path
     timings: dict[str, float] | None = None  # one-off data costs (load_s, images_s, tokenize_s)
+    content_sha256: str | None = None  # item ids, titles, sequences and images as loaded (``dataset.content_hash``)
 
 
 @dataclass
@@ -258,6 +269,10 @@ class BackboneInfo:
     vision_source: str | None = None
     tokenizer: str | None = None
     init: str | None = None  # pretrained | random | "text X, vision Y"
+    # sha256 of the loaded weights (every tensor of the state dict, in order), pretrained encoders only:
+    # a random init is given by its seed
+    text_weights_sha256: str | None = None
+    vision_weights_sha256: str | None = None
 
 
 @dataclass

@@ -124,6 +124,7 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
         f"- **Device:** {_join(devices)}",
         f"- **Versions:** {versions}",
         f"- **Git sha:** {_join(_uniq(runs, 'env', 'git_sha'))}",
+        *_build_line(runs),
         f"- **Dataset:** {_join(_distinct(runs, _dataset))}",
         f"- **Images:** {_join(images)}",
         f"- **Backbone:** {_join(_distinct(runs, _backbone))}",
@@ -137,6 +138,20 @@ def header(results: Results, tp: TpmeResult) -> list[str]:
         *machine_lines(runs),
         *_caveats(runs, sources, devices),
     ]
+
+
+def _build_line(runs: list[Run]) -> list[str]:
+    """The build and machine behind the versions, and the data by content (``env`` / ``data``)."""
+    parts = []
+    for label, key in (("CPU", "cpu_model"), ("driver", "driver"), ("cuDNN", "cudnn"), ("NCCL", "nccl"),
+                       ("torch build", "torch_config_sha")):
+        vals = [v for v in _uniq(runs, "env", key) if v is not None]
+        if vals:
+            parts.append(f"{label} {_join(vals)}")
+    data = [str(v)[:12] for v in _uniq(runs, "data", "content_sha256") if v]
+    if data:
+        parts.append(f"data sha256 {_join(data)}…")
+    return [f"- **Build:** {'; '.join(parts)}"] if parts else []
 
 
 def machine_lines(runs: list[Run]) -> list[str]:

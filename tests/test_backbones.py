@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from benchmark.config import BackboneConfig, DataConfig
-from benchmark.models.backbones import bert_tokenizer, load_backbones, load_tokenizer, minilm_dir, offline, text_source
+from benchmark.models.backbones import (bert_tokenizer, load_backbones, load_tokenizer, minilm_dir, offline,
+                                        text_source, weights_hash)
 from core.errors import BenchError
 
 TEXT_ONLY = DataConfig(images="none")
@@ -58,6 +59,13 @@ def test_minilm_pretrained_loads_the_packaged_weights_with_a_vit_of_its_shape(no
     assert b.info["text_init"] == "pretrained" and b.info["vision_init"] == "random"
     assert b.info["init"] == "text pretrained, vision random"
     assert text_source(BackboneConfig(preset="minilm", init="pretrained"))[0] == str(minilm_dir())
+    # the record names the weights by content: a hash of every loaded tensor, the random ViT has none
+    sha = b.info["text_weights_sha256"]
+    assert len(sha) == 64 and b.info["vision_weights_sha256"] is None
+    assert weights_hash(b.text) == sha
+    with torch.no_grad():
+        b.text.embeddings.word_embeddings.weight[0, 0] += 1.0
+    assert weights_hash(b.text) != sha
 
 
 def test_auto_init_loads_the_weights_a_preset_names(no_network):

@@ -195,6 +195,16 @@ def test_real_images_train_end_to_end_and_are_recorded(tmp_path):
     cond = rec["conditions"]
     assert [s["when"] for s in cond["snapshots"]] == ["start", "end"] and cond["snapshots"][0]["window_s"] == 0.25
     assert isinstance(cond["busy"], bool) and cond["threads"]["torch_intra_op"] >= 1
+    # reproducibility metadata: the data by content, the build, the commit
+    from benchmark.data.dataset import content_hash
+
+    data = load_dataset(cfg.data, cfg.run.seed)
+    assert rec["data"]["content_sha256"] == content_hash(data) and len(content_hash(data)) == 64
+    data.titles[0] += " changed"
+    assert content_hash(data) != rec["data"]["content_sha256"]
+    env = rec["env"]
+    assert len(env["torch_config_sha"]) == 16 and env["packages"]["numpy"] and env["cpu_model"]
+    assert env["git_dirty"] in (True, False, None) and (env["git_commit"] is None or len(env["git_commit"]) == 40)
 
 
 # --------------------------------------------------------------------------- the paper's LMDB (pickled) store

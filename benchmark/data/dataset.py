@@ -49,6 +49,7 @@ class SeqDataset:
         return sum(len(s) for s in self.sequences)
 
     image_source: dict = field(default_factory=dict)  # real images: source, cache hit/built, cache path
+    content_sha256: str | None = None  # set once by ``content_hash`` (prepare): what every run trained on
 
     def summary(self) -> dict:
         """What every result record states about the data (``record["data"]``).
@@ -63,6 +64,8 @@ class SeqDataset:
             out["image_source"] = dict(self.image_source)
         if self.timings:
             out["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        if self.content_sha256:
+            out["content_sha256"] = self.content_sha256
         return out
 
     def popularity(self) -> torch.Tensor:
@@ -72,6 +75,18 @@ class SeqDataset:
             for i in seq[:-2]:
                 counts[i] += 1
         return counts
+
+
+def content_hash(data: SeqDataset) -> str:
+    """sha256 of the data as loaded (item ids, titles, sequences, image pixels): two results name the
+    same data only when this agrees, whatever files or generator produced it."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps([data.item_keys, data.titles, data.sequences], separators=(",", ":")).encode())
+    if data.images is not None:
+        h.update(data.images.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from benchmark.config import BenchConfig, paper_common
-from benchmark.data.dataset import SeqDataset, Split, load_dataset, make_split, tokenize
+from benchmark.data.dataset import SeqDataset, Split, content_hash, load_dataset, make_split, tokenize
 from benchmark.launch.fits import check_fits
 from benchmark.training.metrics import fewest_candidates, metrics_from_ranks, repeats_history, target_ranks
 from core.errors import BenchError
@@ -88,6 +88,7 @@ def prepare(cfg: BenchConfig, floor: bool = True) -> Prepared:
     t1 = time.perf_counter()
     tokenize(data, load_tokenizer(cfg.backbone), cfg.data.text_tokens)
     data.timings.update(load_s=t1 - t0, tokenize_s=time.perf_counter() - t1)
+    data.content_sha256 = content_hash(data)
     split = make_split(data, cfg.data.max_seq_len, paper_common(cfg.train).popularity)
     check_cutoffs(cfg, split, data.n_items)
     return Prepared(data, split, popularity_metrics(split, cfg.eval.ks, cfg.eval.masking) if floor else {})

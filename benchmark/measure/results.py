@@ -12,6 +12,77 @@ from pathlib import Path
 from typing import Any
 
 
+def git_state() -> tuple[str | None, bool | None]:
+    """(full commit, dirty) of the checkout this code runs from; (None, None) outside git."""
+    sha = git_sha()
+    if sha is None:
+        return None, None
+    here = Path(__file__).resolve().parent
+    full = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    return (full.stdout.strip() or None), sha.endswith("-dirty")
+
+
+PACKAGES = ("numpy", "tokenizers", "safetensors", "psutil", "nvidia-ml-py", "iisan-bench")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages besides torch/transformers/peft that a result can depend on."""
+    from importlib import metadata
+
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def build_info(device) -> dict[str, Any]:
+    """What makes a run reproducible beyond the versions: the build's config digest, cuDNN, NCCL,
+    the driver and the GPU, the CPU model, the commit and whether it had uncommitted changes."""
+    import hashlib
+
+    import torch
+
+    cuda = device.type == "cuda"
+    commit, dirty = git_state()
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(), "git_commit": commit, "git_dirty": dirty,
+        "torch_config_sha": hashlib.sha256(torch.__config__.show().encode()).hexdigest()[:16],
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda and torch.distributed.is_nccl_available() else None,
+        "packages": package_versions(),
+    }
+    if cuda:
+        props = torch.cuda.get_device_properties(device)
+        info["gpu_memory_mb"] = props.total_memory / 2**20
+        info["driver"] = _driver()
+    return info
+
+
+def _driver() -> str | None:
+    from benchmark.measure.nvml import Nvml
+
+    nvml = Nvml.open()
+    if nvml is None:
+        return None
+    try:
+        return nvml._read("nvmlSystemGetDriverVersion")
+    finally:
+        nvml.close()
+
+
 def git_sha() -> str | None:
     try:
         here = Path(__file__).resolve().parent
@@ -37,7 +108,7 @@ def env_info(device) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__,
-            "cuda": torch.version.cuda, "git_sha": git_sha(), "platform": platform.platform()}
+            "cuda": torch.version.cuda, "git_sha": git_sha(), "platform": platform.platform(), **build_info(device)}
 
 
 def finite(obj: Any) -> Any:

@@ -322,8 +322,24 @@ def load_backbones(bcfg: BackboneConfig, dcfg: DataConfig) -> Backbones:
         "vision_source": _source_text(vs) if vs else None,
         "tokenizer": tok_name,
         "init": text_init if vision_init in (None, text_init) else f"text {text_init}, vision {vision_init}",
+        "text_weights_sha256": weights_hash(text) if text_init == "pretrained" else None,
+        "vision_weights_sha256": weights_hash(vision) if vision_init == "pretrained" else None,
     }
     return Backbones(text=text, vision=vision, tokenizer=tok, info=info)
+
+
+def weights_hash(model: Any) -> str:
+    """sha256 of every tensor of the state dict in order (names, dtypes, shapes, bytes): the weights
+    as loaded, whatever file format or hub revision they came from."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def check_backbones(bcfg: BackboneConfig, dcfg: DataConfig) -> None:

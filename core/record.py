@@ -142,6 +142,12 @@ class CacheCost:
     load_s: float
     batch_size: int | None = None  # items encoded at once while building
     path: str | None = None
+    # the build's own cost, kept with the cache (core.oneoff), also when this run only loaded it
+    built_s: float | None = None
+    built_peak_mb: float | None = None
+    built_memory_source: str | None = None
+    built_on: str | None = None  # device name
+    built_at: str | None = None
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import BenchError
-from core.record import Distributed, RunRecord, newer_schema, type_problem
+from core.record import CacheCost, Distributed, RunRecord, newer_schema, type_problem
 
 from .stats import Spread, StepProfile, over_repeats, over_steps, step_profile
 
@@ -120,6 +120,7 @@ class MethodSummary:
     eval_peak_mb: Stat = field(default_factory=lambda: Stat(None, None, 0))  # evaluation phase
     cache_build_peak_mb: Stat = field(default_factory=lambda: Stat(None, None, 0))  # one-off cache build
     cache_status: str | None = None  # built | loaded (methods with a one-off cache)
+    cache: CacheCost | None = None  # the first ok repeat's: a loaded cache's own build cost is in built_*
     memory_phase: str | None = None  # the phase the headline comes from; None = whole run (schema 1)
     check_failures: list[str] = field(default_factory=list)  # memory cross-checks that failed
     energy_epoch_j: Stat = field(default_factory=lambda: Stat(None, None, 0))
@@ -289,6 +290,7 @@ def summarise(path: Path, method: str, runs: list[Run]) -> MethodSummary:
     s.eval_peak_mb = Stat.of([num(r, "memory", "phases", "eval", "peak_mb") for r in ok])
     s.cache_build_peak_mb = Stat.of([num(r, "memory", "phases", "cache_build", "peak_mb") for r in ok])
     s.cache_status = next((str(v) for r in ok if (v := r.get("cache", "status"))), None)
+    s.cache = next((r.record.cache for r in ok if r.record.cache is not None), None)
     s.memory_phase = first.get("memory", "phase")
     s.check_failures = [f"repeat {r.repeat}, {c.phase}: {c.check} ({c.detail})"
                         for r in ok if r.record.memory for c in r.record.memory.violations]

@@ -228,7 +228,13 @@ def one_off_cell(m: MethodSummary, unit: tuple[float, str] | None) -> str:
     if m.cache_status is None:
         return DASH
     if m.cache_status == "loaded":
-        return "loaded (built earlier)"
+        c = m.cache
+        if c is None or c.built_s is None:
+            return "loaded; its build's cost is unknown (built before iisan-bench kept it)"
+        peak = f", {fmt_mb(c.built_peak_mb, unit=unit)} peak" if c.built_peak_mb is not None else ", peak unknown"
+        where = f" on {c.built_on}" if c.built_on else ""
+        when = f", {str(c.built_at)[:10]}" if c.built_at else ""
+        return f"loaded; built earlier{where}{when}: {fmt_seconds(c.built_s)}{peak}"
     peak = m.cache_build_peak_mb.mean
     return fmt_stat(m.cache_build_s, fmt_seconds) + (f", {fmt_mb(peak, unit=unit)} peak" if peak is not None else "")
 

@@ -7,6 +7,7 @@ import json
 import mmap
 import time
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -271,6 +272,30 @@ def test_cache_build_is_a_one_off_cost_with_its_own_time_and_memory_phase(tmp_pa
     again = run_method(cfg, "iisan-cached", prep, CPU, progress=False, sample_memory=False)
     assert again.cache.status == "loaded" and again.cache.build_s == 0.0 and again.cache.batch_size is None
     assert "cache_build" not in again.memory.phases
+
+
+def test_a_loaded_cache_reports_the_cost_of_its_own_build(tmp_path):
+    """A second sweep (a fresh clone sharing the user cache folder) loads the cache: its report still
+    shows what building it cost, from build_cost.json beside the cache (core.oneoff)."""
+    from benchmark.launch.sweep import run_benchmark
+    from core.oneoff import BUILD_COST_FILE
+    from reports import build_report
+
+    def sweep(out):
+        cfg = small(tmp_path / "cache")
+        cfg.run.methods, cfg.run.out = ["iisan-cached"], str(tmp_path / out)
+        lines = run_benchmark(cfg, progress=False, echo=lambda *_: None).read_text().splitlines()
+        return json.loads(lines[0])
+
+    first, second = sweep("a"), sweep("b")
+    assert first["cache"]["status"] == "built" and second["cache"]["status"] == "loaded"
+    note = json.loads((Path(first["cache"]["path"]) / BUILD_COST_FILE).read_text())
+    assert note["build_s"] == first["cache"]["build_s"] == second["cache"]["built_s"] > 0
+    assert note["peak_mb"] == first["memory"]["phases"]["cache_build"]["peak_mb"] == second["cache"]["built_peak_mb"]
+    md = build_report(tmp_path / "b").read_text()
+    peak = first["memory"]["phases"]["cache_build"]["peak_mb"]
+    assert f"loaded; built earlier on {first['env']['device_name']}, {first['timestamp'][:10]}: " in md
+    assert f"{peak:.0f} MB peak" in md or f"{peak / 1024:.2f} GB peak" in md
 
 
 def test_auto_build_batch_keeps_the_base_backbones_within_4_gb():

@@ -52,7 +52,11 @@ def test_a_loaded_cache_says_so_and_failed_checks_are_listed(tmp_path: Path) -> 
                                 "detail": "NVML process 34296 MB, reserved 33400 + context 600 = 34000 MB"},
                                {"phase": "train", "check": "allocated <= nvml_process", "ok": True, "detail": "x"}]
     md = build_report(write(tmp_path, [fft, cached])).read_text()
-    assert "| loaded (built earlier) |" in md
+    assert "| loaded; its build's cost is unknown (built before iisan-bench kept it) |" in md
+    cached["cache"].update(built_s=22.0, built_peak_mb=3_900.0, built_on="NVIDIA H100 80GB HBM3",
+                           built_at="2026-11-30T10:00:00+00:00")
+    md = build_report(write(tmp_path, [fft, cached])).read_text()
+    assert "| loaded; built earlier on NVIDIA H100 80GB HBM3, 2026-11-30: 22.0 s, 3.81 GB peak |" in md
     assert "**Memory cross-checks failed**" in md
     assert "- `fft` repeat 0, train: nvml_process <= reserved + context (NVML process 34296 MB" in md
     assert md.count("allocated <= nvml_process (") == 0  # passed checks are not listed

@@ -115,6 +115,7 @@ def finish_record(rec: RunRecord, out: Path, device: torch.device) -> dict[str, 
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(rec.traceback)
         rec.log = os.path.relpath(log, out)
+    keep_build_cost(rec)
     tl = rec.timeline
     if tl is not None and tl.samples and rec.memory is not None:
         csv_path = out / "memory" / f"{stem}.csv"
@@ -122,6 +123,20 @@ def finish_record(rec: RunRecord, out: Path, device: torch.device) -> dict[str, 
                                                        device.type == "cuda")
         rec.memory.samples_csv = os.path.relpath(csv_path, out)
     return rec.to_dict()
+
+
+def keep_build_cost(rec: RunRecord) -> None:
+    """A cache this run built: its time and peak go beside it (``core.oneoff``) for the runs that load it."""
+    from core.oneoff import BuildCost, write_build_cost
+
+    c = rec.cache
+    if c is None or c.status != "built" or not c.path or rec.status != "ok":
+        return
+    phase = rec.memory.phases.get("cache_build") if rec.memory else None
+    c.built_s, c.built_peak_mb = c.build_s, phase.peak_mb if phase else None
+    c.built_memory_source, c.built_on, c.built_at = rec.memory.source if rec.memory else None, rec.env.device_name, rec.timestamp
+    write_build_cost(c.path, BuildCost(c.built_s, c.built_peak_mb, c.built_memory_source, c.built_on, c.built_at,
+                                       rec.env.git_sha, rec.env.torch))
 
 
 def write_tpme(cfg: BenchConfig, out: Path) -> None:

@@ -149,6 +149,7 @@ class CacheInfo:
     load_s: float  # seconds spent fingerprinting, verifying and loading
     shapes: dict[str, list[int]]
     batch_size: int | None = None  # items encoded at once while building
+    earlier: Any = None  # a reused cache: its own build's cost (core.oneoff.BuildCost), when known
 
 
 def _changed(old: dict[str, str], new: dict[str, str]) -> str:
@@ -264,6 +265,17 @@ def auto_build_batch(models: dict[str, nn.Module], data, budget_mb: float = BUIL
     return n
 
 
+def _earlier_build(path: Path):
+    """What building this cache cost when it was built (``core.oneoff``; older caches: meta.json's seconds)."""
+    from core.oneoff import read_build_cost
+
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = None
+    return read_build_cost(path, meta if isinstance(meta, dict) else None)
+
+
 def ensure_cache(ctx, source: nn.Module, taps: dict[str, list[int]], opts, rebuild: bool = False):
     """Load the cache for this run's data, weights and taps, building it when missing or untrusted.
 
@@ -280,7 +292,7 @@ def ensure_cache(ctx, source: nn.Module, taps: dict[str, list[int]], opts, rebui
     tensors, reason = (None, "rebuild requested") if rebuild else read_cache(path, parts, expect, dtype)
     if tensors is not None:
         return tensors, CacheInfo(path, fingerprint_of(parts), False, reason, 0.0, time.perf_counter() - t0,
-                                  {k: list(v[0].shape) for k, v in tensors.items()})
+                                  {k: list(v[0].shape) for k, v in tensors.items()}, earlier=_earlier_build(path))
     batch = opts.build_batch_size or auto_build_batch(models, ctx.data)
     log(f"{reason}; building {path} ({batch} items at a time)")
     load_s = time.perf_counter() - t0

@@ -99,8 +99,13 @@ class IISANCached(Method):
         i = self.cache_info
         if i is None:
             return None
-        return CacheCost(status="built" if i.built else "loaded", reason=i.reason, build_s=i.build_s,
+        cost = CacheCost(status="built" if i.built else "loaded", reason=i.reason, build_s=i.build_s,
                          load_s=i.load_s, batch_size=i.batch_size if i.built else None, path=str(i.path))
+        if i.earlier is not None:  # loaded: the build's own cost, from beside the cache
+            e = i.earlier
+            cost.built_s, cost.built_peak_mb, cost.built_memory_source = e.build_s, e.peak_mb, e.memory_source
+            cost.built_on, cost.built_at = e.device, e.at
+        return cost
 
 
 def release_backbones(ctx: BuildContext) -> None:

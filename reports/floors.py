@@ -8,6 +8,7 @@ measured, not the harness; at 3x, something besides the method costs time.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,52 @@ def floors_section(results: Results) -> list[str]:
     if table is None:
         return []
     env = data.get("env") or {}
-    runs_on = {str(r.get("env", "device_name")) for r in results.runs if r.get("env", "device_name")}
     lines = ["### Distance from the plain-PyTorch floor", "", table.markdown(), "",
              f"Floors from `{FLOORS_FILE}`: {data.get('items')} items a step (bucketed), batch "
              f"{data.get('batch_size')}, {data.get('precision')}, {data.get('steps_per_epoch')} steps an epoch, on "
-             f"{env.get('device_name', 'unknown device')} (torch {env.get('torch', '?')})."]
-    if env.get("device_name") and runs_on and runs_on != {str(env.get("device_name"))}:
-        lines.append("**Warning:** the floors were measured on another device than the runs.")
+             f"{env.get('device_name', 'unknown device')} (torch {env.get('torch', '?')}), measured at "
+             f"{data.get('measured_at', 'an unrecorded time')}."]
+    differs = conditions_differ(results, data)
+    if differs:
+        lines.append("**Floors not measured in the same conditions as the runs:** " + "; ".join(differs)
+                     + ". The × floor column compares across them: re-run `iisan-bench floors` beside the runs "
+                       "(or `run.floors = \"on\"`, which measures them right after the sweep).")
     return lines + [""]
+
+
+HOURS_APART = 1.0  # floors measured further from every run than this are another session
+
+
+def conditions_differ(results: Results, data: dict[str, Any]) -> list[str]:
+    """How the floors' conditions differ from the runs': device, versions, commit, data, load, time."""
+    env, runs = data.get("env") or {}, results.runs
+    out = []
+    for key, what in (("device_name", "device"), ("torch", "torch"), ("git_sha", "commit")):
+        theirs = {str(v) for r in runs if (v := r.get("env", key)) is not None}
+        if env.get(key) is not None and theirs and theirs != {str(env[key])}:
+            out.append(f"{what} {env[key]} (runs: {', '.join(sorted(theirs))})")
+    data_sha = {str(v) for r in runs if (v := r.get("data", "content_sha256"))}
+    if data.get("data_sha256") and data_sha and data_sha != {data["data_sha256"]}:
+        out.append("other data (content sha256 differs)")
+    cond = data.get("conditions")
+    if cond is None:
+        out.append("the floors' machine load was not recorded (floors.json older than the check)")
+    elif cond.get("busy"):
+        out.append("the floors were measured on a busy machine (" + "; ".join(cond.get("evidence") or []) + ")")
+    busy_runs = [f"`{r.method}` r{r.repeat}" for r in runs if r.record.conditions and r.record.conditions.busy]
+    if busy_runs:
+        out.append("runs measured on a busy machine: " + ", ".join(busy_runs))
+    gap = _hours_apart(data.get("measured_at"), [r.record.timestamp for r in runs])
+    if gap is None:
+        out.append("the floors carry no time of measurement")
+    elif gap > HOURS_APART:
+        out.append(f"measured {gap:.1f} h away from the nearest run")
+    return out
+
+
+def _hours_apart(at: Any, stamps: list[str]) -> float | None:
+    try:
+        t = datetime.fromisoformat(str(at))
+        return min(abs((datetime.fromisoformat(s) - t).total_seconds()) for s in stamps) / 3600.0
+    except (TypeError, ValueError):
+        return None

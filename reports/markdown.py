@@ -18,6 +18,7 @@ from .plots import Plot
 from .scaling import scaling_section
 from .steps import interval_lines, step_section
 from .tables import (
+    AT_FLOOR,
     Table,
     checkpoint_table,
     efficiency_table,
@@ -130,7 +131,8 @@ def _quality(results: Results) -> list[str]:
     if reps > 1:
         note += "; mean over repeats (standard deviations are in summary.csv)"
     if popularity(results):
-        note += "; the popularity row ranks items by training frequency, the floor a model must beat"
+        note += ("; the popularity row ranks items by training frequency, the floor a model must beat; "
+                 f"{AT_FLOOR} marks a figure at or below it")
     return lines + [note + ".", ""]
 
 

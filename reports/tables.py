@@ -13,6 +13,7 @@ from .load import MethodSummary, Results, Stat
 from .stats import Spread
 from .tpme import TpmeResult
 
+AT_FLOOR = "▽"  # marks a quality figure at or below the popularity floor's
 NOISY = "⚠"  # marks a time/memory whose coefficient of variation over repeats exceeds 5%
 DASH = "—"
 _METRIC_ORDER = {"hr": 0, "recall": 1, "ndcg": 2, "mrr": 3}
@@ -372,6 +373,7 @@ def quality_table(results: Results, split: str) -> Table | None:
     best = {k: max((m.metrics[split][k].mean for m in oks
                     if k in m.metrics[split] and m.metrics[split][k].mean is not None), default=None)
             for k in keys}
+    pop = (popularity(results) or {}).get(split)
     rows = []
     for m in oks:
         row = [f"`{m.method}`", best_epochs(m)]
@@ -381,9 +383,10 @@ def quality_table(results: Results, split: str) -> Table | None:
             cell = fmt_metric(v)
             if v is not None and len(oks) > 1 and v == best[k]:
                 cell = f"**{cell}**"
+            if v is not None and pop and pop.get(k) is not None and v <= pop[k]:
+                cell += f" {AT_FLOOR}"
             row.append(cell)
         rows.append(row)
-    pop = (popularity(results) or {}).get(split)
     if pop:
         rows.append(["*popularity (floor)*", DASH] + [fmt_metric(pop.get(k)) for k in keys])
     return Table(headers, rows, right=set(range(1, len(headers))))

@@ -202,6 +202,14 @@ def test_floors_time_the_same_work_and_the_report_sets_methods_against_them(tmp_
     section = md.split("### Distance from the plain-PyTorch floor")[1].split("\n## ")[0]
     assert re.search(r"\| `fft` \| [^|]+ \| [^|]+ \| \d+\.\d\d× \| both encoders", section)
     assert re.search(r"\| `iisan-cached` \| [^|]+ \| [^|]+ \| \d+\.\d\d× \| side network", section)
+    # same device, versions, commit, data and session: nothing differs but (on a shared machine) load
+    from reports.floors import conditions_differ, read_floors
+    from reports.load import load_results
+
+    floors = read_floors(out)
+    assert floors["data_sha256"] and floors["conditions"]["snapshots"][0]["when"] == "start"
+    differs = conditions_differ(load_results(out / "results.jsonl"), floors)
+    assert all("busy machine" in d for d in differs), differs
 
 
 # --------------------------------------------------------------------------- on a real GPU

@@ -338,3 +338,29 @@ def test_the_reporter_reads_every_line_through_the_runners_record_schema(tmp_pat
     assert run.get("cache", "status") is None  # a section this record lacks
     with pytest.raises(AttributeError, match="Timing has no field 'epoch_seconds'"):
         run.get("time", "epoch_seconds")
+
+
+def test_floors_from_other_conditions_are_flagged(tmp_path: Path) -> None:
+    """fft at 0.62× its floor from a floors.json written at another time, under another load: flagged."""
+    import json
+
+    d = write(tmp_path, [record("fft", 10.0, 100_000, 500.0)])  # run at 2026-11-22T10:00, torch 2.13.0
+    floors = {"items": 41, "batch_size": 16, "precision": "fp32", "steps_per_epoch": 4,
+              "env": {"device_name": "Intel Xeon", "torch": "2.12.0", "git_sha": "abc123"},
+              "floors": {"fft_step": {"step_s": 4.0, "epoch_s": 16.0}}}
+    (d / "floors.json").write_text(json.dumps(floors))
+    md = build_report(d).read_text()
+    assert "| `fft` | 10.0 s | 16.0 s | 0.62× |" in md
+    assert ("**Floors not measured in the same conditions as the runs:** torch 2.12.0 (runs: 2.13.0); the floors' "
+            "machine load was not recorded (floors.json older than the check); the floors carry no time of "
+            "measurement.") in md
+    floors["env"]["torch"] = "2.13.0"
+    floors["measured_at"] = "2026-11-22T15:30:00+00:00"
+    floors["conditions"] = {"busy": True, "evidence": ["at the start, other processes used 1.00 of 2 cores"]}
+    (d / "floors.json").write_text(json.dumps(floors))
+    md = build_report(d).read_text()
+    assert ("conditions as the runs:** the floors were measured on a busy machine (at the start, other processes "
+            "used 1.00 of 2 cores); measured 5.5 h away from the nearest run.") in md
+    floors["measured_at"], floors["conditions"] = "2026-11-22T10:20:00+00:00", {"busy": False, "evidence": []}
+    (d / "floors.json").write_text(json.dumps(floors))
+    assert "not measured in the same conditions" not in build_report(d).read_text()

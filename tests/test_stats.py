@@ -73,3 +73,15 @@ def test_report_marks_overlapping_intervals_and_flags_a_stalled_run(tmp_path: Pa
     assert (float(row["time_epoch_s_median"]), float(row["time_epoch_s_ci95_low"]),
             float(row["time_epoch_s_ci95_high"]), row["time_epoch_s_ci95_basis"]) == (11.0, 10.0, 12.0, "repeats")
     assert float(row["step_p90_s"]) == 5.0 and row["step_flags"].endswith("long tail: p90/p50 21.74 > 1.5")
+
+
+def test_a_method_at_or_below_the_popularity_floor_is_marked(tmp_path: Path) -> None:
+    # popularity floor: test hr@10 0.02, ndcg@10 0.01 (report_helpers); iisan-cached scores 0.0142 vs 0.0150 style
+    recs = [record("fft", ndcg=0.05), record("iisan-cached", ndcg=0.009)]
+    md = build_report(write(tmp_path, recs)).read_text()
+    test = md.split("### Test")[1].split("\n\n")[1]
+    row = next(line for line in test.splitlines() if line.startswith("| `iisan-cached`"))
+    # hr@10 = 0.018 <= 0.02 and ndcg@10 = 0.009 <= 0.01 are marked; fft's are not
+    assert "0.0180 ▽" in row and "0.0090 ▽" in row
+    assert "▽" not in next(line for line in test.splitlines() if line.startswith("| `fft`"))
+    assert "▽ marks a figure at or below it" in md

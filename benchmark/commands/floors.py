@@ -17,6 +17,7 @@ reads ``floors.json`` beside ``results.jsonl`` (``iisan-bench floors``; ``run`` 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -150,6 +151,9 @@ def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo
     from methods.iisan import build_side
     from methods.registry import options_for
 
+    from benchmark.measure.conditions import Watch
+
+    watch = Watch.start(device, cfg.run.quiet_check_ms)  # the floors carry their own load, as runs do
     t, prep = cfg.train, prepare(cfg)
     train = prep.split.train
     per_epoch = -(-train.size(0) // t.batch_size)
@@ -163,7 +167,8 @@ def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo
     inputs = {k: _encoder_inputs(k, prep.data, n, device) for k in encs}
     epoch = lambda s: {"step_s": s, "epoch_s": s * per_epoch}  # noqa: E731
     out: dict[str, Any] = {"items": n, "steps_per_epoch": per_epoch, "batch_size": t.batch_size,
-                           "precision": t.precision, "backbone": b.info, "env": env_info(device), "floors": {}}
+                           "precision": t.precision, "backbone": b.info, "env": env_info(device),
+                           "data_sha256": prep.data.content_sha256, "floors": {}}
     floors = out["floors"]
     floors["fft_step"] = _attempt("fft_step", lambda: epoch(fft_step_floor(encs, inputs, device, t.precision, steps)), echo)
     side, taps = build_side(options_for("iisan", cfg), encs, t)
@@ -187,6 +192,9 @@ def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo
         return {**res, **epoch(best)}
 
     floors["cached_step"] = _attempt("cached_step", cached, echo)
+    cond = watch.finish()
+    out["conditions"] = None if cond is None else cond.__dict__ | {"snapshots": [vars(s) for s in cond.snapshots]}
+    out["measured_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return out
 
 

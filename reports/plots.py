@@ -162,6 +162,18 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     return front
 
 
+def frontier_steps(points: dict[str, tuple[float, float]], front: list[str], x_end: float) -> tuple[list[float], list[float]]:
+    """The attainable frontier as a step: from each frontier method's cost rightwards its quality holds
+    until a dearer method is better (no straight line through combinations nobody measured)."""
+    xs, ys = [], []
+    for i, k in enumerate(front):
+        x, y = points[k]
+        nxt = points[front[i + 1]][0] if i + 1 < len(front) else x_end
+        xs += [x, nxt]
+        ys += [y, y]
+    return xs, ys
+
+
 def _label_candidates() -> list[tuple[float, float]]:
     """Offsets in points: hugging the marker first, then rings further out (with a leader line)."""
     near = [(5, 3), (5, -3), (-5, 3), (-5, -3), (0, 7), (0, -8)]
@@ -238,11 +250,10 @@ def plot_pareto(results: Results, tp: TpmeResult, path: Path) -> Plot:
     lo, hi = min(ys + ([pop] if pop is not None else [])), max(ys + ([pop] if pop is not None else []))
     pad = (hi - lo) * 0.15 or max(abs(hi) * 0.1, 0.01)
     ax.set_xlim(-0.08, 1.08)
-    ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
+    ax.set_ylim(0.0 if lo >= 0 else lo - pad, hi + pad)  # quality from 0: a gap reads as its true size
     if len(front) > 1:
-        fx = [pts[k][0] for k in front]
-        fy = [pts[k][1] for k in front]
-        ax.plot(fx, fy, "--", color="#555", lw=1.2, drawstyle="steps-post", zorder=1, label="Pareto frontier")
+        fx, fy = frontier_steps(pts, front, 1.08)
+        ax.plot(fx, fy, "--", color="#555", lw=1.2, zorder=1, label="Pareto frontier (attainable quality per cost)")
     for name, (x, y) in pts.items():
         on = name in front
         ax.scatter([x], [y], s=80 if on else 50, color=cmap[name], zorder=3, alpha=0.9,
@@ -250,7 +261,7 @@ def plot_pareto(results: Results, tp: TpmeResult, path: Path) -> Plot:
     if pop is not None:
         ax.axhline(pop, color="#999", ls=":", lw=1.2, label="popularity floor")
     ax.set_xlabel("TPME (0 = cheapest in this run, 1 = most expensive)  ← better")
-    ax.set_ylabel(f"test {metric_label(key)}  (higher is better) →")
+    ax.set_ylabel(f"test {metric_label(key)} (fraction of users, from 0; higher is better) →")
     ax.grid(alpha=0.3)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
@@ -350,13 +361,18 @@ def plot_memory(results: Results, out_dir: Path, path: Path) -> Plot:
     cmap = colors(results)
     scale, unit = _unit_scale([max(tl.mb) for tl in series.values()], fmt_mb)
     fig = _figure(9, 1.0 + 1.35 * len(series))
-    axes = fig.subplots(len(series), 1, squeeze=False)[:, 0]
+    # one y scale for every panel: 400 MB must not look like another method's 786 MB
+    axes = fig.subplots(len(series), 1, squeeze=False, sharey=True)[:, 0]
     phases: set[str] = set()
     for ax, (name, tl) in zip(axes, series.items()):
         phases |= _timeline_panel(ax, tl, scale, cmap[name], name)
+    top = max(max(tl.mb) for tl in series.values()) / scale
+    for ax in axes:
+        ax.set_ylim(0, top * 1.08)
     axes[-1].set_xlabel("time since the run's start (s)")
     sources = sorted({m.memory_source for m in ms if m.method in series and m.memory_source})
-    fig.suptitle(f"Memory over time per method, {unit} ({', '.join(sources) or 'source unknown'})", fontsize=11)
+    fig.suptitle(f"Memory over time per method, {unit} from 0, one scale for all panels "
+                 f"({', '.join(sources) or 'source unknown'})", fontsize=11)
     order = [p for p in PHASE_COLORS if p in phases]
     fig.legend(handles=[Patch(color=PHASE_COLORS[p], label=p.replace("_", " ")) for p in order],
                loc="lower center", ncol=len(order), frameon=False, fontsize=8)

@@ -364,3 +364,33 @@ def test_floors_from_other_conditions_are_flagged(tmp_path: Path) -> None:
     floors["measured_at"], floors["conditions"] = "2026-11-22T10:20:00+00:00", {"busy": False, "evidence": []}
     (d / "floors.json").write_text(json.dumps(floors))
     assert "not measured in the same conditions" not in build_report(d).read_text()
+
+
+def test_pareto_frontier_is_a_step_through_attainable_points() -> None:
+    from reports.plots import frontier_steps
+
+    pts = {"cheap": (0.0, 0.01), "iisan": (0.005, 0.055), "fft": (1.0, 0.050)}
+    xs, ys = frontier_steps(pts, pareto_front(pts), 1.08)
+    # cheap's 0.01 holds until iisan's cost, then iisan's 0.055 to the axis' end: never a diagonal
+    assert (xs, ys) == ([0.0, 0.005, 0.005, 1.08], [0.01, 0.01, 0.055, 0.055])
+
+
+def test_memory_timelines_share_one_y_scale_from_zero(tmp_path: Path, monkeypatch) -> None:
+    import reports.plots as plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    recs = four_methods(failed=False)[:2]
+    recs[0]["memory"]["samples_csv"], recs[1]["memory"]["samples_csv"] = "mem/fft.csv", "mem/lora.csv"
+    d = write(tmp_path, recs)
+    (d / "mem").mkdir()
+    for name, top in (("fft", 786.0), ("lora", 400.0)):
+        (d / "mem" / f"{name}.csv").write_text("t_s,mb,phase\n" + "".join(
+            f"{i * 0.5},{top * (i + 1) / 20},train\n" for i in range(20)))
+    build_report(d)
+    memory = next(f for f in figs if f._suptitle is not None and "Memory over time" in f._suptitle.get_text())
+    limits = [ax.get_ylim() for ax in memory.axes]
+    assert len(limits) == 2 and limits[0] == limits[1] == (0.0, pytest.approx(786.0 * 1.08))
+    assert "one scale for all panels" in memory._suptitle.get_text()
+    pareto = next(f for f in figs if f.axes and "Quality vs cost" in f.axes[0].get_title())
+    assert pareto.axes[0].get_ylim()[0] == 0.0

@@ -223,6 +223,19 @@ def report(out_dir: str) -> None:
     click.echo(f"report: {build_report(out_dir)}")
 
 
+@cli.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Write compare.md and compare.csv here (default: print the markdown).")
+def compare(dirs: tuple[str, ...], out_dir: str | None) -> None:
+    """One report over several result folders (another device, commit or config): rows by method and
+    folder, ratios to the first folder; refused in one line when the data, evaluation or encoders differ."""
+    from reports.compare import compare as run_compare
+
+    md, path = run_compare(list(dirs), out_dir)
+    click.echo(f"compare: {path}" if path is not None else md, nl=path is not None)
+
+
 def _terminate(signum, frame) -> None:
     """SIGTERM ends the sweep like Ctrl-C: cleanup (children, isolation payloads) still runs."""
     raise SystemExit(128 + signum)

@@ -48,6 +48,7 @@ _PARAM_UNITS: Units = [(1e9, 1e9, "B"), (1e6, 1e6, "M"), (1e3, 1e3, "K"), (1.0, 
 _MB_UNITS: Units = [(1024.0**2, 1024.0**2, " TB"), (1024.0, 1024.0, " GB"), (1.0, 1.0, " MB")]
 # seconds up to 1000 s read fine; minutes up to 100 min; hours beyond
 _TIME_UNITS: Units = [(6000.0, 3600.0, " h"), (1000.0, 60.0, " min"), (1.0, 1.0, " s"), (1e-3, 1e-3, " ms")]
+_UNIT_SCALE = {u.strip(): scale for units in (_MB_UNITS, _TIME_UNITS) for _, scale, u in units}
 _ENERGY_UNITS: Units = [(1e6, 1e6, " MJ"), (1e3, 1e3, " kJ"), (1.0, 1.0, " J")]
 
 
@@ -126,8 +127,8 @@ def fmt_spread(spread: Spread | None, stat: Stat, fmt) -> str:
     text = fmt(spread.median)
     num, unit = (text.rsplit(" ", 1) + [""])[:2] if " " in text else (text, "")
     decimals = len(num.split(".")[1]) if "." in num else 0
-    scale = float(num) / spread.median if spread.median else 1.0
-    lo, hi = (f"{v * scale:.{decimals}f}" for v in (spread.low, spread.high))  # type: ignore[operator]
+    scale = _UNIT_SCALE.get(unit, 1.0)
+    lo, hi = (f"{v / scale:.{decimals}f}" for v in (spread.low, spread.high))  # type: ignore[operator]
     text = f"{num}{' ' + unit if unit else ''} [{lo}–{hi}]"
     if stat.noisy:
         text += f" {NOISY} CV {100 * stat.cv:.0f}%"  # type: ignore[operator]

@@ -14,7 +14,7 @@ from .estimates import estimates_section
 from .floors import floors_section
 from .header import header
 from .load import Results
-from .plots import Plot
+from .figures import Plot
 from .scaling import scaling_section
 from .steps import interval_lines, step_section
 from .tables import (

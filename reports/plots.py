@@ -1,70 +1,21 @@
-"""PNG plots for the report: efficiency bars, quality-vs-TPME Pareto scatter, memory timelines.
-
-Why Figure + FigureCanvasAgg instead of pyplot: no global backend switch and no pyplot state, so
-building a report inside another program (a notebook, the test-suite) cannot change how that
-program draws, and nothing needs a display.
-"""
+"""PNG plots for the report: efficiency bars and the quality-vs-TPME Pareto scatter (the memory
+timelines are ``timeline.py``; what they share is ``figures.py``)."""
 
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.atomic import atomic_write
-
-from .load import MethodSummary, Results
+from .figures import Plot, colors, figure, save, unit_scale
+from .load import Results
 from .tables import fmt_mb, fmt_params, fmt_seconds, headline_metric, metric_label, ok_methods, popularity
+from .timeline import plot_memory
 from .tpme import TpmeResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
-
-DPI = 130
-
-
-@dataclass
-class Plot:
-    """One plot: the file when drawn, or why it was skipped; notes go under it in the report."""
-
-    name: str
-    title: str
-    path: Path | None
-    skipped: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def _figure(w: float, h: float) -> "Figure":
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: "Figure", path: Path) -> Path:
-    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI, bbox_inches="tight"))
-
-
-def colors(results: Results) -> dict[str, str]:
-    """One colour per method, the same in every plot."""
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-               "#7f7f7f", "#bcbd22", "#17becf"]
-    return {m.method: palette[i % len(palette)] for i, m in enumerate(results.methods)}
-
 
 # ---------------------------------------------------------------- efficiency bars
-
-
-def _unit_scale(values: list[float], fmt) -> tuple[float, str]:
-    """Scale and unit for an axis from how the largest value formats (e.g. 1843 MB -> GB)."""
-    biggest = max(values)
-    unit = fmt(biggest).split(" ")[-1]
-    num = float(fmt(biggest).split(" ")[0])
-    return (biggest / num if num else 1.0), unit
 
 
 def _tick_params(v: float) -> str:
@@ -113,18 +64,18 @@ def plot_efficiency(results: Results, path: Path) -> Plot:
     names = [m.method for m in ms]
     cmap = colors(results)
     cols = [cmap[n] for n in names]
-    fig = _figure(13, max(2.8, 1.6 + 0.42 * len(ms)))
+    fig = figure(13, max(2.8, 1.6 + 0.42 * len(ms)))
     axes = fig.subplots(1, 3, sharey=True)
 
     t = [m.time_epoch_s.mean for m in ms]
-    t_scale, t_unit = _unit_scale(t, fmt_seconds)
+    t_scale, t_unit = unit_scale(t, fmt_seconds)
     _bars(axes[0], names, [v / t_scale for v in t], [(m.time_epoch_s.std or 0) / t_scale for m in ms], cols,
           [fmt_seconds(m.time_epoch_s.mean) for m in ms])
     axes[0].set_xlabel(f"training time per epoch ({t_unit})")
     axes[0].set_title("Time / epoch ↓", fontsize=11)
 
     mem = [m.peak_mb.mean for m in ms]
-    m_scale, m_unit = _unit_scale(mem, fmt_mb)
+    m_scale, m_unit = unit_scale(mem, fmt_mb)
     _bars(axes[1], names, [v / m_scale for v in mem], [(m.peak_mb.std or 0) / m_scale for m in ms], cols,
           [fmt_mb(m.peak_mb.mean) for m in ms])
     sources = sorted({m.memory_source for m in ms if m.memory_source})
@@ -145,7 +96,7 @@ def plot_efficiency(results: Results, path: Path) -> Plot:
     sub = f"mean ± sample std over {repeats} repeats" if repeats > 1 else "single run per method"
     fig.suptitle(f"Efficiency per method ({sub}; lower is better)", fontsize=12)
     fig.tight_layout()
-    return Plot("efficiency", title, _save(fig, path))
+    return Plot("efficiency", title, save(fig, path))
 
 
 # ---------------------------------------------------------------- Pareto scatter
@@ -243,7 +194,7 @@ def plot_pareto(results: Results, tp: TpmeResult, path: Path) -> Plot:
         return Plot("pareto", title, None, skipped=f"no ok method has both a TPME and test {metric_label(key)}")
     front = pareto_front(pts)
     cmap = colors(results)
-    fig = _figure(7.5, 5.2)
+    fig = figure(7.5, 5.2)
     ax = fig.subplots()
     ys = [y for _, y in pts.values()]
     pop = ((popularity(results) or {}).get("test") or {}).get(key)
@@ -273,118 +224,7 @@ def plot_pareto(results: Results, tp: TpmeResult, path: Path) -> Plot:
     fig.canvas.draw()
     _place_labels(ax, pts)
     notes = [f"Pareto frontier: {', '.join(f'`{k}`' for k in front)}."]
-    return Plot("pareto", title, _save(fig, path), notes=notes)
-
-
-# ---------------------------------------------------------------- memory timelines
-
-
-PHASE_COLORS = {"startup": "#eeeeee", "setup": "#fde2b8", "cache_build": "#f7b6b2", "train": "#c8e6c9",
-                "eval": "#bbdefb", "trace": "#e1bee7"}
-
-
-@dataclass
-class Timeline:
-    t: list[float]
-    mb: list[float]
-    phase: list[str]
-
-    def spans(self) -> list[tuple[float, float, str]]:
-        """(start, end, phase) of each run of equal phases."""
-        out: list[tuple[float, float, str]] = []
-        for i, (t, ph) in enumerate(zip(self.t, self.phase)):
-            end = self.t[i + 1] if i + 1 < len(self.t) else t
-            if out and out[-1][2] == ph:
-                out[-1] = (out[-1][0], end, ph)
-            else:
-                out.append((t, end, ph))
-        return out
-
-
-def read_samples(path: Path) -> Timeline | None:
-    """(t_s, mb, phase) columns of a memory samples CSV; None when unreadable or without usable rows."""
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or not {"t_s", "mb"} <= set(reader.fieldnames):
-                return None
-            tl = Timeline([], [], [])
-            for row in reader:
-                try:
-                    t, mb = float(row["t_s"]), float(row["mb"])
-                except (TypeError, ValueError):
-                    continue
-                tl.t.append(t)
-                tl.mb.append(mb)
-                tl.phase.append(row.get("phase") or "")
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None
-    return tl if tl.t else None
-
-
-def _timeline_panel(ax: "Axes", tl: Timeline, scale: float, color: str, name: str) -> set[str]:
-    """One run's memory over time from its own start, its phases shaded; the phases it shows."""
-    shown = set()
-    for start, end, ph in tl.spans():
-        if ph in PHASE_COLORS:
-            ax.axvspan(start, end, color=PHASE_COLORS[ph], lw=0)
-            shown.add(ph)
-    ax.plot(tl.t, [v / scale for v in tl.mb], color=color, lw=1.4)
-    ax.set_ylim(bottom=0)
-    ax.set_xlim(left=0)
-    ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    return shown
-
-
-def plot_memory(results: Results, out_dir: Path, path: Path) -> Plot:
-    """Memory over time, one panel per method (time from each run's own start), phases shaded,
-    from the CSVs the runner names in memory.samples_csv."""
-    from matplotlib.patches import Patch
-
-    title = "Memory timeline"
-    series: dict[str, Timeline] = {}
-    missing: list[str] = []
-    ms: list[MethodSummary] = ok_methods(results)
-    for m in ms:
-        if not m.samples_csv:
-            continue
-        got = read_samples(out_dir / m.samples_csv)
-        if got is None:
-            missing.append(f"`{m.method}` ({m.samples_csv} missing or unreadable)")
-        else:
-            series[m.method] = got
-    if not series:
-        why = "no method recorded a memory timeline (memory.samples_csv)"
-        return Plot("memory", title, None, skipped=why, notes=[f"Skipped: {', '.join(missing)}."] if missing else [])
-    cmap = colors(results)
-    scale, unit = _unit_scale([max(tl.mb) for tl in series.values()], fmt_mb)
-    fig = _figure(9, 1.0 + 1.35 * len(series))
-    # one y scale for every panel: 400 MB must not look like another method's 786 MB
-    axes = fig.subplots(len(series), 1, squeeze=False, sharey=True)[:, 0]
-    phases: set[str] = set()
-    for ax, (name, tl) in zip(axes, series.items()):
-        phases |= _timeline_panel(ax, tl, scale, cmap[name], name)
-    top = max(max(tl.mb) for tl in series.values()) / scale
-    for ax in axes:
-        ax.set_ylim(0, top * 1.08)
-    axes[-1].set_xlabel("time since the run's start (s)")
-    sources = sorted({m.memory_source for m in ms if m.method in series and m.memory_source})
-    fig.suptitle(f"Memory over time per method, {unit} from 0, one scale for all panels "
-                 f"({', '.join(sources) or 'source unknown'})", fontsize=11)
-    order = [p for p in PHASE_COLORS if p in phases]
-    fig.legend(handles=[Patch(color=PHASE_COLORS[p], label=p.replace("_", " ")) for p in order],
-               loc="lower center", ncol=len(order), frameon=False, fontsize=8)
-    pad = 0.35 / fig.get_figheight()  # inches of room for the title and the phase legend
-    fig.tight_layout(rect=(0, 1.2 * pad, 1, 1 - pad))
-    notes = []
-    no_csv = [f"`{m.method}`" for m in ms if not m.samples_csv]
-    if no_csv:
-        notes.append(f"No timeline recorded for {', '.join(no_csv)}.")
-    if missing:
-        notes.append(f"Skipped: {', '.join(missing)}.")
-    return Plot("memory", title, _save(fig, path), notes=notes)
+    return Plot("pareto", title, save(fig, path), notes=notes)
 
 
 def build_plots(results: Results, tp: TpmeResult, out_dir: Path) -> list[Plot]:
@@ -394,7 +234,7 @@ def build_plots(results: Results, tp: TpmeResult, out_dir: Path) -> list[Plot]:
     plots = [
         plot_efficiency(results, plots_dir / "efficiency.png"),
         plot_pareto(results, tp, plots_dir / "pareto.png"),
-        plot_memory(results, out_dir, plots_dir / "memory.png"),
+        plot_memory(results, out_dir, plots_dir / "memory.png", colors(results)),
     ]
     for p in plots:
         if p.path is None:

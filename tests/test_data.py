@@ -196,7 +196,7 @@ def test_real_images_train_end_to_end_and_are_recorded(tmp_path):
     assert [s["when"] for s in cond["snapshots"]] == ["start", "end"] and cond["snapshots"][0]["window_s"] == 0.25
     assert isinstance(cond["busy"], bool) and cond["threads"]["torch_intra_op"] >= 1
     # reproducibility metadata: the data by content, the build, the commit
-    from benchmark.data.dataset import content_hash
+    from benchmark.data.fingerprint import content_hash
 
     data = load_dataset(cfg.data, cfg.run.seed)
     assert rec["data"]["content_sha256"] == content_hash(data) and len(content_hash(data)) == 64

@@ -377,9 +377,11 @@ def test_pareto_frontier_is_a_step_through_attainable_points() -> None:
 
 def test_memory_timelines_share_one_y_scale_from_zero(tmp_path: Path, monkeypatch) -> None:
     import reports.plots as plots
+    import reports.timeline as timeline
 
     figs = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    for module in (plots, timeline):
+        monkeypatch.setattr(module, "save", lambda fig, path: figs.append(fig) or path)
     recs = four_methods(failed=False)[:2]
     recs[0]["memory"]["samples_csv"], recs[1]["memory"]["samples_csv"] = "mem/fft.csv", "mem/lora.csv"
     d = write(tmp_path, recs)

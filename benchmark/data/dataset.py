@@ -77,18 +77,6 @@ class SeqDataset:
         return counts
 
 
-def content_hash(data: SeqDataset) -> str:
-    """sha256 of the data as loaded (item ids, titles, sequences, image pixels): two results name the
-    same data only when this agrees, whatever files or generator produced it."""
-    import hashlib
-    import json
-
-    h = hashlib.sha256(json.dumps([data.item_keys, data.titles, data.sequences], separators=(",", ":")).encode())
-    if data.images is not None:
-        h.update(data.images.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 @dataclass
 class Split:
     """Tensors for training and leave-one-out evaluation."""

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from benchmark.config import BenchConfig, paper_common
-from benchmark.data.dataset import SeqDataset, Split, content_hash, load_dataset, make_split, tokenize
+from benchmark.data.dataset import SeqDataset, Split, load_dataset, make_split, tokenize
+from benchmark.data.fingerprint import content_hash
 from benchmark.launch.fits import check_fits
 from benchmark.training.metrics import fewest_candidates, metrics_from_ranks, repeats_history, target_ranks
 from core.errors import BenchError

@@ -13,16 +13,19 @@ from core.errors import BenchError
 def _overrides(**flags: Any) -> dict[str, Any]:
     """Map CLI flags onto config keys (only flags the user gave; each key's flag is declared on its
     field: ``benchmark.config.flags``)."""
-    from benchmark.config import flags as declared
+    from typing import get_origin
 
-    keys = declared()
+    from benchmark.config import flags as declared
+    from benchmark.config import key_fields
+
+    keys, fields = declared(), key_fields()
     out: dict[str, Any] = {}
     for flag, value in flags.items():
         if value is None:
             continue
         section, key = keys[flag]
-        if flag == "methods":
-            value = [v for v in value.split(",") if v.strip()]
+        if get_origin(fields[f"{section}.{key}"][1]) is list:  # a list key's flag is a comma list
+            value = [v.strip() for v in value.split(",") if v.strip()]
         out.setdefault(section, {})[key] = value
     return out
 

@@ -45,6 +45,11 @@ class RunConfig:
         "at each run's start and end, CPU time other processes used over this window (and other GPU "
         "processes, clocks): a run that shared its machine is reported as measured on a busy machine"
     ))
+    log_to: list[Literal["tensorboard", "mlflow", "wandb"]] = setting(factory=list, role="sweep", flag="log_to", help=(
+        "trackers each finished run is sent to (config, per-epoch loss and metrics, final figures), "
+        "from the sweep's parent only: OUT/tensorboard, MLflow at $MLFLOW_TRACKING_URI or "
+        "sqlite OUT/mlflow.db, W&B offline in OUT/wandb unless $WANDB_MODE says otherwise"
+    ))
     floors: Literal["auto", "on", "off"] = setting("auto", role="sweep", help=(
         "auto | on | off: after the sweep, time the plain-PyTorch floor of the same work "
         "(OUT/floors.json; the report shows each method against it); auto = on a GPU"

@@ -183,8 +183,11 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
 
     mark_root()  # the processes this sweep starts are its own, not "other load" (measure.conditions)
     import_extra_modules()  # IISAN_BENCH_IMPORTS: modules registering methods of one's own
+    from benchmark.launch.trackers import check_trackers, log_run
+
     names = method_names(cfg)
     check_methods(cfg, names)
+    check_trackers(cfg)  # a tracker without its package: refused before anything runs
     device = _device_for(cfg)
     out = Path(cfg.run.out)
     prep = prepare(cfg)  # data errors surface before the output folder is touched
@@ -214,6 +217,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
                     rec = run_method(cfg, name, prep, device, repeat, out, progress)
                 append_result(results, finish_record(rec, out, device))
             echo(summary_line(rec))
+            log_run(cfg, rec, out, echo)
             if rec.status != "ok" and failed is not None:
                 failed.append(f"{name} r{repeat} ({rec.status})")
     finally:

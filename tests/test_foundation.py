@@ -27,6 +27,8 @@ def test_record_is_complete_and_seeded_runs_repeat(tmp_path):
     assert set(rec["metrics"]["test"]) == {"hr@10", "ndcg@10", "mrr@10"}
     timings = rec["data"].pop("timings")  # one-off data costs (data.summary)
     assert timings["tokenize_s"] > 0 and timings["load_s"] > 0
+    sha = rec["data"].pop("content_sha256")  # the data by content: same seed, same data, same hash
+    assert len(sha) == 64 and sha == recs[1]["data"]["content_sha256"]
     assert rec["data"] == {"name": "synthetic", "users": 240, "items": 120,
                            "interactions": rec["data"]["interactions"], "images": "synthetic",
                            "image_source": None}

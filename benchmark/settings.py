@@ -41,9 +41,9 @@ class RunConfig:
     sample_interval_ms: float = bounded(0.0, 1, 60_000, zero="by device", role="sweep", help=(
         "memory sampler interval; 0 = by device: 10 ms (GPU, NVML), 50 ms (CPU, timeline only)"
     ))
-    quiet_check_ms: float = bounded(250.0, 10, 10_000, zero="off", role="sweep", help=(
-        "at each run's start and end, CPU time other processes used over this window (and other GPU "
-        "processes, clocks): a run that shared its machine is reported as measured on a busy machine"
+    quiet_check: bool = setting(True, role="sweep", help=(
+        "read the CPU time other processes used over each run (and other GPU processes, clocks): "
+        "a run that shared its machine is reported as measured on a busy machine"
     ))
     log_to: list[Literal["tensorboard", "mlflow", "wandb"]] = setting(factory=list, role="sweep", flag="log_to", help=(
         "trackers each finished run is sent to (config, per-epoch loss and metrics, final figures), "

@@ -193,14 +193,11 @@ class Timeline:
 
 @dataclass
 class Snapshot:
-    """What else used the machine at one moment of a run (``benchmark.measure.conditions``)."""
+    """The machine at one edge of a run (``benchmark.measure.conditions``)."""
 
     when: str  # start | end
     load_1m: float | None = None  # the kernel's 1-minute load average (earlier runs of a sweep count in it)
     cpu_count: int | None = None
-    others_cores: float | None = None  # CPU other processes used over the window, in cores
-    window_s: float | None = None
-    others_top: list[str] = field(default_factory=list)  # "pid name: cores", busiest first
     cpu_mhz: float | None = None
     gpu_others: list[str] | None = None  # other compute processes on the run's GPU (NVML): "pid: MB"
     gpu: dict[str, Any] | None = None  # clocks, power limit, memory, driver (``Nvml.device_state``)
@@ -208,10 +205,14 @@ class Snapshot:
 
 @dataclass
 class Conditions:
-    """Whether the run shared its machine: ``busy`` with its evidence, from the start and end snapshots."""
+    """Whether the run shared its machine: ``busy`` with its evidence, from the CPU time every other
+    process used between the run's start and end, and the GPU's other processes at both edges."""
 
     busy: bool = False
     evidence: list[str] = field(default_factory=list)
+    others_cores: float | None = None  # CPU other processes used over the run, on average, in cores
+    span_s: float | None = None  # the span that average covers (the run's start to its end)
+    others_top: list[str] = field(default_factory=list)  # "pid name: cores", busiest first
     threads: dict[str, Any] = field(default_factory=dict)  # torch intra-op threads, OMP/MKL settings
     snapshots: list[Snapshot] = field(default_factory=list)
 

@@ -158,15 +158,15 @@ def machine_lines(runs: list[Run]) -> list[str]:
     """Whether the machine was quiet (``record.conditions``): one line, or the busy runs' evidence first."""
     checked = [r for r in runs if r.record.conditions is not None]
     if not checked:
-        return ["- **Machine load:** not checked (records before the check, or `run.quiet_check_ms = 0`)"]
+        return ["- **Machine load:** not checked (records before the check, or `run.quiet_check = false`)"]
     busy = [r for r in checked if r.record.conditions.busy]
     if busy:
         lines = [f"- **Measured on a busy machine:** {len(busy)} of {len(runs)} runs shared it; their times "
                  "and step profiles carry that load:"]
         return lines + [f"  - `{r.method}` r{r.repeat}: " + "; ".join(r.record.conditions.evidence) for r in busy]
-    most = max((s.others_cores or 0.0) for r in checked for s in r.record.conditions.snapshots)
+    most = max((r.record.conditions.others_cores or 0.0) for r in checked)
     gpus = [s.gpu_others for r in checked for s in r.record.conditions.snapshots if s.gpu_others is not None]
-    text = f"quiet: other processes used at most {most:.2f} cores at the runs' starts and ends"
+    text = f"quiet: other processes used at most {most:.2f} cores on average over a run"
     if gpus:
         text += "; no other process on the GPU"
     unchecked = len(runs) - len(checked)

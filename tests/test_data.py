@@ -191,9 +191,10 @@ def test_real_images_train_end_to_end_and_are_recorded(tmp_path):
     assert rec["status"] == "ok", rec.get("error")
     assert rec["data"]["images"] == "real" and rec["data"]["image_source"]["source"] == "images/"
     assert rec["backbone"]["vision"] == "tiny-vit" and rec["backbone"]["vision_init"] == "random"
-    # the machine check ran at the run's start and end (run.quiet_check_ms), with its window
+    # the machine check covered the run from its start to its end (run.quiet_check)
     cond = rec["conditions"]
-    assert [s["when"] for s in cond["snapshots"]] == ["start", "end"] and cond["snapshots"][0]["window_s"] == 0.25
+    assert [s["when"] for s in cond["snapshots"]] == ["start", "end"] and cond["span_s"] > 0
+    assert cond["others_cores"] >= 0
     assert isinstance(cond["busy"], bool) and cond["threads"]["torch_intra_op"] >= 1
     # reproducibility metadata: the data by content, the build, the commit
     from benchmark.data.fingerprint import content_hash

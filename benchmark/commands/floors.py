@@ -153,7 +153,7 @@ def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo
 
     from benchmark.measure.conditions import Watch
 
-    watch = Watch.start(device, cfg.run.quiet_check_ms)  # the floors carry their own load, as runs do
+    watch = Watch.start(device, cfg.run.quiet_check)  # the floors carry their own load, as runs do
     t, prep = cfg.train, prepare(cfg)
     train = prep.split.train
     per_epoch = -(-train.size(0) // t.batch_size)

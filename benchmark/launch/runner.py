@@ -43,7 +43,7 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
     cls = get_method_for(name, run.cfg)
     record = new_record(run.cfg, name, cls.description, prep, Env(**env_info(device), pid=os.getpid()), repeat)
     profiler = None
-    watch = Watch.start(device, run.cfg.run.quiet_check_ms)  # before anything of the run's own loads the machine
+    watch = Watch.start(device, run.cfg.run.quiet_check)  # before anything of the run's own loads the machine
     try:
         seed_everything(run.cfg.run.seed + repeat)
         # before the build: an OOM while building still has its memory timeline

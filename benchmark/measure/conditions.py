@@ -1,12 +1,15 @@
-"""Was the machine quiet? Other processes' CPU, other GPU processes, clocks and thread settings,
-read at a run's start and end (``Conditions`` in the record).
+"""Was the machine quiet? The CPU other processes used over a run, other GPU processes, clocks and
+thread settings (``Conditions`` in the record).
 
-Why the CPU other processes used, and not the load average: the load average is a 1-minute mean
-that counts the run's own earlier work (and the sweep's previous runs), so a quiet machine reads
-busy after any run. The CPU time every process outside this run's own process tree used over a
-short window is the evidence the guide asks for (two torch processes on 2 cores: 5 s steps among
-0.23 s ones), and it names the processes. The run's own tree is the sweep's root process
-(``IISAN_BENCH_ROOT_PID``, inherited by every child and rank) and all its descendants.
+Why the CPU time other processes used between the run's start and end, and not the load average or
+a sampled window: the load average is a 1-minute mean that counts the run's own earlier work (and
+the sweep's previous runs), so a quiet machine reads busy after any run; a short window at each edge
+costs its length and misses what happens in between. Reading every process's CPU time at the start
+and at the end costs two scans of /proc and covers the whole run; it names the processes (two torch
+processes on 2 cores: 5 s steps among 0.23 s ones). A burst too short to move the average shows in
+the run's step-time profile instead (``reports.stats``: bimodal steps). The run's own processes are
+the sweep's root (``IISAN_BENCH_ROOT_PID``, inherited by every child and rank), all its descendants
+and this process's ancestors.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import psutil
 from core.record import Conditions, Snapshot
 
 ROOT_ENV = "IISAN_BENCH_ROOT_PID"
-WINDOW_S = 0.5
-BUSY_CORES = 0.5  # other processes using half a core or more: the run shared its machine
+BUSY_CORES = 0.5  # other processes using half a core or more on average: the run shared its machine
 TOP = 5
+
+CpuTimes = dict[tuple[int, float], tuple[str, float]]  # (pid, create time) -> (name, CPU seconds)
 
 
 def mark_root() -> None:
@@ -41,33 +45,34 @@ def own_pids() -> set[int]:
     return tree | {me.pid} | {p.pid for p in me.parents()}
 
 
-def _cpu_times() -> dict[int, tuple[str, float]]:
+def cpu_times() -> CpuTimes:
+    """Every process's CPU seconds so far, keyed by (pid, create time) so a reused pid is another process."""
     out = {}
-    for p in psutil.process_iter(["name", "cpu_times"]):
+    for p in psutil.process_iter(["name", "cpu_times", "create_time"]):
         t = p.info.get("cpu_times")
         if t is not None:
-            out[p.pid] = (p.info.get("name") or "?", t.user + t.system)
+            out[(p.pid, p.info.get("create_time") or 0.0)] = (p.info.get("name") or "?", t.user + t.system)
     return out
 
 
-def others_cpu(window_s: float = WINDOW_S) -> tuple[float, list[str]]:
-    """Cores other processes used over ``window_s`` seconds, and the busiest of them."""
-    before = _cpu_times()
-    time.sleep(window_s)
-    after = _cpu_times()
+def others_between(before: CpuTimes, after: CpuTimes, span_s: float) -> tuple[float, list[str]]:
+    """Cores other processes used on average over ``span_s``, and the busiest; a process the first
+    scan did not see started after it and counts all its CPU time."""
     ours = own_pids()
-    used = [(after[p][1] - before[p][1], p, after[p][0]) for p in after if p in before and p not in ours]
+    used = []
+    for key, (name, cpu) in after.items():
+        if key[0] in ours:
+            continue
+        used.append((cpu - before[key][1] if key in before else cpu, key[0], name))
     used = sorted((u for u in used if u[0] > 0), reverse=True)
-    top = [f"{pid} {name}: {sec / window_s:.2f} cores" for sec, pid, name in used[:TOP]]
-    return sum(u[0] for u in used) / window_s, top
+    span = max(span_s, 1e-6)
+    return sum(u[0] for u in used) / span, [f"{pid} {name}: {sec / span:.2f} cores" for sec, pid, name in used[:TOP]]
 
 
-def snapshot(when: str, gpu: Any = None, window_s: float = WINDOW_S) -> Snapshot:
-    """One reading; ``gpu``: (Nvml, handle) of the run's device, or None on CPU."""
-    cores, top = others_cpu(window_s)
+def snapshot(when: str, gpu: Any = None) -> Snapshot:
+    """One edge's reading; ``gpu``: (Nvml, handle) of the run's device, or None on CPU."""
     freq = psutil.cpu_freq()
-    snap = Snapshot(when, os.getloadavg()[0], os.cpu_count(), round(cores, 3), window_s, top,
-                    None if freq is None else freq.current)
+    snap = Snapshot(when, os.getloadavg()[0], os.cpu_count(), None if freq is None else freq.current)
     if gpu is not None:
         nvml, handle = gpu
         ours = own_pids()
@@ -85,47 +90,48 @@ def threads() -> dict[str, Any]:
     return {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(), **env}
 
 
-def judge(snaps: list[Snapshot], busy_cores: float = BUSY_CORES) -> Conditions:
-    """Busy when other processes used ``busy_cores`` or more at the start or end, or the GPU had
-    another compute process; the evidence names them."""
+def judge(cond: Conditions, busy_cores: float = BUSY_CORES) -> Conditions:
+    """Busy when other processes used ``busy_cores`` or more on average over the run, or the GPU had
+    another compute process at either edge; the evidence names them."""
     evidence = []
-    for s in snaps:
-        if s.others_cores is not None and s.others_cores >= busy_cores:
-            evidence.append(f"at the {s.when}, other processes used {s.others_cores:.2f} of {s.cpu_count} cores "
-                            f"({'; '.join(s.others_top[:3])})")
+    if cond.others_cores is not None and cond.others_cores >= busy_cores:
+        cores = cond.snapshots[0].cpu_count if cond.snapshots else None
+        evidence.append(f"other processes used {cond.others_cores:.2f} of {cores} cores over the run's "
+                        f"{cond.span_s:.1f} s ({'; '.join(cond.others_top[:3])})")
+    for s in cond.snapshots:
         if s.gpu_others:
             evidence.append(f"at the {s.when}, other processes on the GPU: {', '.join(s.gpu_others)}")
-    return Conditions(busy=bool(evidence), evidence=evidence, snapshots=list(snaps))
+    cond.busy, cond.evidence = bool(evidence), evidence
+    return cond
 
 
 class Watch:
-    """A run's two snapshots: ``Watch.start(device, window_ms)`` before the build, ``finish()`` after
-    evaluation. ``window_ms`` 0 (``run.quiet_check_ms``) takes none."""
+    """A run's conditions: ``Watch.start(device, on)`` before the build, ``finish()`` after evaluation
+    (``run.quiet_check``; off: None)."""
 
-    def __init__(self, device: Any, window_ms: float):
-        self.window_s = window_ms / 1000.0
+    def __init__(self, device: Any, on: bool):
+        self.on = on
         self.snaps: list[Snapshot] = []
-        self.gpu = _gpu_handle(device) if self.window_s > 0 and getattr(device, "type", "cpu") == "cuda" else None
+        self.gpu = _gpu_handle(device) if on and getattr(device, "type", "cpu") == "cuda" else None
+        self.t0, self.before = time.perf_counter(), cpu_times() if on else {}
 
     @classmethod
-    def start(cls, device: Any, window_ms: float) -> "Watch":
-        w = cls(device, window_ms)
-        w._take("start")
+    def start(cls, device: Any, on: bool) -> "Watch":
+        w = cls(device, on)
+        if on:
+            w.snaps.append(snapshot("start", w.gpu))
         return w
 
-    def _take(self, when: str) -> None:
-        if self.window_s > 0:
-            self.snaps.append(snapshot(when, self.gpu, self.window_s))
-
     def finish(self) -> Conditions | None:
-        if self.window_s <= 0:
+        if not self.on:
             return None
-        self._take("end")
-        out = judge(self.snaps)
-        out.threads = threads()
+        span = time.perf_counter() - self.t0
+        cores, top = others_between(self.before, cpu_times(), span)
+        self.snaps.append(snapshot("end", self.gpu))
         if self.gpu is not None:
             self.gpu[0].close()
-        return out
+        return judge(Conditions(others_cores=round(cores, 3), span_s=round(span, 3), others_top=top,
+                                threads=threads(), snapshots=self.snaps))
 
 
 def _gpu_handle(device: Any) -> tuple[Any, Any] | None:

@@ -162,13 +162,19 @@ def differing(folders: list[Folder]) -> list[str]:
         vals = [f.env(key) for f in folders]
         if len(set(vals)) > 1:
             lines.append(f"- **{label}:** " + "; ".join(f"{f.label}: {v}" for f, v in zip(folders, vals)))
+    when = []
+    for f in folders:
+        stamps = sorted(str(r.record.timestamp) for r in f.results.runs)
+        when.append(f"{f.label}: {stamps[0][:16]} … {stamps[-1][:16]}")
+    lines.append("- **Measured:** " + "; ".join(when) + " (times measured apart carry the machine's drift: "
+                 "for a code change, run both commits side by side)")
     flats = [_flat(f.results.runs[0].get("config", "resolved") or {}) for f in folders]
     keys = sorted({k for fl in flats for k in fl if not k.startswith(("run.out", "run.methods"))})
     for k in keys:
         vals = [json.dumps(fl.get(k)) for fl in flats]
         if len(set(vals)) > 1:
             lines.append(f"- `{k}`: " + "; ".join(f"{f.label}: {v}" for f, v in zip(folders, vals)))
-    return lines or ["- nothing in the records: the same settings on the same device and commit (a repeat)"]
+    return lines
 
 
 def render(folders: list[Folder]) -> str:

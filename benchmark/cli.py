@@ -115,9 +115,14 @@ def run(config_path: str | None, no_progress: bool, force: bool, sets: tuple[str
     from benchmark.commands.floors import wants_floors
     from benchmark.launch.sweep import run_benchmark
 
+    from benchmark.launch.job import torchrun_job
+
     cfg = _config(config_path, sets, **flags)
     failed: list[str] = []
     results = run_benchmark(cfg, progress=not no_progress, echo=click.echo, force=force, failed=failed)
+    job = torchrun_job()
+    if job is not None and job.rank != 0:  # rank 0 of the job writes the results and the report
+        return
     if wants_floors(cfg):  # after every run, never beside one: a command of its own, composed here
         from benchmark.commands.floors import floors_command
 

@@ -38,6 +38,10 @@ class RunConfig:
         "gloo on CPU, NCCL on GPUs; needs isolate): the global batch is sharded over them, the "
         "in-batch softmax still spans all of it"
     ))
+    pg_timeout_s: float = bounded(300.0, 5, 86_400, role="sweep", help=(
+        "a data-parallel run's process-group timeout: a collective waiting this long on a rank or "
+        "node that died fails the run on every rank (nproc > 1 or torchrun)"
+    ))
     sample_interval_ms: float = bounded(0.0, 1, 60_000, zero="by device", role="sweep", help=(
         "memory sampler interval; 0 = by device: 10 ms (GPU, NVML), 50 ms (CPU, timeline only)"
     ))

@@ -8,3 +8,8 @@ TPME_FILE = "tpme.json"  # OUT/tpme.json: the TPME weights of the latest sweep i
 def safe_name(name: str) -> str:
     """A file-name-safe form of a method name ('peft:ia3' -> 'peft_ia3')."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+# a run's ranks join their process group through the job's store under this prefix (benchmark.launch.job),
+# with this timeout on every collective (run.pg_timeout_s)
+GROUP_ENV = "IISAN_BENCH_GROUP"
+TIMEOUT_ENV = "IISAN_BENCH_PG_TIMEOUT_S"

@@ -156,6 +156,8 @@ class RankFigures:
 
     rank: int
     pid: int | None = None
+    host: str | None = None  # the machine this rank ran on
+    node: int | None = None  # its node's rank in the job (torchrun's GROUP_RANK; 0 under --nproc)
     epoch_s: list[float] = field(default_factory=list)
     epoch_s_median: float | None = None
     eval_s: float | None = None
@@ -180,6 +182,9 @@ class Distributed:
     peak_mb_spread: float | None = None  # max - min over ranks of their peak
     allreduce_s_per_epoch: float | None = None  # max over ranks
     ranks: list[RankFigures] = field(default_factory=list)
+    nodes: int | None = None  # machines the ranks ran on (torchrun --nnodes; 1 under --nproc)
+    ranks_per_node: int | None = None
+    launcher: str | None = None  # nproc (iisan-bench forks the ranks) | torchrun
 
 
 @dataclass

@@ -178,6 +178,9 @@ def _processes_line(results: Results) -> list[str]:
     if results.world == 1 and not results.scaling:
         return []
     main = f"{results.world} DDP processes per run" if results.world > 1 else "one process per run"
+    d = next((m.distributed for m in results.methods if m.distributed is not None), None)
+    if d is not None and d.nodes is not None:
+        main += f" on {d.nodes} node{'s' if d.nodes != 1 else ''} ({d.ranks_per_node} per node, {d.launcher})"
     more = ", ".join(str(n) for n in sorted(results.scaling))
     return [f"- **Processes:** main tables: {main}"
             + (f"; runs with {more} processes are in the scaling section" if more else "")]

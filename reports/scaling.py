@@ -58,6 +58,16 @@ def scaling_table(results: Results, n: int, main_tp: TpmeResult) -> Table | None
                   "Test metric", "TPME (within each)"], rows, right={1, 2, 3, 4, 5, 6, 7})
 
 
+def _nodes(runs: list) -> str:
+    """", 2 nodes × 1 (torchrun)": where the ranks ran, as the records state it."""
+    if not runs or runs[0].nodes is None:
+        return ""
+    d = runs[0]
+    hosts = sorted({f.host for f in d.ranks if f.host})
+    where = f" on {', '.join(hosts)}" if hosts else ""
+    return f", {d.nodes} node{'s' if d.nodes != 1 else ''} × {d.ranks_per_node} ranks, {d.launcher}{where}"
+
+
 def scaling_section(results: Results, tp: TpmeResult) -> list[str]:
     """``## Scaling`` for every other world size in the results file; nothing when there is none."""
     lines: list[str] = []
@@ -68,7 +78,8 @@ def scaling_section(results: Results, tp: TpmeResult) -> list[str]:
         runs = [m.distributed for m in results.scaling[n] if m.distributed]
         backend = runs[0].backend if runs else "?"
         threads = runs[0].threads_per_rank if runs else None
-        lines += [f"## Scaling: {_procs(results.world)} → {_procs(n)} ({backend})", "", table.markdown(), "",
+        lines += [f"## Scaling: {_procs(results.world)} → {_procs(n)} ({backend}{_nodes(runs)})", "",
+                  table.markdown(), "",
                   f"Each of the {n} DDP processes trains on its share of every global batch (same batch size, "
                   "same steps); the in-batch softmax still spans the whole batch (its item embeddings are "
                   "all-gathered), so the loss is the one-process loss. Epoch time is the slowest process's, "

@@ -126,7 +126,7 @@ def test_two_processes_train_what_one_does(tmp_path, monkeypatch):
     with (tmp_path / "p1" / "results.jsonl").open("a") as fh:  # one folder may hold both world sizes
         fh.write((tmp_path / "p2" / "results.jsonl").read_text())
     text = build_report(tmp_path / "p1").read_text()
-    scaling = text.split("## Scaling: 1 process → 2 processes (gloo)")[1]
+    scaling = text.split("## Scaling: 1 process → 2 processes (gloo, 1 node × 2 ranks, nproc on ")[1]
     assert "| `iisan` |" in scaling and "| `iisan-cached` |" in scaling
     assert "main tables: one process per run; runs with 2 processes are in the scaling section" in text
     two = [r for r in records(tmp_path / "p1") if r.get("distributed")]

@@ -4,15 +4,15 @@ their records combined into the run's one record.
 Why the parent does this (and not torchrun's agent): each rank is an isolated child like any other
 run, so the parent samples every rank's memory from outside, sees each one's exit status, and turns
 a rank that dies into a ``failed`` record for that run while the sweep goes on (torchrun's agent
-would tear the whole job down). The ranks find each other through the environment variables
-torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; ``env://``).
+would tear the whole job down). The ranks find each other through torchrun's environment variables
+and the run's store prefix (``launch.job``, ``launch.ranks``); under torchrun each worker waits on
+its own rank here and learns of the others' through the store.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import statistics
 import time
 
@@ -22,26 +22,15 @@ CLEAN_EXIT_GRACE_S = 120.0  # after one rank ended cleanly, the others must end 
 POLL_S = 0.05
 
 
-def free_port() -> int:
-    """A free TCP port on this host for the group's rendezvous."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
-    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-
-
-def wait_group(launcher, pids: list[int], grace_s: float = CLEAN_EXIT_GRACE_S, term_grace_s: float = 10.0
-               ) -> tuple[dict[int, tuple[int, float | None]], int | None]:
+def wait_group(launcher, pids: list[int], grace_s: float = CLEAN_EXIT_GRACE_S, term_grace_s: float = 10.0,
+               peer_failed=lambda: None) -> tuple[dict[int, tuple[int, float | None]], int | None]:
     """Wait for every rank; ``(exits by pid in the order they came, the pid that failed first or None)``.
 
     A rank that exits non-zero (a crash, a signal) takes the others down at once (SIGTERM, then
     SIGKILL after ``term_grace_s``): they would wait on it in a collective until the timeout. A rank
     that ends cleanly leaves the others ``grace_s`` to end too (they finish the same evaluation, a
-    moment apart).
+    moment apart). ``peer_failed()`` says when a rank on another node failed (torchrun: the job's
+    store): ours are taken down the same way.
     """
     exits: dict[int, tuple[int, float | None]] = {}
     first_failed, first_exit_at, term_at = None, None, None
@@ -54,7 +43,8 @@ def wait_group(launcher, pids: list[int], grace_s: float = CLEAN_EXIT_GRACE_S, t
                 first_exit_at = first_exit_at or time.monotonic()
         now = time.monotonic()
         late = first_exit_at is not None and now - first_exit_at > grace_s
-        if len(exits) < len(pids) and (first_failed is not None or late):
+        elsewhere = len(exits) < len(pids) and first_failed is None and peer_failed() is not None
+        if len(exits) < len(pids) and (first_failed is not None or late or elsewhere):
             if term_at is None or now - term_at > term_grace_s:
                 sig = signal.SIGTERM if term_at is None else signal.SIGKILL
                 for pid in set(pids) - set(exits):

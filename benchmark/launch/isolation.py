@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from benchmark.config import BenchConfig
-from benchmark.launch.group import combine, free_port, rank_env, wait_group
+from benchmark.launch.group import combine, wait_group
 from benchmark.launch.launchers import STDERR_TAIL, ZYGOTE_LOST, FileTee, alive, child_env, end_process, launcher
 from benchmark.launch.payload import extra_modules, save_payload
 from benchmark.measure.nvml import Nvml
@@ -118,12 +118,19 @@ class IsolatedRunner:
     """Runs (method, repeat) pairs in fresh children; one instance per sweep (``close()`` it)."""
 
     def __init__(self, cfg: BenchConfig, prep, device: torch.device, out: Path, progress: bool = True,
-                 echo=print, interval: float = SAMPLE_INTERVAL_S, sample: bool = True):
+                 echo=print, interval: float = SAMPLE_INTERVAL_S, sample: bool = True, job=None):
+        from benchmark.launch.ranks import Ranks
+
         self.cfg, self.prep, self.device, self.out = cfg, prep, device, Path(out)
         self.progress, self.echo, self.interval, self.sample = progress, echo, interval, sample
-        for stale in clean_stale(self.out):
-            echo(f"isolation: removed {stale}, left by a sweep that is gone")
-        self.tmp = Path(tempfile.mkdtemp(prefix=".isolate-", dir=self.out))
+        world = cfg.run.nproc
+        self.ranks = Ranks(world, cfg.run.pg_timeout_s, job) if world > 1 else None
+        leader = self.ranks is None or self.ranks.leader
+        if leader:
+            for stale in clean_stale(self.out):
+                echo(f"isolation: removed {stale}, left by a sweep that is gone")
+        # only the job's rank 0 writes into OUT; the other workers keep their payload in the temp folder
+        self.tmp = Path(tempfile.mkdtemp(prefix=".isolate-", dir=self.out if leader else None))
         (self.tmp / OWNER).write_text(str(os.getpid()))
         self.payload = self.tmp / "payload.pt"
         t0 = time.perf_counter()
@@ -146,19 +153,24 @@ class IsolatedRunner:
             self.nvml.close()
             self.nvml = None
 
-    def run(self, name: str, repeat: int) -> RunRecord:
-        """One (method, repeat): one child, or ``run.nproc`` ranks of a DDP group (``launch.group``)."""
-        world = self.cfg.run.nproc
+    def run(self, name: str, repeat: int) -> RunRecord | None:
+        """One (method, repeat): one child, or this process's ranks of a DDP group (``launch.ranks``:
+        all of them under ``--nproc``, its own under torchrun). None on a torchrun worker other than
+        rank 0: its record went to rank 0."""
+        ranks = self.ranks
         run_dir = Path(tempfile.mkdtemp(prefix=f"{safe_name(name)}-{repeat}-", dir=self.tmp))
-        port = free_port() if world > 1 else None
+        group = ranks.group() if ranks else ""
         procs: list[_Proc] = []
         try:
-            for rank in range(world):
-                procs.append(self._spawn(name, repeat, run_dir, rank_env(rank, world, port) if port else {}))
-            if world == 1:
+            for rank in (ranks.local if ranks else [0]):
+                procs.append(self._spawn(name, repeat, run_dir, ranks.env(rank, group) if ranks else {}))
+            if ranks is None:
                 exits, first = {procs[0].pid: self.launcher.wait(procs[0].pid)}, None
             else:
-                exits, first = wait_group(self.launcher, [p.pid for p in procs])
+                exits, first = wait_group(self.launcher, [p.pid for p in procs],
+                                          peer_failed=lambda: ranks.peer_failed(group))
+                if first is not None:
+                    ranks.say_failed(group, ranks.local[[p.pid for p in procs].index(first)])
         except BaseException:  # Ctrl-C: take the children down with us, record nothing for them
             for p in procs:
                 end_process(p.pid)
@@ -171,9 +183,15 @@ class IsolatedRunner:
             recs = [self._collect(name, repeat, p, *exits[p.pid]) for p in procs]
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
-        if world == 1:
+        if ranks is None:
             return recs[0]
-        return combine(recs, ddp_backend(self.device), first)
+        every = ranks.exchange(group, recs)
+        if every is None:
+            return None
+        rec = combine(every, ddp_backend(self.device), first)
+        rec.distributed.nodes, rec.distributed.ranks_per_node = ranks.nodes, ranks.per_node
+        rec.distributed.launcher = "torchrun" if ranks.job else "nproc"
+        return rec
 
     def _spawn(self, name: str, repeat: int, run_dir: Path, env: dict[str, str]) -> "_Proc":
         tag = f"-rank{env['RANK']}" if env else ""

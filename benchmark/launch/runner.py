@@ -57,8 +57,8 @@ def run_method(cfg: BenchConfig, name: str, prep: Prepared, device: torch.device
     except Exception as exc:  # a failing method (or an OOM: its peak is still recorded) is a result
         record.fail(exc)
         if dist is not None:  # when: a rank's failure breaks its peers' collectives a moment later
-            record.distributed = Distributed(dist.world, dist.backend,
-                                             ranks=[RankFigures(dist.rank, os.getpid(), failed_at=time.time())])
+            record.distributed = Distributed(dist.world, dist.backend, ranks=[RankFigures(
+                dist.rank, os.getpid(), *where(), failed_at=time.time())])
     record.conditions = watch.finish()
     if profiler is not None:
         record.memory = profiler.result()
@@ -164,10 +164,18 @@ def rank_figures(dist, outcome, timing: dict[str, Any]) -> Distributed:
 
     med = (lambda xs: statistics.median(xs) if xs else None)
     steps = sum(outcome.steps)
-    rank = RankFigures(dist.rank, os.getpid(), list(outcome.epoch_s), timing["epoch_s_median"], timing["eval_s"],
-                       allreduce_s_per_epoch=med(outcome.allreduce_s), gather_s_per_epoch=med(outcome.gather_s))
+    rank = RankFigures(dist.rank, os.getpid(), *where(), list(outcome.epoch_s), timing["epoch_s_median"],
+                       timing["eval_s"], allreduce_s_per_epoch=med(outcome.allreduce_s),
+                       gather_s_per_epoch=med(outcome.gather_s))
     return Distributed(dist.world, dist.backend, torch.get_num_threads() if dist.backend == "gloo" else None,
                        dist.comm.allreduce_bytes / steps / 2**20 if steps else None, ranks=[rank])
+
+
+def where() -> tuple[str, int]:
+    """(host, node rank) of this rank: torchrun's GROUP_RANK, 0 for ranks one process forked."""
+    import socket
+
+    return socket.gethostname(), int(os.environ.get("GROUP_RANK", "0"))
 
 
 def wants_estimate(setting: str, device: torch.device, device_name: str) -> bool:

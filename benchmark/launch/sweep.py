@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def summary_line(rec: RunRecord) -> str:
             f"({mem.source})  trainable {rec.params.trainable / 1e6:.2f}M{start}{flagged}")
 
 
-def _device_for(cfg: BenchConfig) -> torch.device:
+def _device_for(cfg: BenchConfig, local: int | None = None) -> torch.device:
     """``run.device`` resolved, and what it cannot do refused before anything runs: a data-parallel
     run needs a GPU per process (or a core per process on CPU: more ranks than cores only share
     them, and measure the sharing); a forced attention kernel must run on this device."""
@@ -52,8 +53,9 @@ def _device_for(cfg: BenchConfig) -> torch.device:
 
     device = resolve_device(cfg.run.device)
     have, unit = (torch.cuda.device_count(), "GPUs") if device.type == "cuda" else (_cores(), "CPU cores")
-    if cfg.run.nproc > have:
-        raise cfg.blame(("run.nproc", "run.device"), f"'run.nproc' = {cfg.run.nproc} needs a process per "
+    here = cfg.run.nproc if local is None else local  # the ranks on this machine (torchrun: per node)
+    if here > have:
+        raise cfg.blame(("run.nproc", "run.device"), f"'run.nproc' = {here} needs a process per "
                                                      f"{unit[:-1]}, this machine has {have} {unit}")
     why = refused_on_cpu(cfg.train.sdpa_backend) if device.type == "cpu" else None
     if why:
@@ -174,24 +176,85 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     Runs already in OUT/results.jsonl with status ok and the same config hash are skipped unless
     ``force``; each finished run is appended under a lock, so an interrupted sweep loses only the
     run in flight. With ``[run] isolate`` every run is a fresh child process. Runs that did not end
-    ok are added to ``failed`` (the CLI exits 1 for them).
+    ok are added to ``failed`` (the CLI exits 1 for them). Under torchrun (``launch.job``) every
+    worker runs its rank of each run; rank 0 plans, writes and reports, the others write nothing there.
     """
-    from benchmark.launch.outdir import check_comparable, check_out_dir, check_outputs, comparable_settings
+    from benchmark.launch.job import torchrun_job
     from benchmark.launch.payload import import_extra_modules
-
+    from benchmark.launch.trackers import check_trackers, log_run
     from benchmark.measure.conditions import mark_root
 
     mark_root()  # the processes this sweep starts are its own, not "other load" (measure.conditions)
     import_extra_modules()  # IISAN_BENCH_IMPORTS: modules registering methods of one's own
-    from benchmark.launch.trackers import check_trackers, log_run
-
+    job = torchrun_job()
+    cfg = for_job(cfg, job)
     names = method_names(cfg)
     check_methods(cfg, names)
     check_trackers(cfg)  # a tracker without its package: refused before anything runs
-    device = _device_for(cfg)
+    device = _device_for(cfg, job.local_world if job else None)
     out = Path(cfg.run.out)
     prep = prepare(cfg)  # data errors surface before the output folder is touched
     results = out / "results.jsonl"
+    leader = job is None or job.rank == 0
+    todo = _plan(cfg, names, prep, device, results, force, echo) if leader else None
+    isolated = None
+    if cfg.run.isolate and (todo or not leader):
+        from benchmark.launch.isolation import IsolatedRunner
+        from benchmark.measure.sampler import default_interval_s
+
+        with disk_errors(out, "the isolation payload"):
+            isolated = IsolatedRunner(cfg, prep, device, out, progress=progress, echo=echo if leader else _quiet,
+                                      interval=default_interval_s(device, cfg.run.sample_interval_ms), job=job)
+    ranks = isolated.ranks if isolated is not None else None
+    try:
+        for name, repeat in (ranks.plan(todo) if ranks is not None else todo or []):
+            if ranks is not None and not leader and ranks.stopped():
+                break
+            with disk_errors(out, f"{name} r{repeat}"):
+                rec = isolated.run(name, repeat) if isolated is not None else run_method(
+                    cfg, name, prep, device, repeat, out, progress)
+                if rec is None:  # a torchrun worker's rank: its record went to rank 0
+                    continue
+                append_result(results, finish_record(rec, out, device))
+            echo(summary_line(rec))
+            log_run(cfg, rec, out, echo)
+            if rec.status != "ok" and failed is not None:
+                failed.append(f"{name} r{repeat} ({rec.status})")
+            if ranks is not None and ranks.lost:
+                _stop_lost(ranks, failed, echo)
+                break
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a disk error: every other node stops too
+        if ranks is not None:
+            ranks.stop(f"rank {job.rank if job else 0} on {socket.gethostname()} stopped ({type(exc).__name__})")
+        raise
+    finally:
+        if isolated is not None:
+            isolated.close()
+    return results
+
+
+def _quiet(*_args, **_kw) -> None:
+    """A torchrun worker other than rank 0 says nothing of the sweep (rank 0 does)."""
+
+
+def for_job(cfg: BenchConfig, job) -> BenchConfig:
+    """Under torchrun the world is torchrun's: ``run.nproc`` becomes it (an explicit other value is refused)."""
+    if job is None:
+        return cfg
+    if cfg.run.nproc not in (1, job.world):
+        raise cfg.blame(("run.nproc",), f"'run.nproc' = {cfg.run.nproc} under torchrun, whose world is {job.world} "
+                                        "processes: leave run.nproc at 1 (torchrun sets the world)")
+    if not cfg.run.isolate:
+        raise cfg.blame(("run.isolate",), "'run.isolate' = false under torchrun: each run's ranks are fresh child "
+                                          "processes of torchrun's workers; set it to true")
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, nproc=job.world))
+
+
+def _plan(cfg: BenchConfig, names: list[str], prep, device, results: Path, force: bool, echo) -> list[tuple[str, int]]:
+    """What this sweep runs (resume skips what OUT already holds), after the output checks."""
+    from benchmark.launch.outdir import check_comparable, check_out_dir, check_outputs, comparable_settings
+
+    out = results.parent
     check_outputs(out)
     check_comparable(results, comparable_settings(cfg.to_dict(), device.type), force, echo)
     check_out_dir(out)
@@ -200,27 +263,13 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     runs = [(n, r) for n in names for r in range(cfg.run.repeats)]
     todo = [(n, r) for n, r in runs if (n, r, run_hash(cfg, n)) not in done]
     _announce(cfg, prep, device, names, runs, todo, results, echo)
-    isolated = None
-    if cfg.run.isolate and todo:
-        from benchmark.launch.isolation import IsolatedRunner
-        from benchmark.measure.sampler import default_interval_s
+    return todo
 
-        with disk_errors(out, "the isolation payload"):
-            isolated = IsolatedRunner(cfg, prep, device, out, progress=progress, echo=echo,
-                                      interval=default_interval_s(device, cfg.run.sample_interval_ms))
-    try:
-        for name, repeat in todo:
-            with disk_errors(out, f"{name} r{repeat}"):
-                if isolated is not None:
-                    rec = isolated.run(name, repeat)
-                else:
-                    rec = run_method(cfg, name, prep, device, repeat, out, progress)
-                append_result(results, finish_record(rec, out, device))
-            echo(summary_line(rec))
-            log_run(cfg, rec, out, echo)
-            if rec.status != "ok" and failed is not None:
-                failed.append(f"{name} r{repeat} ({rec.status})")
-    finally:
-        if isolated is not None:
-            isolated.close()
-    return results
+
+def _stop_lost(ranks, failed: list[str] | None, echo) -> None:
+    """A rank whose process or node died: the job cannot form its groups again, so it ends here."""
+    why = f"rank(s) {', '.join(map(str, ranks.lost))} gone: the job stops (the report covers the runs so far)"
+    echo(f"iisan-bench: {why}")
+    ranks.stop(why)
+    if failed is not None:
+        failed.append(why)

@@ -31,7 +31,7 @@ from torch import nn
 
 from core.cuda import ddp_backend
 
-TIMEOUT_S = 300  # a rank that waits this long on a dead peer fails (the parent kills it sooner)
+TIMEOUT_S = 300  # default (run.pg_timeout_s): a rank that waits this long on a dead peer fails
 
 
 class HostClock:
@@ -153,17 +153,26 @@ class DistContext:
 
 
 def from_env(device: torch.device) -> DistContext | None:
-    """Join the process group torchrun (or the isolated runner) describes in the environment
-    (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); None for a single process."""
+    """Join the process group the environment describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
+    torchrun's names); None for a single process. With ``IISAN_BENCH_GROUP`` (every run the sweep
+    starts, ``launch.job``) the group forms in the job's store under that run's prefix, so one store
+    serves every run in turn; the timeout (``run.pg_timeout_s``) bounds every collective."""
+    import datetime
+
+    from core.names import GROUP_ENV, TIMEOUT_ENV
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
     if not dist.is_initialized():
-        import datetime
-
         backend = ddp_backend(device)
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S),
-                                **({"device_id": device} if device.type == "cuda" else {}))
+        timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, TIMEOUT_S)))
+        kw: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+        if os.environ.get(GROUP_ENV):
+            rank = int(os.environ["RANK"])
+            client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), None, False, timeout)
+            kw.update(store=dist.PrefixStore(os.environ[GROUP_ENV], client), rank=rank, world_size=world)
+        dist.init_process_group(backend, timeout=timeout, **kw)
     backend = dist.get_backend()
     return DistContext(dist.get_rank(), dist.get_world_size(), backend,
                        gather_group=dist.new_group(backend="gloo" if device.type == "cpu" else None),

@@ -36,3 +36,23 @@ def plugin_methods():
     yield bench_test_methods
     for name in ("t-tiny", "t-oom", "t-fail", "t-crash", "t-rank-dies", "t-rank-oom"):
         registry._REGISTRY.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def ddp_reference(tmp_path_factory):
+    """The TINY sweep of ``REFERENCE`` with dropout off, by 1 and by 2 processes (``--nproc``), run
+    once for every test that compares against it (this file's and test_torchrun's): {n: folder}."""
+    from test_distributed import REFERENCE, cfg_for, quiet
+
+    from benchmark.launch.sweep import run_benchmark
+    from methods.base import FAKE_STAGING_ENV
+
+    root = tmp_path_factory.mktemp("ddp-reference")
+    mp = pytest.MonkeyPatch()
+    mp.setenv(FAKE_STAGING_ENV, "1")
+    try:
+        for n in (1, 2):
+            run_benchmark(cfg_for(root / f"p{n}", REFERENCE, n, {"dropout": 0.0}), progress=False, echo=quiet)
+    finally:
+        mp.undo()
+    return {n: root / f"p{n}" for n in (1, 2)}

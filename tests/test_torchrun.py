@@ -6,7 +6,6 @@ Slow (each launches torchrun agents and their workers, each worker its children)
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -18,11 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from benchmark.launch.sweep import run_benchmark
-from test_distributed import cfg_for, quiet, records
+from test_distributed import REFERENCE, records
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["iisan", "iisan-cached"]
+METHODS = REFERENCE
 TINY_SETS = ["--set", "data.synthetic.users=120", "--set", "data.synthetic.items=60", "--set", "run.epochs=2",
              "--set", "train.max_steps_per_epoch=4", "--set", "train.batch_size=16", "--set", "train.dropout=0.0",
              "--device", "cpu", "--no-progress"]
@@ -57,10 +55,8 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[i
     return outs
 
 
-def _one_process(tmp_path: Path, nproc: int) -> dict[str, dict]:
-    out = tmp_path / f"ref{nproc}"
-    run_benchmark(cfg_for(out, METHODS, nproc, {"dropout": 0.0}), progress=False, echo=quiet)
-    return {r["method"]: r for r in records(out)}
+def _reference(folders: dict[int, Path], nproc: int) -> dict[str, dict]:
+    return {r["method"]: r for r in records(folders[nproc])}
 
 
 def _same_training(got: dict, ref: dict) -> None:
@@ -74,7 +70,7 @@ def _same_training(got: dict, ref: dict) -> None:
 
 
 @pytest.mark.slow
-def test_two_agents_as_two_nodes_train_what_one_process_does_and_only_rank_0_writes(tmp_path):
+def test_two_agents_as_two_nodes_train_what_one_process_does_and_only_rank_0_writes(tmp_path, ddp_reference):
     port, out = _port(), tmp_path / "two-nodes"
     agents = [_agent(out, 2, node, 1, port, tmp_path / "cache") for node in (0, 1)]
     (rc0, text0), (rc1, text1) = _finish(agents)
@@ -87,7 +83,7 @@ def test_two_agents_as_two_nodes_train_what_one_process_does_and_only_rank_0_wri
         assert [f["rank"] for f in d["ranks"]] == [0, 1] and [f["node"] for f in d["ranks"]] == [0, 1]
         assert all(f["host"] == socket.gethostname() and f["status"] == "ok" for f in d["ranks"])
         assert rec["config"]["resolved"]["run"]["nproc"] == 2
-    _same_training(got, _one_process(tmp_path, 1))
+    _same_training(got, _reference(ddp_reference, 1))
     report = (out / "report.md").read_text()
     assert "2 DDP processes per run on 2 nodes (1 per node, torchrun)" in report
     assert (out / "report.html").is_file() and not list(out.glob(".isolate-*"))
@@ -95,12 +91,12 @@ def test_two_agents_as_two_nodes_train_what_one_process_does_and_only_rank_0_wri
 
 
 @pytest.mark.slow
-def test_one_agent_with_two_workers_gives_what_nproc_2_gives(tmp_path):
+def test_one_agent_with_two_workers_gives_what_nproc_2_gives(tmp_path, ddp_reference):
     port, out = _port(), tmp_path / "one-node"
     ((rc, text),) = _finish([_agent(out, 1, 0, 2, port, tmp_path / "cache")])
     assert rc == 0, text[-3000:]
     got = {r["method"]: r for r in records(out)}
-    ref = _one_process(tmp_path, 2)
+    ref = _reference(ddp_reference, 2)
     _same_training(got, ref)
     for name in METHODS:
         d, e = got[name]["distributed"], ref[name]["distributed"]
@@ -110,25 +106,30 @@ def test_one_agent_with_two_workers_gives_what_nproc_2_gives(tmp_path):
 
 
 def _training(agent: subprocess.Popen) -> bool:
-    """The agent's worker forked a run's child (the zygote has a child)."""
+    """The agent's worker forked a run's child: a second process with the zygote's command line."""
     try:
-        return any("benchmark.launch.zygote" in " ".join(p.cmdline()) and p.children()
-                   for p in psutil.Process(agent.pid).children(recursive=True))
+        forks = [p for p in psutil.Process(agent.pid).children(recursive=True)
+                 if "benchmark.launch.zygote" in " ".join(p.cmdline())]
     except psutil.Error:
         return False
+    return len(forks) >= 2
 
 
 @pytest.mark.slow
 def test_a_node_that_dies_fails_its_run_on_rank_0_within_the_timeout_and_the_job_ends(tmp_path):
     port, out = _port(), tmp_path / "dies"
-    slow = ["--set", "train.max_steps_per_epoch=400", "--set", "run.epochs=3", "--set", "run.pg_timeout_s=10"]
+    # long enough to be killed mid-run: 600 users, 38 steps an epoch, 3 epochs
+    slow = ["--set", "data.synthetic.users=600", "--set", "train.max_steps_per_epoch=0", "--set", "run.epochs=3",
+            "--set", "run.pg_timeout_s=10"]
     agents = [_agent(out, 2, node, 1, port, tmp_path / "cache", *slow) for node in (0, 1)]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not _training(agents[1]):  # node 1's rank has started its run
         time.sleep(0.5)
     time.sleep(3)
     killed_at = time.monotonic()
-    os.killpg(agents[1].pid, signal.SIGKILL)  # the whole node: agent, worker and the run's child
+    node = psutil.Process(agents[1].pid)
+    for p in [node, *node.children(recursive=True)]:  # the whole node: agent, worker (its own session), child
+        p.kill()
     ((rc0, text0),) = _finish(agents[:1], timeout=240)
     agents[1].wait()
     took = time.monotonic() - killed_at

@@ -189,6 +189,10 @@ class IsolatedRunner:
         if every is None:
             return None
         rec = combine(every, ddp_backend(self.device), first)
+        if ranks.lost:  # a rank that vanished is the cause; its peers' broken collectives followed
+            lost = ranks.lost[0]
+            rec.status = "failed"
+            rec.error = f"rank {lost} of {len(every)}: {every[lost].error}; rank 0 then: {every[0].error}"
         rec.distributed.nodes, rec.distributed.ranks_per_node = ranks.nodes, ranks.per_node
         rec.distributed.launcher = "torchrun" if ranks.job else "nproc"
         return rec

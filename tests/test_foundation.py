@@ -5,7 +5,6 @@ import json
 import pytest
 
 from benchmark.cli import main
-from benchmark.config import load_config
 from benchmark.launch.sweep import run_benchmark
 from tests.helpers import small_cfg
 
@@ -40,15 +39,6 @@ def test_record_is_complete_and_seeded_runs_repeat(tmp_path):
     # same seed, same metrics (CPU)
     assert recs[0]["metrics"]["test"] == recs[1]["metrics"]["test"]
     assert recs[0]["metrics"]["valid"] == recs[1]["metrics"]["valid"]
-
-
-@pytest.mark.slow  # a full default-config fft run (4 epochs): with the sweep, in `pytest -m slow`
-def test_fft_beats_popularity_on_the_embedded_default(tmp_path):
-    cfg = load_config(None, {"run": {"methods": ["fft"], "out": str(tmp_path), "isolate": False}})
-    rec = json.loads(run_benchmark(cfg, progress=False, echo=lambda *_: None).read_text())
-    test, pop = rec["metrics"]["test"], rec["metrics"]["popularity"]["test"]
-    assert rec["status"] == "ok"
-    assert test["hr@10"] > 1.5 * pop["hr@10"] and test["ndcg@10"] > 1.5 * pop["ndcg@10"]
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -16,17 +16,32 @@ ROOT = Path(__file__).resolve().parent.parent
 SIX = ("fft", "iisan", "iisan-cached", "lora", "adapter", "bitfit")
 
 
-def _session(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, Path, Path]:
+def _start(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, Path, Path]:
     out, work = tmp_path / "out", tmp_path / "work"
     full = {**os.environ, "OUT": str(out), "GPU_SESSION_WORK": str(work), **env}
-    proc = subprocess.run(["bash", "scripts/gpu-session.sh", "--dry-run"], cwd=ROOT, env=full, text=True,
-                          capture_output=True, timeout=600)
+    proc = subprocess.Popen(["bash", "scripts/gpu-session.sh", "--dry-run"], cwd=ROOT, env=full, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return proc, out, work
 
 
+def _done(started: tuple[subprocess.Popen, Path, Path]) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    proc, out, work = started
+    stdout, stderr = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), out, work
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory):
+    """The full dry run and one whose budget ends inside the sweep, started together: the second
+    mostly waits for its budget, so the two take the time of the first."""
+    full = _start(tmp_path_factory.mktemp("full"))
+    short = _start(tmp_path_factory.mktemp("budget"), GPU_SESSION_BUDGET_S="40")
+    return {"full": _done(full), "budget": _done(short)}
+
+
 @pytest.mark.slow
-def test_the_dry_run_does_every_step_and_packs_what_comes_back(tmp_path):
-    proc, out, work = _session(tmp_path)
+def test_the_dry_run_does_every_step_and_packs_what_comes_back(sessions):
+    proc, out, work = sessions["full"]
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu-session.tgz", "summary.txt"]  # at most 8 come back
     tgz = out / "gpu-session.tgz"
@@ -51,10 +66,10 @@ def test_the_dry_run_does_every_step_and_packs_what_comes_back(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_step_past_the_budget_leaves_the_earlier_results(tmp_path):
+def test_a_step_past_the_budget_leaves_the_earlier_results(sessions):
     """A budget that ends inside the sweep: the sweep is killed, the later steps are skipped, and
     what the sweep had finished comes back, packed and summarised."""
-    proc, out, work = _session(tmp_path, GPU_SESSION_BUDGET_S="40")
+    proc, out, work = sessions["budget"]
     steps = [s.split("\t") for s in (work / "steps.tsv").read_text().splitlines()[1:]]
     assert steps[0][:2] == ["gpu-tests", "ok"]
     assert steps[1][1] in ("timed out", "ok") and all(s[1] == "skipped (budget spent)" for s in steps[2:])

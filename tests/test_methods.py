@@ -297,8 +297,9 @@ def test_every_method_beats_popularity_on_the_default(default_run):
     assert [r["method"] for r in runs] == METHODS
     for r in runs:
         assert r["status"] == "ok", (r["method"], r.get("error"))
-        hr, pop = r["metrics"]["test"]["hr@10"], r["metrics"]["popularity"]["test"]["hr@10"]
-        assert hr > pop, (r["method"], hr, pop)
+        test, pop = r["metrics"]["test"], r["metrics"]["popularity"]["test"]
+        # well above the floor after 2 epochs (the committed 3-repeat sweep has every method past 3x there)
+        assert test["hr@10"] > 1.5 * pop["hr@10"] and test["ndcg@10"] > 1.5 * pop["ndcg@10"], (r["method"], test, pop)
     cached = runs[-1]
     assert cached["time"]["cache_build_s"] > 0 and cached["params"]["total"] == cached["params"]["trainable"]
 
@@ -327,7 +328,7 @@ def test_every_method_trains_under_two_ddp_processes_on_the_default(default_run)
         assert all(f["peak_mb"] > 0 and f["epoch_s_median"] > 0 for f in d["distributed"]["ranks"])
         for k in ("hr@10", "ndcg@10"):
             assert abs(d["metrics"]["test"][k] - r["metrics"]["test"][k]) <= DDP_TOLERANCE, (r["method"], k)
-    scaling = (out / "report.md").read_text().split("## Scaling: 1 process → 2 processes (gloo)")[1]
+    scaling = (out / "report.md").read_text().split("## Scaling: 1 process → 2 processes (gloo, 1 node × 2 ranks")[1]
     assert all(f"| `{m}` |" in scaling for m in METHODS)
 
 

@@ -13,3 +13,4 @@ def safe_name(name: str) -> str:
 # with this timeout on every collective (run.pg_timeout_s)
 GROUP_ENV = "IISAN_BENCH_GROUP"
 TIMEOUT_ENV = "IISAN_BENCH_PG_TIMEOUT_S"
+HOST_RANKS_ENV = "IISAN_BENCH_RANKS_ON_HOST"  # ranks sharing this machine's cores (CPU threads per rank)

@@ -44,9 +44,11 @@ def rank_device(device):
         return device
     import torch
 
-    if device.type == "cpu":  # the host's cores shared by the ranks on this host (torchrun: per node)
+    if device.type == "cpu":  # the host's cores shared by every rank on this host (launch.ranks counts them)
+        from core.names import HOST_RANKS_ENV
+
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+        torch.set_num_threads(max(1, cores // int(os.environ.get(HOST_RANKS_ENV, world))))
         return device
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     torch.cuda.set_device(device)  # NCCL's object collectives use the current device

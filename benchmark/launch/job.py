@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from core.names import GROUP_ENV, TIMEOUT_ENV
+from core.names import GROUP_ENV, HOST_RANKS_ENV, TIMEOUT_ENV
 
 PREFIX = "iisan-bench"
 
@@ -76,11 +76,13 @@ def local_store() -> tuple[Any, int]:
 
 
 def rank_env(rank: int, world: int, addr: str, port: int, group: str, timeout_s: float, *, local_rank: int,
-             local_world: int, node_rank: int = 0) -> dict[str, str]:
-    """The environment a run's rank joins its group with (torchrun's names, plus the run's prefix)."""
+             local_world: int, node_rank: int = 0, on_host: int | None = None) -> dict[str, str]:
+    """The environment a run's rank joins its group with (torchrun's names, plus the run's prefix and
+    how many ranks share this machine: two agents on one host are two nodes on one set of cores)."""
     return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local_rank),
             "LOCAL_WORLD_SIZE": str(local_world), "GROUP_RANK": str(node_rank), "MASTER_ADDR": addr,
-            "MASTER_PORT": str(port), GROUP_ENV: group, TIMEOUT_ENV: str(timeout_s)}
+            "MASTER_PORT": str(port), GROUP_ENV: group, TIMEOUT_ENV: str(timeout_s),
+            HOST_RANKS_ENV: str(on_host or local_world)}
 
 
 def put(store: Any, key: str, value: Any) -> None:

@@ -35,8 +35,21 @@ class Ranks:
             self.store = job_store(job, timeout_s)
             self.addr, self.port, self.local = job.addr, job.port, [job.rank]
             self.sweep = "job"
+        self.on_host = self._ranks_on_host()
         self.counter = itertools.count()
         self.lost: list[int] = []  # ranks whose record never came (their process or node died)
+
+    def _ranks_on_host(self) -> int:
+        """How many of the job's ranks run on this machine (every worker says its host once)."""
+        if self.job is None:
+            return self.world
+        import socket
+
+        put(self.store, f"host/{self.job.rank}", socket.gethostname())
+        keys = [f"host/{r}" for r in range(self.world)]
+        if not wait_keys(self.store, keys, self.timeout_s):
+            return self.job.local_world
+        return sum(get(self.store, k) == socket.gethostname() for k in keys)
 
     @property
     def nodes(self) -> int:
@@ -59,7 +72,7 @@ class Ranks:
         local_rank = rank if self.job is None else self.job.local_rank
         node = 0 if self.job is None else self.job.node_rank
         return rank_env(rank, self.world, self.addr, self.port, group, self.timeout_s, local_rank=local_rank,
-                        local_world=self.per_node, node_rank=node)
+                        local_world=self.per_node, node_rank=node, on_host=self.on_host)
 
     def peer_failed(self, group: str) -> Any:
         """What another worker said of its rank's failure in this run (torchrun only), or None."""

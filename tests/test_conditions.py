@@ -96,3 +96,21 @@ def test_report_header_says_busy_with_the_evidence(tmp_path: Path) -> None:
     assert "- **Machine load:** quiet: other processes used at most 0.12 cores on average over a run" in md
     md = build_report(write(tmp_path / "old", [record("fft")])).read_text()
     assert "- **Machine load:** not checked" in md
+
+
+def test_a_process_of_the_same_torchrun_job_is_not_other_load(monkeypatch) -> None:
+    env = {**os.environ, C.JOB_ENV: "job-42"}
+    peer = subprocess.Popen(["sh", "-c", f"{sys.executable} -c '{SPIN}' >/dev/null 2>&1 & echo $!"],
+                            env=env, stdout=subprocess.PIPE, text=True)
+    pid = int(peer.communicate()[0].strip())  # an orphan, so not ours by the tree: by the job id
+    try:
+        monkeypatch.setenv(C.JOB_ENV, "job-42")
+        assert C.same_job(pid)
+        watch = C.Watch.start(CPU, True)
+        time.sleep(0.5)
+        cond = watch.finish()
+        monkeypatch.setenv(C.JOB_ENV, "another-job")
+        assert not C.same_job(pid)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    assert all(not line.startswith(f"{pid} ") for line in cond.others_top), cond.others_top

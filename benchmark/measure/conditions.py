@@ -9,7 +9,8 @@ and at the end costs two scans of /proc and covers the whole run; it names the p
 processes on 2 cores: 5 s steps among 0.23 s ones). A burst too short to move the average shows in
 the run's step-time profile instead (``reports.stats``: bimodal steps). The run's own processes are
 the sweep's root (``IISAN_BENCH_ROOT_PID``, inherited by every child and rank), all its descendants
-and this process's ancestors.
+and this process's ancestors, and under torchrun every process of the same job (its other nodes'
+ranks may share this host).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import psutil
 from core.record import Conditions, Snapshot
 
 ROOT_ENV = "IISAN_BENCH_ROOT_PID"
+JOB_ENV = "TORCHELASTIC_RUN_ID"  # torchrun's job id: every worker and its children carry it
 BUSY_CORES = 0.5  # other processes using half a core or more on average: the run shared its machine
 TOP = 5
 
@@ -45,6 +47,18 @@ def own_pids() -> set[int]:
     return tree | {me.pid} | {p.pid for p in me.parents()}
 
 
+def same_job(pid: int) -> bool:
+    """A process of this torchrun job (its ``TORCHELASTIC_RUN_ID``): another node's rank on this host
+    is the run itself, not other load."""
+    run_id = os.environ.get(JOB_ENV)
+    if not run_id:
+        return False
+    try:
+        return psutil.Process(pid).environ().get(JOB_ENV) == run_id
+    except psutil.Error:
+        return False
+
+
 def cpu_times() -> CpuTimes:
     """Every process's CPU seconds so far, keyed by (pid, create time) so a reused pid is another process."""
     out = {}
@@ -64,7 +78,7 @@ def others_between(before: CpuTimes, after: CpuTimes, span_s: float) -> tuple[fl
         if key[0] in ours:
             continue
         used.append((cpu - before[key][1] if key in before else cpu, key[0], name))
-    used = sorted((u for u in used if u[0] > 0), reverse=True)
+    used = sorted((u for u in used if u[0] > 0 and not same_job(u[1])), reverse=True)
     span = max(span_s, 1e-6)
     return sum(u[0] for u in used) / span, [f"{pid} {name}: {sec / span:.2f} cores" for sec, pid, name in used[:TOP]]
 

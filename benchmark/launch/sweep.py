@@ -197,14 +197,8 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
     results = out / "results.jsonl"
     leader = job is None or job.rank == 0
     todo = _plan(cfg, names, prep, device, results, force, echo) if leader else None
-    isolated = None
-    if cfg.run.isolate and (todo or not leader):
-        from benchmark.launch.isolation import IsolatedRunner
-        from benchmark.measure.sampler import default_interval_s
-
-        with disk_errors(out, "the isolation payload"):
-            isolated = IsolatedRunner(cfg, prep, device, out, progress=progress, echo=echo if leader else _quiet,
-                                      interval=default_interval_s(device, cfg.run.sample_interval_ms), job=job)
+    isolated = _isolated(cfg, prep, device, out, progress, echo if leader else _quiet, job) if (
+        cfg.run.isolate and (todo or not leader)) else None
     ranks = isolated.ranks if isolated is not None else None
     try:
         for name, repeat in (ranks.plan(todo) if ranks is not None else todo or []):
@@ -231,6 +225,16 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, echo=print, force: bo
         if isolated is not None:
             isolated.close()
     return results
+
+
+def _isolated(cfg: BenchConfig, prep, device, out: Path, progress: bool, echo, job):
+    """The runner that forks each run (and under torchrun or --nproc, its ranks)."""
+    from benchmark.launch.isolation import IsolatedRunner
+    from benchmark.measure.sampler import default_interval_s
+
+    with disk_errors(out, "the isolation payload"):
+        return IsolatedRunner(cfg, prep, device, out, progress=progress, echo=echo,
+                              interval=default_interval_s(device, cfg.run.sample_interval_ms), job=job)
 
 
 def _quiet(*_args, **_kw) -> None:

@@ -88,3 +88,15 @@ def _value_problem(tp: Any, value: Any, path: str) -> str | None:
             return f"'{path}' must be a list"
         return next((p for v in value if (p := _value_problem(args[0], v, f"{path}[]"))), None)
     return None
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys (``{"run": {"seed": 1}}`` -> ``{"run.seed": 1}``): how the config's
+    keys are named everywhere (the comparability check, ``compare``, trackers' parameters)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(flatten(v, key) if isinstance(v, dict) else {key: v})
+    return out

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import atomic_write_text
+from core.plain import flatten
 
 from .load import MethodSummary, ReportError, Results, load_results
 from .stats import Spread
@@ -44,19 +45,10 @@ class Folder:
         return self.env("device_name")
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
-    return out
-
-
 def must_match(results: Results) -> dict[str, Any]:
     """The settings that must agree, from the folder's first run (a folder already holds one config)."""
     run = results.runs[0]
-    flat = _flat((run.get("config", "resolved") or {}))
+    flat = flatten((run.get("config", "resolved") or {}))
     out = {k: v for k, v in flat.items() if any(k == m or k.startswith(m + ".") for m in MUST_MATCH)}
     out["data.content_sha256"] = run.get("data", "content_sha256")
     return out
@@ -168,7 +160,7 @@ def differing(folders: list[Folder]) -> list[str]:
         when.append(f"{f.label}: {stamps[0][:16]} … {stamps[-1][:16]}")
     lines.append("- **Measured:** " + "; ".join(when) + " (times measured apart carry the machine's drift: "
                  "for a code change, run both commits side by side)")
-    flats = [_flat(f.results.runs[0].get("config", "resolved") or {}) for f in folders]
+    flats = [flatten(f.results.runs[0].get("config", "resolved") or {}) for f in folders]
     keys = sorted({k for fl in flats for k in fl if not k.startswith(("run.out", "run.methods"))})
     for k in keys:
         vals = [json.dumps(fl.get(k)) for fl in flats]

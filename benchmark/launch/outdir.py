@@ -25,17 +25,7 @@ from core.atomic import atomic_write_text
 from core.errors import BenchError
 from core.keys import compared
 from core.names import TPME_FILE
-
-
-def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict):
-            out.update(_flat(v, key))
-        else:
-            out[key] = v
-    return out
+from core.plain import flatten
 
 
 def comparable_settings(resolved: dict[str, Any], device: str | None) -> dict[str, Any]:
@@ -45,7 +35,7 @@ def comparable_settings(resolved: dict[str, Any], device: str | None) -> dict[st
     from benchmark.config import roles
 
     known = roles()
-    out = {k: v for k, v in _flat({s: v for s, v in resolved.items() if s != "methods"}, "").items()
+    out = {k: v for k, v in flatten({s: v for s, v in resolved.items() if s != "methods"}).items()
            if compared(known.get(k, "result"))}
     if out.get("train.paper_protocol"):
         for key in recipe_keys():

@@ -13,8 +13,8 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any
 
+from core.plain import flatten
 from core.record import RunRecord
 
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
@@ -54,18 +54,8 @@ def epochs(rec: RunRecord) -> list[tuple[int, dict[str, float]]]:
 
 
 def flat_config(rec: RunRecord) -> dict[str, str]:
-    """The resolved config as dotted keys (trackers take flat string parameters)."""
-    out: dict[str, str] = {}
-
-    def walk(d: Any, prefix: str) -> None:
-        if isinstance(d, dict):
-            for k, v in d.items():
-                walk(v, f"{prefix}.{k}" if prefix else str(k))
-        else:
-            out[prefix] = json.dumps(d) if not isinstance(d, str) else d
-
-    walk(rec.config.get("resolved") or {}, "")
-    return out
+    """The resolved config as dotted keys with string values (trackers take flat string parameters)."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in flatten(rec.config.get("resolved") or {}).items()}
 
 
 def run_name(rec: RunRecord) -> str:

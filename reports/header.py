@@ -81,8 +81,8 @@ def _repeats(results: Results) -> str:
     reps = sorted({m.n_ok for m in ok_methods(results)})
     text = (f"{reps[0]} per method" if len(reps) == 1 else f"{reps[0]}–{reps[-1]} per method") if reps else "none ok"
     if reps and reps[-1] > 1:
-        text += (" (time and memory: median [95% interval] over repeats; other figures: mean ± sample "
-                 f"standard deviation; {NOISY} marks a coefficient of variation above {CV_THRESHOLD:.0%})")
+        text += (" (time, memory and energy: median [95% interval] over repeats; quality: the mean, its "
+                 f"standard deviation in summary.csv; {NOISY} marks a coefficient of variation above {CV_THRESHOLD:.0%})")
     return text
 
 

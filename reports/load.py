@@ -77,11 +77,13 @@ class Run:
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean and sample spread of one quantity over the ok repeats of a method."""
+    """Mean and sample spread of one quantity over the ok repeats of a method, and (two or more
+    repeats) its median with a 95% bootstrap interval, which the tables show (``reports.stats``)."""
 
     mean: float | None
     std: float | None  # sample std (ddof=1); None with fewer than two values
     n: int
+    spread: Spread | None = None
 
     @property
     def cv(self) -> float | None:
@@ -99,7 +101,7 @@ class Stat:
         if not vals:
             return Stat(None, None, 0)
         std = statistics.stdev(vals) if len(vals) > 1 else None
-        return Stat(statistics.fmean(vals), std, len(vals))
+        return Stat(statistics.fmean(vals), std, len(vals), over_repeats(vals) if len(vals) > 1 else None)
 
 
 @dataclass

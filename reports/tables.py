@@ -112,7 +112,10 @@ def fmt_pct(x: float | None) -> str:
 
 
 def fmt_stat(stat: Stat, fmt) -> str:
-    """A Stat with its spread, flagged when the coefficient of variation is above 5%."""
+    """A Stat with its spread: the median and 95% interval over repeats (``fmt_spread``), else the mean
+    (± std); flagged when the coefficient of variation is above 5%."""
+    if stat.spread is not None and stat.spread.has_interval:
+        return fmt_spread(stat.spread, stat, fmt)
     text = fmt(stat.mean, stat.std)
     if stat.noisy:
         text += f" {NOISY} CV {100 * stat.cv:.0f}%"  # type: ignore[operator]
@@ -237,8 +240,9 @@ def one_off_cell(m: MethodSummary, unit: tuple[float, str] | None) -> str:
         where = f" on {c.built_on}" if c.built_on else ""
         when = f", {str(c.built_at)[:10]}" if c.built_at else ""
         return f"loaded; built earlier{where}{when}: {fmt_seconds(c.built_s)}{peak}"
-    peak = m.cache_build_peak_mb.mean
-    return fmt_stat(m.cache_build_s, fmt_seconds) + (f", {fmt_mb(peak, unit=unit)} peak" if peak is not None else "")
+    peak = m.cache_build_peak_mb
+    mb = lambda mean, std=None: fmt_mb(mean, std, unit)  # noqa: E731
+    return fmt_stat(m.cache_build_s, fmt_seconds) + (f", {fmt_stat(peak, mb)} peak" if peak.mean is not None else "")
 
 
 def efficiency_table(results: Results, tp: TpmeResult) -> Table:

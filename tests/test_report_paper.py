@@ -100,8 +100,9 @@ def test_evaluation_cost_mean_over_repeats_and_absent_when_unrecorded(tmp_path: 
     recs = [record("fft", 100.0, 100_000_000, 1000.0, repeat=i) for i in range(2)]
     recs[0]["time"]["eval_rank_s"], recs[1]["time"]["eval_rank_s"] = 1.0, 1.2
     d = write(tmp_path / "rep", recs)
-    # mean 1.1, sample std 0.1414 -> "1.10 ± 0.14 s", CV 12.9% flagged
-    assert "| `fft` | — | 1.10 ± 0.14 s ⚠ CV 13% |" in build_report(d).read_text()
+    # median 1.1 with the bootstrap interval of two values [1.0, 1.2]; mean 1.1, sample std 0.1414:
+    # CV 12.9% flagged
+    assert "| `fft` | — | 1.10 s [1.00–1.20] ⚠ CV 13% |" in build_report(d).read_text()
     assert float(read_csv(d / "summary.csv")["fft"]["eval_rank_s_mean"]) == pytest.approx(1.1)
 
     d2 = write(tmp_path / "none", paper_methods())

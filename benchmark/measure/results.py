@@ -13,13 +13,22 @@ from typing import Any
 
 
 def git_state() -> tuple[str | None, bool | None]:
-    """(full commit, dirty) of the checkout this code runs from; (None, None) outside git."""
-    sha = git_sha()
-    if sha is None:
+    """(full commit, dirty) of the checkout this code runs from, in two git calls; (None, None) outside git."""
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0 or not out.stdout.strip():
+            return None, None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip(), bool(dirty)
+    except (OSError, subprocess.SubprocessError):
         return None, None
-    here = Path(__file__).resolve().parent
-    full = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-    return (full.stdout.strip() or None), sha.endswith("-dirty")
+
+
+def short_sha(commit: str | None, dirty: bool | None) -> str | None:
+    """The record's ``git_sha``: 12 hex digits, "-dirty" when the checkout had uncommitted changes."""
+    return None if commit is None else commit[:12] + ("-dirty" if dirty else "")
 
 
 PACKAGES = ("numpy", "tokenizers", "safetensors", "psutil", "nvidia-ml-py", "iisan-bench")
@@ -48,7 +57,7 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def build_info(device) -> dict[str, Any]:
+def build_info(device, commit: str | None, dirty: bool | None) -> dict[str, Any]:
     """What makes a run reproducible beyond the versions: the build's config digest, cuDNN, NCCL,
     the driver and the GPU, the CPU model, the commit and whether it had uncommitted changes."""
     import hashlib
@@ -56,7 +65,6 @@ def build_info(device) -> dict[str, Any]:
     import torch
 
     cuda = device.type == "cuda"
-    commit, dirty = git_state()
     info: dict[str, Any] = {
         "cpu_model": cpu_model(), "git_commit": commit, "git_dirty": dirty,
         "torch_config_sha": hashlib.sha256(torch.__config__.show().encode()).hexdigest()[:16],
@@ -83,32 +91,20 @@ def _driver() -> str | None:
         nvml.close()
 
 
-def git_sha() -> str | None:
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def env_info(device) -> dict[str, Any]:
     import peft
     import torch
     import transformers
 
+    commit, dirty = git_state()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     # torch_threads: intra-op threads of this process; CPU times scale with it
     return {"device": device.type, "device_name": name, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__,
-            "cuda": torch.version.cuda, "git_sha": git_sha(), "platform": platform.platform(), **build_info(device)}
+            "cuda": torch.version.cuda, "git_sha": short_sha(commit, dirty), "platform": platform.platform(),
+            **build_info(device, commit, dirty)}
 
 
 def finite(obj: Any) -> Any:

@@ -113,9 +113,8 @@ run_options = _with(RUN_OPTIONS)
 def run(config_path: str | None, no_progress: bool, force: bool, sets: tuple[str, ...], **flags: Any) -> None:
     """Train and evaluate the selected methods; write OUT/results.jsonl and the report."""
     from benchmark.commands.floors import wants_floors
-    from benchmark.launch.sweep import run_benchmark
-
     from benchmark.launch.job import torchrun_job
+    from benchmark.launch.sweep import run_benchmark
 
     cfg = _config(config_path, sets, **flags)
     failed: list[str] = []
@@ -180,7 +179,7 @@ def list_cmd(pattern: str) -> None:
 @click.option("--init", type=click.Choice(["pretrained", "random"]),
               help="Accepted for symmetry with run; counts never need weights (architecture only).")
 @click.option("--images", type=click.Choice(["real", "synthetic", "none"]), help="'none' counts text-only models.")
-@click.option("--image-size", type=int, help="ViT input size (default: 224 for --backbone base, as the paper; else data.image_size).")
+@click.option("--image-size", type=int, help="Image input size (default: 224 for presets with pretrained image encoders, as the paper; else data.image_size).")
 def params(config_path: str | None, methods: str, image_size: int | None, **flags: Any) -> None:
     """Trainable and total parameters of every method, built on the meta device (no weights)."""
     from benchmark.commands.params import params_command
@@ -189,7 +188,7 @@ def params(config_path: str | None, methods: str, image_size: int | None, **flag
     flags["images"] = "synthetic" if flags.get("images") == "real" else flags.get("images")
     cfg = _config(config_path, (), methods=methods, **flags)
     names = method_names(cfg)
-    check_methods(cfg, names)
+    check_methods(cfg, names, applicable=False)  # a method that cannot apply is a row saying why
     click.echo(params_command(cfg, names, image_size))
 
 

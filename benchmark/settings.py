@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from core.keys import bounded, setting
+from core.presets import PRESET_HELP, PRESETS
+
+PRESET_NAMES = tuple(PRESETS)
 
 
 @dataclass
@@ -101,18 +104,28 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    preset: Literal["tiny", "minilm", "base"] = setting("tiny", flag="backbone", help=(
-        "tiny (random-init small BERT + ViT) | minilm (pretrained MiniLM-L6 text) | base "
-        "(BERT-base + ViT-base)"
+    preset: Literal[PRESET_NAMES] = setting("tiny", flag="backbone", help=PRESET_HELP)  # type: ignore[valid-type]
+    text_model: str = setting("", help=(
+        "override: a local folder, hub id or built-in name (tiny-llama, ...) of a text encoder: BERT, RoBERTa, "
+        "ModernBERT, Llama, Mistral, Gemma, Qwen2/3 families"
     ))
-    text_model: str = setting("", help="override: a local folder or hub id of a BERT-family text encoder")
-    vision_model: str = setting("", help="override: a local folder or hub id of a ViT image encoder")
+    vision_model: str = setting("", help=(
+        "override: a local folder, hub id or built-in name (tiny-siglip, ...) of an image encoder: ViT, CLIP, "
+        "SigLIP, DINOv2 families"
+    ))
     init: Literal["auto", "pretrained", "random"] = setting("auto", flag="init", help=(
         "auto (the preset's weights: minilm's pretrained MiniLM text, base's BERT + ViT; tiny "
         "is random) | pretrained (load weights, offline-safe) | random (architecture only; "
         "efficiency is weight-independent, quality is not)"
     ))
     attn_implementation: Literal["sdpa", "eager"] = setting("sdpa", help="sdpa (fused attention) | eager")
+    text_pooling: Literal["auto", "cls", "last", "mean"] = setting("auto", help=(
+        "auto (cls for encoder-only families, last for decoder-only LLMs) | cls (first token) | last (last "
+        "non-padding token) | mean (over non-padding tokens)"
+    ))
+    vision_pooling: Literal["auto", "cls", "mean"] = setting("auto", help=(
+        "auto (cls for ViT, CLIP and DINOv2; mean for SigLIP, which has no class token) | cls | mean (over patches)"
+    ))
 
 
 @dataclass

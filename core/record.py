@@ -23,6 +23,7 @@ from typing import Any
 
 from core import plain
 from core.errors import DivergedError
+from core.inputs import BackboneInfo, DataSummary, EncoderInfo  # noqa: F401 - part of the record
 
 SCHEMA_VERSION = 2
 # A run's phases: setup, cache_build (only where a method builds a cache), train and eval (once per
@@ -142,6 +143,7 @@ class CacheCost:
     load_s: float
     batch_size: int | None = None  # items encoded at once while building
     path: str | None = None
+    size_mb: float | None = None  # the cached states in their storage dtype (on disk, and in memory while training)
     # the build's own cost, kept with the cache (core.oneoff), also when this run only loaded it
     built_s: float | None = None
     built_peak_mb: float | None = None
@@ -252,39 +254,6 @@ class Env:
     driver: str | None = None  # the NVIDIA driver (NVML)
     gpu_memory_mb: float | None = None
     packages: dict[str, str] = field(default_factory=dict)  # numpy, tokenizers, safetensors, ... versions
-
-
-@dataclass
-class DataSummary:
-    """What the record states about the data (``SeqDataset.summary``)."""
-
-    name: str | None = None
-    users: int | None = None
-    items: int | None = None
-    interactions: int | None = None
-    images: str | None = None  # real | synthetic | none
-    image_source: dict[str, Any] | None = None  # real images: source, cache hit/built, cache path
-    timings: dict[str, float] | None = None  # one-off data costs (load_s, images_s, tokenize_s)
-    content_sha256: str | None = None  # item ids, titles, sequences and images as loaded (``dataset.content_hash``)
-
-
-@dataclass
-class BackboneInfo:
-    """Which encoders ran and with which weights (``Backbones.info``)."""
-
-    preset: str | None = None
-    text: str | None = None
-    text_init: str | None = None
-    text_source: str | None = None
-    vision: str | None = None
-    vision_init: str | None = None
-    vision_source: str | None = None
-    tokenizer: str | None = None
-    init: str | None = None  # pretrained | random | "text X, vision Y"
-    # sha256 of the loaded weights (every tensor of the state dict, in order), pretrained encoders only:
-    # a random init is given by its seed
-    text_weights_sha256: str | None = None
-    vision_weights_sha256: str | None = None
 
 
 @dataclass

@@ -11,6 +11,8 @@ from torch import nn
 
 from benchmark.data.dataset import SeqDataset
 from benchmark.models.backbones import Backbones
+from benchmark.models.families import blocks as encoder_layers  # noqa: F401 - the methods' name for it
+from benchmark.models.families import family_of
 from benchmark.training.precision import compute_dtype
 from core.errors import BenchError
 
@@ -23,18 +25,6 @@ def encoders(backbones: Backbones, data: SeqDataset) -> dict[str, nn.Module]:
     if backbones.vision is not None and data.images is not None:
         out["vision"] = backbones.vision
     return out
-
-
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The transformer blocks of a BERT- or ViT-family encoder, in order (``encoder.layer`` in BERT and
-    transformers 4's ViT, ``layers`` on the model itself in transformers 5's ViT)."""
-    for owner in (getattr(model, "encoder", None), model):
-        for name in ("layer", "layers"):
-            layers = getattr(owner, name, None)
-            if isinstance(layers, nn.ModuleList):
-                return layers
-    raise BenchError(f"{type(model).__name__}: no encoder.layer(s) or layers; this method needs a BERT- or "
-                     "ViT-family encoder")
 
 
 def freeze(*modules: nn.Module | None) -> None:
@@ -91,10 +81,19 @@ def checkpointed(tower: EncoderTower) -> EncoderTower:
     activations are recomputed in the backward pass instead of kept. Non-reentrant, so frozen inputs
     and peft-wrapped encoders need nothing more; torch keeps the RNG state, so dropout masks and
     therefore losses and gradients are those of the same method without it."""
-    for enc in (tower.text, tower.vision):
-        if enc is not None:  # transformers 5 names it activation checkpointing
-            enc.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    encs = {kind: enc for kind, enc in (("text", tower.text), ("vision", tower.vision)) if enc is not None}
+    check_checkpointing({k: e.get_base_model() if hasattr(e, "get_base_model") else e for k, e in encs.items()})
+    for enc in encs.values():  # transformers 5's name for it
+        enc.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return tower
+
+
+def check_checkpointing(encs: dict[str, nn.Module]) -> None:
+    """Every encoder's transformers class can recompute its layers (``supports_gradient_checkpointing``)."""
+    for kind, model in encs.items():
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise BenchError(f"gradient checkpointing: the {kind} encoder ({family_of(model.config).name}, "
+                             f"{type(model).__name__}) does not support it in transformers; use the method without -gc")
 
 
 def param_ids(*modules: nn.Module | None) -> set[int]:
@@ -107,32 +106,46 @@ def first_line(exc: BaseException) -> str:
 
 
 
-# Module-name suffixes one architecture spells differently from another: BERT (and transformers 4's
-# ViT) vs transformers 5's ViT. "output.dense" is a suffix of both of BERT's output projections
-# (attention and FFN), so it stands for both of ViT's.
-ALIASES = {"query": ("q_proj",), "key": ("k_proj",), "value": ("v_proj",), "attention.output.dense": ("o_proj",),
-           "intermediate.dense": ("fc1",), "output.dense": ("o_proj", "fc2"),
-           "q_proj": ("query",), "k_proj": ("key",), "v_proj": ("value",), "o_proj": ("attention.output.dense",),
-           "fc1": ("intermediate.dense",), "LayerNorm": ("layernorm_before", "layernorm_after", "layernorm")}
+# Module-name suffixes one architecture spells differently from another, each with its spellings in
+# other families (the first whose every name the encoder has wins): BERT's (and RoBERTa's) names;
+# transformers 5's ViT, DINOv2 and the LLMs (Llama, Mistral, Gemma, Qwen) use q_proj ... o_proj, CLIP
+# and SigLIP out_proj; ModernBERT fuses Q, K and V into ``Wqkv`` (LoRA on query/value there adapts the
+# fused projection: r x H + 3H x r, the same count as r on Q and V apart). "output.dense" is a suffix
+# of both of BERT's output projections (attention and FFN), so it stands for both of the others'.
+ALIASES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "query": (("q_proj",), ("Wqkv",)), "key": (("k_proj",), ("Wqkv",)), "value": (("v_proj",), ("Wqkv",)),
+    "attention.output.dense": (("o_proj",), ("out_proj",), ("attn.Wo",)),
+    "intermediate.dense": (("fc1",), ("up_proj", "gate_proj"), ("Wi",)),
+    "output.dense": (("o_proj", "fc2"), ("out_proj", "fc2"), ("o_proj", "down_proj"), ("Wo",)),
+    "q_proj": (("query",), ("Wqkv",)), "k_proj": (("key",), ("Wqkv",)), "v_proj": (("value",), ("Wqkv",)),
+    "o_proj": (("attention.output.dense",), ("out_proj",), ("attn.Wo",)),
+    "fc1": (("intermediate.dense",), ("up_proj", "gate_proj"), ("Wi",)),
+    # the LLMs' FFN names, as peft's own defaults for them (IA3: k_proj, v_proj, down_proj) reach an image encoder
+    "down_proj": (("fc2",), ("mlp.Wo",)), "up_proj": (("fc1",), ("intermediate.dense",), ("Wi",)),
+    "gate_proj": (("fc1",), ("intermediate.dense",), ("Wi",)), "fc2": (("down_proj",), ("mlp.Wo",)),
+    "LayerNorm": (("layernorm_before", "layernorm_after", "layernorm"), ("layer_norm1", "layer_norm2"),
+                  ("norm1", "norm2"), ("input_layernorm", "post_attention_layernorm"), ("attn_norm", "mlp_norm")),
+}
 
 
 def targets_for(model: nn.Module, names: list[str], kind: str) -> list[str]:
     """``names`` (module-name suffixes) as ``model`` spells them: each kept when it matches a module of
-    the model, else replaced by its aliases for this architecture; one that matches nothing is a
-    one-line error naming the encoder and the modules it has."""
+    the model, else replaced by its first set of aliases the model has all of; one that matches nothing
+    is a one-line error naming the encoder, its family and the modules it has."""
     leaves = [n for n, m in model.named_modules() if n and not any(True for _ in m.children())]
     has = lambda suffix: any(n == suffix or n.endswith("." + suffix) for n in leaves)  # noqa: E731
     out: list[str] = []
     for name in names:
-        alts = ALIASES.get(name, ())
         if has(name):
             out.append(name)
-        elif alts and all(has(a) for a in alts):
-            out.extend(alts)
-        else:
+            continue
+        alts = next((a for a in ALIASES.get(name, ()) if all(has(x) for x in a)), None)
+        if alts is None:
             ends = sorted({n.split(".")[-1] for n in leaves})
             raise BenchError(f"peft target '{name}' matches no module of the {kind} encoder "
-                             f"({type(model).__name__}); its modules end in: {', '.join(ends)}")
+                             f"({family_of(model.config).name}, {type(model).__name__}); its modules end in: "
+                             f"{', '.join(ends)}")
+        out.extend(alts)
     return sorted(set(out))
 
 

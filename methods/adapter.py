@@ -5,7 +5,10 @@ advisories (issue #14); the adapter itself is a dozen lines. Two adapters per la
 encoders, after the attention sub-layer's output projection and after the FFN's (``placement =
 "houlsby"``; ``"pfeiffer"``: the FFN only), each x + Linear(b -> H)(act(Linear(H -> b)(x))), b = 64.
 Each wraps the output projection (``attention.output.dense`` / ``output.dense`` in BERT,
-``attention.o_proj`` / ``mlp.fc2`` in transformers 5's ViT) and acts after that sub-layer's dropout
+``attention.o_proj`` / ``mlp.fc2`` in transformers 5's ViT and DINOv2, ``self_attn.out_proj`` /
+``mlp.fc2`` in CLIP and SigLIP, ``attn.Wo`` / ``mlp.Wo`` in ModernBERT, ``self_attn.o_proj`` /
+``mlp.down_proj`` in the LLMs, whose pre-norm blocks add it to the residual stream right after) and
+acts after that sub-layer's dropout
 and before its residual and LayerNorm: dense -> dropout -> adapter, as in the paper's code
 (``BertAdaptedSelfOutput``) and AdapterHub's Houlsby config (``order = "dropout_first"``, the
 default; ``"adapter_first"``, dense -> adapter -> dropout, is what this module did before version
@@ -31,8 +34,10 @@ from .base import PAPER_PEFT, BuildContext, ItemTower, Method
 from .registry import register_method
 
 # the output projection of each sub-layer, by architecture (first match per layer wins)
-ATTENTION_OUT = ("attention.output.dense", "attention.o_proj", "self_attn.out_proj", "attention.out_proj")
-FFN_OUT = ("output.dense", "mlp.fc2", "mlp.down_proj")
+# BERT/RoBERTa; ViT and DINOv2 (transformers 5); CLIP and SigLIP; ModernBERT; the LLMs (Llama, Mistral, Gemma, Qwen)
+ATTENTION_OUT = ("attention.output.dense", "attention.o_proj", "self_attn.out_proj", "attention.out_proj",
+                 "attn.Wo", "self_attn.o_proj")
+FFN_OUT = ("output.dense", "mlp.fc2", "mlp.Wo", "mlp.down_proj")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "tanh": nn.Tanh}
 
 
@@ -96,14 +101,10 @@ def output_projection(layer: nn.Module, candidates: tuple[str, ...], kind: str, 
 def add_adapters(model: nn.Module, kind: str, o: AdapterOptions, key: str) -> None:
     """Wrap the output projections of every layer of ``model`` with adapters (``key``: the method's
     [methods.NAME] table, for errors)."""
-    hidden = model.config.hidden_size
-    if o.bottleneck > hidden:
-        raise BenchError(f"'{key}.bottleneck' = {o.bottleneck} is wider than the {kind} encoder's "
-                         f"hidden size {hidden}")
-    sites = (("attention", ATTENTION_OUT), ("FFN", FFN_OUT)) if o.placement == "houlsby" else (("FFN", FFN_OUT),)
+    check_width(model, kind, o, key)
     for layer in encoder_layers(model):
-        shared = _layer_dropout(layer, len(sites)) if o.order == "dropout_first" else None
-        for what, candidates in sites:
+        shared = _layer_dropout(layer, len(sites(o))) if o.order == "dropout_first" else None
+        for what, candidates in sites(o):
             owner, leaf = output_projection(layer, candidates, kind, what)
             base = getattr(owner, leaf)
             adapter = Bottleneck(base.out_features, o).to(device=base.weight.device, dtype=base.weight.dtype)
@@ -113,6 +114,18 @@ def add_adapters(model: nn.Module, kind: str, o: AdapterOptions, key: str) -> No
             setattr(owner, leaf, Adapted(base, adapter, drop))
         if shared is not None:
             layer.dropout = nn.Identity()  # each adapted sub-layer now applies it before its adapter
+
+
+def sites(o: AdapterOptions) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(sub-layer, its output projection's names) the placement adapts."""
+    return (("attention", ATTENTION_OUT), ("FFN", FFN_OUT)) if o.placement == "houlsby" else (("FFN", FFN_OUT),)
+
+
+def check_width(model: nn.Module, kind: str, o: AdapterOptions, key: str) -> None:
+    hidden = model.config.hidden_size
+    if o.bottleneck > hidden:
+        raise BenchError(f"'{key}.bottleneck' = {o.bottleneck} is wider than the {kind} encoder's "
+                         f"hidden size {hidden}")
 
 
 def _take_dropout(owner: nn.Module) -> nn.Dropout | None:
@@ -139,6 +152,12 @@ class Adapter(Method):
     paper_train = PAPER_PEFT
     version = 2  # 2: the sub-layer's dropout before the adapter (order = "dropout_first")
     Options = AdapterOptions
+
+    def check_applies(self, encoders) -> None:
+        for kind, model in encoders.items():  # both sites exist in this family's blocks, and b fits
+            check_width(model, kind, self.opts, f"methods.{self.name}")
+            for what, candidates in sites(self.opts):
+                output_projection(encoder_layers(model)[0], candidates, kind, what)
 
     def build(self, ctx: BuildContext) -> ItemTower:
         encs = encoders(ctx.backbones, ctx.data)

@@ -18,6 +18,7 @@ from torch import nn
 from benchmark.config import BenchConfig
 from benchmark.data.dataset import SeqDataset
 from benchmark.models.backbones import Backbones
+from benchmark.models.families import pool
 from core.record import CacheCost
 
 
@@ -77,6 +78,11 @@ class Method:
 
     def build(self, ctx: BuildContext) -> ItemTower:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def check_applies(self, encoders: dict[str, nn.Module]) -> None:
+        """Raise the one-line ``BenchError`` saying why this method cannot apply to these encoders (text,
+        and vision unless text-only), naming the encoder. Called on encoders built on the meta device
+        before anything runs (``launch.recipe.check_methods``); ``build`` meets the same checks."""
 
     def one_off(self) -> CacheCost | None:
         """A one-off cost paid before training (a cache build or load), reported apart from setup."""
@@ -211,7 +217,8 @@ def xavier_projection(lin: nn.Linear) -> None:
 
 
 class EncoderTower(ItemTower):
-    """Backbones run end to end: text CLS + image CLS -> item_dim each -> concat -> Linear.
+    """Backbones run end to end: pooled text + pooled image (CLS for BERT and ViT; the family's pooling,
+    ``Backbones.pooling``) -> item_dim each -> concat -> Linear.
 
     ``paper`` (``train.architecture = "paper"``): as the paper's code, a GELU after each modality's
     projection, and the image projection (its ``classifier``) xavier-normal with a zero bias."""
@@ -228,14 +235,17 @@ class EncoderTower(ItemTower):
         if paper and self.image_proj is not None:
             xavier_projection(self.image_proj)
         self.fuse = nn.Linear(2 * item_dim, item_dim) if self.vision is not None else None
+        self.pooling = dict(backbones.pooling)  # kind -> cls | last | mean (benchmark.models.families)
         self._group_of = group_of
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        t = self.text(**self.inputs.text(ids)).last_hidden_state[:, 0]
+        text = self.inputs.text(ids)
+        t = pool(self.text(**text).last_hidden_state, text["attention_mask"], self.pooling["text"])
         t = self.act(self.text_proj(t))
         if self.vision is None:
             return t
-        v = self.vision(pixel_values=self.inputs.pixels(ids).to(t.dtype)).last_hidden_state[:, 0]
+        v = pool(self.vision(pixel_values=self.inputs.pixels(ids).to(t.dtype)).last_hidden_state, None,
+                 self.pooling["vision"])
         return self.fuse(torch.cat([t, self.act(self.image_proj(v))], dim=-1))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import checkpointed, end_to_end_tower
+from ._common import check_checkpointing, checkpointed, end_to_end_tower
 from .base import BuildContext, ItemTower, Method
 from .registry import register_method
 
@@ -25,3 +25,6 @@ class FullFineTuningCheckpointed(FullFineTuning):
 
     def build(self, ctx: BuildContext) -> ItemTower:
         return checkpointed(super().build(ctx))
+
+    def check_applies(self, encoders) -> None:
+        check_checkpointing(encoders)

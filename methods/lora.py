@@ -20,7 +20,7 @@ from typing import Literal
 from core.errors import BenchError
 from core.keys import bounded
 
-from ._common import checkpointed, peft_tower
+from ._common import check_checkpointing, checkpointed, peft_tower, targets_for
 from .base import PAPER_PEFT, BuildContext, ItemTower, Method
 from .registry import register_method
 
@@ -65,6 +65,10 @@ class LoRA(Method):
             refresh_targets(tower)
         return tower
 
+    def check_applies(self, encoders) -> None:
+        for kind, model in encoders.items():  # every target spelled as this family spells it
+            targets_for(model, list(self.opts.target_modules), kind)
+
 
 def refresh_targets(tower: ItemTower) -> None:
     """The paper's LoRA base: every adapted Linear re-initialised as a new ``nn.Linear`` would be, its
@@ -86,3 +90,7 @@ class LoRACheckpointed(LoRA):
 
     def build(self, ctx: BuildContext) -> ItemTower:
         return checkpointed(super().build(ctx))
+
+    def check_applies(self, encoders) -> None:
+        super().check_applies(encoders)
+        check_checkpointing(encoders)

@@ -232,17 +232,19 @@ def one_off_cell(m: MethodSummary, unit: tuple[float, str] | None) -> str:
     """A method's one-off cache: build time and peak memory, or that an existing cache was loaded."""
     if m.cache_status is None:
         return DASH
+    size = f"; cache {fmt_mb(m.cache.size_mb)}" if m.cache is not None and m.cache.size_mb is not None else ""
     if m.cache_status == "loaded":
         c = m.cache
         if c is None or c.built_s is None:
-            return "loaded; its build's cost is unknown (built before iisan-bench kept it)"
+            return f"loaded; its build's cost is unknown (built before iisan-bench kept it){size}"
         peak = f", {fmt_mb(c.built_peak_mb, unit=unit)} peak" if c.built_peak_mb is not None else ", peak unknown"
         where = f" on {c.built_on}" if c.built_on else ""
         when = f", {str(c.built_at)[:10]}" if c.built_at else ""
-        return f"loaded; built earlier{where}{when}: {fmt_seconds(c.built_s)}{peak}"
+        return f"loaded; built earlier{where}{when}: {fmt_seconds(c.built_s)}{peak}{size}"
     peak = m.cache_build_peak_mb
     mb = lambda mean, std=None: fmt_mb(mean, std, unit)  # noqa: E731
-    return fmt_stat(m.cache_build_s, fmt_seconds) + (f", {fmt_stat(peak, mb)} peak" if peak.mean is not None else "")
+    return (fmt_stat(m.cache_build_s, fmt_seconds) + (f", {fmt_stat(peak, mb)} peak" if peak.mean is not None else "")
+            + size)
 
 
 def efficiency_table(results: Results, tp: TpmeResult) -> Table:

@@ -148,7 +148,7 @@ def test_local_folder_errors_name_the_key(tmp_path):
     with pytest.raises(BenchError) as err:
         load_backbones(BackboneConfig(text_model=str(empty), init="pretrained"), TEXT_ONLY)
     assert str(err.value).startswith(f"backbone.text_model: pretrained text weights not available from local folder {empty}")
-    with pytest.raises(BenchError, match="'google/vit-base-patch16-224' is a VIT model, not a text encoder"):
+    with pytest.raises(BenchError, match="'google/vit-base-patch16-224' is a ViT vision model, not a text encoder"):
         load_backbones(BackboneConfig(text_model="google/vit-base-patch16-224"), TEXT_ONLY)
 
 

@@ -99,8 +99,12 @@ def test_gates_start_at_one_half_and_options_shape_the_network():
     assert all(b.gates is None for b in add.branches.values())
     text_only = SideNetwork(8, None, 3, None, IISANOptions(), 4)
     assert list(text_only.branches) == ["text"] and text_only.fuse is None
-    with pytest.raises(BenchError, match="inter branch needs text and image states of equal width"):
-        SideNetwork(8, 16, 3, 3, IISANOptions(), 4)
+    wide_image = SideNetwork(8, 16, 3, 3, IISANOptions(), 4)  # IISAN-Versa: the wider side projected per step
+    assert wide_image.align_kind == "image" and [(l.in_features, l.out_features) for l in wide_image.align] == [(16, 8)] * 3
+    assert wide_image.branches["inter"].blocks[0].down.in_features == 8 and wide_image.proj["inter"].in_features == 8
+    assert wide_image(torch.randn(5, 3, 8), torch.randn(5, 3, 16)).shape == (5, 4)
+    with pytest.raises(BenchError, match="the same number of taps from both encoders"):
+        SideNetwork(8, 16, 3, 4, IISANOptions(), 4)
     with pytest.raises(BenchError, match="'inter' needs images"):
         SideNetwork(8, None, 3, None, IISANOptions(modality="inter"), 4)
 

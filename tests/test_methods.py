@@ -369,6 +369,6 @@ def test_peft_targets_are_spelled_per_encoder_and_an_unmatched_one_names_the_enc
                        (model.item_tower.vision, ({"query", "value"}, {"q_proj", "v_proj"}))):  # transformers 4 | 5
         wrapped = {n.split(".lora_A")[0] for n, p in enc.named_parameters() if ".lora_A." in n}
         assert len(wrapped) == 2 * L and {w.rsplit(".", 1)[1] for w in wrapped} in names
-    with pytest.raises(BenchError, match=r"^peft target 'qkv' matches no module of the text encoder \(BertModel\); "
+    with pytest.raises(BenchError, match=r"^peft target 'qkv' matches no module of the text encoder \(BERT, BertModel\); "
                                          r"its modules end in: .*query.*value"):
         build(small(tmp_path, lora={"target_modules": ["qkv"]}), "lora")

@@ -48,17 +48,45 @@ def count_method(cfg, name: str) -> dict[str, Any]:
         built = build_model(cfg, name, _fake_data(cfg), torch.device("meta"))
     model, backbones = built.model, built.backbones
     groups = {k: sum(p.numel() for p in ps) for k, ps in model.param_groups().items()}
+    cache = cache_per_items(model, name, cfg)
     sasrec = sum(p.numel() for p in model.user_encoder.parameters())
     return {"method": name, **count_params(model), "backbone": groups.get("backbone", 0) + groups.get("backbone_vision", 0),
             "peft": groups.get("peft", 0), "head": groups.get("head", 0) - sasrec, "sasrec": sasrec,
-            "paper": PAPER_TRAINABLE.get(name), "info": backbones.info}
+            "paper": PAPER_TRAINABLE.get(name), "info": backbones.info, "cache": cache}
+
+
+CACHE_ITEMS = 20_825  # Amazon Scientific's items: the cache of the paper's dataset
+
+
+def cache_per_items(model, name: str, cfg) -> str | None:
+    """A cached method's cache at Scientific's size: its tensors' shapes per item (from the meta
+    build's buffers), their storage dtype, and where it would be written."""
+    from methods.iisan.cache import cache_mb, cache_root
+
+    source = getattr(model.item_tower, "source", None)
+    if name != "iisan-cached" or source is None or not hasattr(source, "text_offset"):
+        return None
+    from methods.registry import options_for
+
+    opts = options_for(name, cfg)
+    shapes = {"text": (CACHE_ITEMS + 1, *source.text.shape[1:])}
+    if source.has_image:
+        shapes["vision"] = (CACHE_ITEMS + 1, *source.image.shape[1:])
+    size = cache_mb(shapes, source.text.dtype)
+    taps = ", ".join(f"{k} {s[1]} taps x {s[2]}" for k, s in shapes.items())
+    return (f"{name}'s cache for {CACHE_ITEMS:,} items (Scientific): {_size(size * 2**20)} in {opts.cache_dtype} "
+            f"({taps}), written under {cache_root(opts)} and held in device memory while training")
 
 
 def params_config(cfg, image_size: int | None = None):
-    """The config the counts use: random init (no weights needed), the paper's 224 px for 'base'."""
+    """The config the counts use: random init (no weights needed), 224 px (the paper's, and the size of
+    every pretrained image encoder a preset names) for presets with pretrained image weights."""
+    from core.presets import PRESETS
+
     if image_size is not None and image_size <= 0:
         raise BenchError(f"--image-size must be > 0, got {image_size}")
-    size = image_size or (PAPER_IMAGE_SIZE if cfg.backbone.preset == "base" else cfg.data.image_size)
+    pretrained_vision = "vision" in PRESETS[cfg.backbone.preset]["weights"] and cfg.backbone.preset != "minilm"
+    size = image_size or (PAPER_IMAGE_SIZE if pretrained_vision else cfg.data.image_size)
     return dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, init="random"),
                                data=dataclasses.replace(cfg.data, image_size=size))
 
@@ -72,7 +100,13 @@ def paper_setting(cfg) -> bool:
 
 
 def count_all(cfg, names: list[str]) -> list[dict[str, Any]]:
-    rows = [count_method(cfg, n) for n in names]
+    """Every method's counts; one that cannot apply to these encoders is a row with its reason."""
+    rows = []
+    for n in names:
+        try:
+            rows.append(count_method(cfg, n))
+        except BenchError as exc:
+            rows.append({"method": n, "refused": str(exc)})
     if not paper_setting(cfg):
         for r in rows:
             r["paper"] = None
@@ -83,23 +117,47 @@ def _m(n: float | None) -> str:
     return "-" if n is None else f"{n / 1e6:.2f}M"
 
 
+def _size(n_bytes: float) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:,.1f} {unit}"
+    return f"{n_bytes:.0f} B"
+
+
+def _encoder_line(kind: str, e: dict[str, Any] | None) -> str | None:
+    if not e:
+        return None
+    return (f"{kind}: {e['family']} ({e['model_type']}{', decoder-only' if e['decoder'] else ''}), {e['params']:,} "
+            f"parameters, hidden {e['hidden_size']}, {e['layers']} layers, pooling {e['pooling']}")
+
+
 def format_table(rows: list[dict[str, Any]], cfg, seconds: float | None = None) -> str:
-    info = rows[0]["info"] if rows else {}
+    info = next((r["info"] for r in rows if "info" in r), {})
     vision = info.get("vision") or "no vision encoder (images = none)"
     head = (f"parameters: backbone preset '{cfg.backbone.preset}' ({info.get('text')} + {vision}, "
             f"architecture only, no poolers), text {cfg.data.text_tokens} tokens, "
             f"{f'images {cfg.data.image_size} px' if cfg.data.images != 'none' else 'text only'}, item dim {cfg.train.item_dim}, "
             f"SASRec {cfg.train.num_blocks} blocks")
-    cols = ["method", "trainable", "total", "encoders", "added", "proj+fusion", "SASRec", "paper"]
+    encoders = [x for x in (_encoder_line("text", info.get("text_encoder")),
+                            _encoder_line("vision", info.get("vision_encoder"))) if x]
+    cols = ["method", "trainable", "total", "encoders", "added", "proj+fusion", "SASRec", "checkpoint", "paper"]
     table = [cols]
+    refused = []
     for r in rows:
+        if "refused" in r:
+            table.append([r["method"]] + ["n/a"] * (len(cols) - 1))
+            refused.append(f"{r['method']}: {r['refused']}")
+            continue
         table.append([r["method"], f"{r['trainable']:,}", f"{r['total']:,}", f"{r['backbone']:,}", f"{r['peft']:,}",
-                      f"{r['head']:,}", f"{r['sasrec']:,}", _m(r["paper"])])
-    lines = [head, "", *aligned(table)]
+                      f"{r['head']:,}", f"{r['sasrec']:,}", _size(r["checkpoint_mb"] * 2**20), _m(r["paper"])])
+    caches = [r["cache"] for r in rows if r.get("cache")]
+    lines = [head, *encoders, "", *aligned(table), *([""] + refused if refused else []), *caches]
     lines += ["",
               "trainable = encoders (pretrained weights that train) + added (LoRA/adapters/side network) "
               "+ proj+fusion + SASRec; total adds the frozen encoder weights in the trained model "
-              "(iisan-cached trains without the encoders). paper = trainable parameters in IISAN's paper "
+              "(iisan-cached trains without the encoders). checkpoint = what a fine-tuned model adds to store: "
+              "its trainable weights as stored (the frozen encoders are the shared pretrained files). "
+              "paper = trainable parameters in IISAN's paper "
               "(shown only for its setting: --backbone base, 224 px, item dim 64); see docs/params.md for "
               "each difference."]
     if seconds is not None:

@@ -18,8 +18,9 @@ def method_names(cfg: BenchConfig) -> list[str]:
     return select(cfg.run.methods, extra=configured_extra(cfg))
 
 
-def check_methods(cfg: BenchConfig, names: list[str]) -> None:
-    """Validate every selected method's options, and every [methods.NAME] table, before anything runs."""
+def check_methods(cfg: BenchConfig, names: list[str], applicable: bool = True) -> None:
+    """Validate every selected method's options, and every [methods.NAME] table, before anything runs;
+    ``applicable``: also that each can apply to the run's encoders (``check_applicable``)."""
     from methods.registry import available, configured_extra, options_for
 
     known = set(available()) | set(configured_extra(cfg))
@@ -28,6 +29,29 @@ def check_methods(cfg: BenchConfig, names: list[str]) -> None:
             raise BenchError(f"{cfg.where(f'methods.{name}')}: [methods.{name}] names no method{nearest(name, known)}")
     for name in names:
         options_for(name, cfg)
+    if applicable:
+        check_applicable(cfg, names)
+
+
+def check_applicable(cfg: BenchConfig, names: list[str]) -> None:
+    """Every method can apply to the run's encoders (BitFit needs biases, adapters their output
+    projections, LoRA its targets, -gc checkpointing), checked on meta-device encoders: a method that
+    cannot is one line before anything runs, naming the encoder, with the methods that can."""
+    from benchmark.models.backbones import meta_encoders
+    from methods.registry import get_method_for, options_for
+
+    encoders = meta_encoders(cfg.backbone, cfg.data)
+    refused: dict[str, str] = {}
+    for name in names:
+        try:
+            get_method_for(name, cfg)(options_for(name, cfg)).check_applies(encoders)
+        except BenchError as exc:
+            refused[name] = str(exc)
+    if refused:
+        name, why = next(iter(refused.items()))
+        others = [n for n in names if n not in refused]
+        rest = f"; these can: --methods {','.join(others)}" if others else ""
+        raise BenchError(f"{cfg.where('run.methods', 'backbone.preset')}: '{name}' cannot run on these backbones: {why}{rest}")
 
 
 def method_config(cfg: BenchConfig, name: str) -> BenchConfig:

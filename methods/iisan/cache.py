@@ -48,6 +48,9 @@ from torch import nn
 
 from core.atomic import atomic_write, atomic_write_text
 from core.cuda import synchronize
+from core.errors import BenchError
+
+from .options import options_key
 
 CACHE_FORMAT = 2  # 2: {"states", "offset"} per file
 PREPROCESS = ("cls=hidden_states[tap][:,0]; pixels=uint8/127.5-1; encoders in eval mode, no grad, "
@@ -98,7 +101,8 @@ def hash_model(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def components(data, models: dict[str, nn.Module], taps: dict[str, list[int]], dtype: str) -> dict[str, str]:
+def components(data, models: dict[str, nn.Module], taps: dict[str, list[int]], dtype: str,
+               pooling: dict[str, str] | None = None) -> dict[str, str]:
     """What the cached states depend on, each hashed on its own."""
     items = hashlib.sha256()
     for key, title in zip(data.item_keys, data.titles):
@@ -117,6 +121,7 @@ def components(data, models: dict[str, nn.Module], taps: dict[str, list[int]], d
         "text_weights": hash_model(models["text"]),
         "vision_weights": hash_model(models["vision"]) if "vision" in models else "none",
         "taps": json.dumps(taps, sort_keys=True),
+        "pooling": json.dumps(pooling or {k: "cls" for k in models}, sort_keys=True),
         "dtype": dtype,
     }
 
@@ -149,6 +154,7 @@ class CacheInfo:
     load_s: float  # seconds spent fingerprinting, verifying and loading
     shapes: dict[str, list[int]]
     batch_size: int | None = None  # items encoded at once while building
+    size_mb: float | None = None  # the cached states (and offsets) in their storage dtype: on disk and in memory
     earlier: Any = None  # a reused cache: its own build's cost (core.oneoff.BuildCost), when known
 
 
@@ -265,6 +271,46 @@ def auto_build_batch(models: dict[str, nn.Module], data, budget_mb: float = BUIL
     return n
 
 
+def cache_mb(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype) -> float:
+    """MB of the cached states (``[n + 1, taps, H]`` per kind in ``dtype``) and their fp32 offsets."""
+    elem = torch.empty(0, dtype=dtype).element_size()
+    total = sum(n * t * h * elem + t * h * 4 for n, t, h in shapes.values())
+    return total / 2**20
+
+
+def _free_mb(device: torch.device) -> tuple[float | None, str]:
+    """Memory free where the cache will live during training: the GPU's, else the machine's available RAM."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free / 2**20, f"free on {torch.cuda.get_device_name(device)}"
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024, "available RAM"
+    except OSError:
+        pass
+    return None, "available RAM"
+
+
+def check_fits(size_mb: float, path: Path | None, device: torch.device, opts) -> None:
+    """One line before anything is built when the cache cannot fit: on disk where it will be written
+    (``path``; None when it exists already), and in the memory it is read into for training."""
+    import shutil
+
+    key = f"{options_key(opts)}.cache_dir"
+    if path is not None:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        free_disk = shutil.disk_usage(existing).free / 2**20
+        if size_mb > free_disk:
+            raise BenchError(f"iisan-cached: the cache needs {size_mb:,.0f} MB but {existing} has {free_disk:,.0f} MB "
+                             f"free -- set '{key}' (or $IISAN_BENCH_CACHE) to a larger disk, or cache_dtype = \"fp16\"")
+    free, where = _free_mb(device)
+    if free is not None and size_mb > free:
+        raise BenchError(f"iisan-cached: the cache of {size_mb:,.0f} MB does not fit in {free:,.0f} MB {where}; "
+                         f"use fewer taps ('{options_key(opts)}.steps'), cache_dtype = \"fp16\", or a larger device")
+
+
 def _earlier_build(path: Path):
     """What building this cache cost when it was built (``core.oneoff``; older caches: meta.json's seconds)."""
     from core.oneoff import read_build_cost
@@ -285,14 +331,19 @@ def ensure_cache(ctx, source: nn.Module, taps: dict[str, list[int]], opts, rebui
     t0 = time.perf_counter()
     models = {"text": source.text, **({"vision": source.vision} if source.vision is not None else {})}
     dtype = DTYPES[opts.cache_dtype]
-    parts = components(ctx.data, models, taps, opts.cache_dtype)
+    pooling = {k: tap.pooling for k, tap in source._tap.items()}
+    parts = components(ctx.data, models, taps, opts.cache_dtype, pooling)
     path = cache_path(cache_root(opts), ctx.data, ctx.backbones.info or {}, parts)
     n = ctx.data.n_items + 1
     expect = {k: (n, len(taps[k]), m.config.hidden_size) for k, m in models.items()}
+    size_mb = cache_mb(expect, dtype)
     tensors, reason = (None, "rebuild requested") if rebuild else read_cache(path, parts, expect, dtype)
     if tensors is not None:
+        check_fits(size_mb, None, ctx.device, opts)
         return tensors, CacheInfo(path, fingerprint_of(parts), False, reason, 0.0, time.perf_counter() - t0,
-                                  {k: list(v[0].shape) for k, v in tensors.items()}, earlier=_earlier_build(path))
+                                  {k: list(v[0].shape) for k, v in tensors.items()}, size_mb=size_mb,
+                                  earlier=_earlier_build(path))
+    check_fits(size_mb, path, ctx.device, opts)
     batch = opts.build_batch_size or auto_build_batch(models, ctx.data)
     log(f"{reason}; building {path} ({batch} items at a time)")
     load_s = time.perf_counter() - t0
@@ -309,4 +360,4 @@ def ensure_cache(ctx, source: nn.Module, taps: dict[str, list[int]], opts, rebui
     ctx.phase("setup")
     log(f"built {', '.join(f'{k} {list(v[0].shape)} {v[0].dtype}' for k, v in tensors.items())} in {build_s:.1f}s")
     return tensors, CacheInfo(path, fingerprint_of(parts), True, reason, build_s, load_s,
-                              {k: list(v[0].shape) for k, v in tensors.items()}, batch)
+                              {k: list(v[0].shape) for k, v in tensors.items()}, batch, size_mb)

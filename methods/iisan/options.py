@@ -17,6 +17,10 @@ class IISANOptions:
     fusion: Literal["gated", "add"] = "gated"  # how a tapped state joins the side stream
     bottleneck: int = bounded(64, 1, 4096)  # SAN block width
     taps: list[int] = field(default_factory=list, metadata=bounded(None, 0, 1024).metadata)  # hidden states to tap (0 = embeddings); [] = 0,2,...,L
+    # steps per branch when taps = [] and the encoders differ in depth (or when set): each encoder's layers in
+    # steps - 1 groups, tapping the embeddings and each group's last layer (IISAN-Versa's grouped layer dropping);
+    # 0 = the paper's LayerDrop count of the shallower encoder (L/2 + 1)
+    steps: int = bounded(0, 1, 1025, zero="auto")
     # which learning rate each side-network parameter gets: side = SAN blocks, gates and branch outputs at
     # train.lr_peft, projections and fusion at lr_head; paper = the paper's run.py, which groups by name
     # (SideNetwork.param_groups; paper_protocol sets it)
@@ -46,15 +50,34 @@ def default_taps(n_layers: int) -> list[int]:
     return sorted(range(n_layers, -1, -2))
 
 
+def grouped_taps(n_layers: int, steps: int) -> list[int]:
+    """``steps`` taps of an encoder of ``n_layers`` blocks: the embeddings (0) and the last block of each
+    of ``steps - 1`` equal groups (rounded half up), so encoders of any depth give the same number of
+    steps. For L = 2(steps - 1) it is the paper's 0, 2, ..., L; one step taps the last layer only."""
+    if steps == 1:
+        return [n_layers]
+    return [int(i * n_layers / (steps - 1) + 0.5) for i in range(steps)]
+
+
 def resolve_taps(opts: IISANOptions, models: dict[str, nn.Module]) -> dict[str, list[int]]:
-    """Tapped hidden-state indices per encoder kind (text, vision)."""
-    out = {}
-    for kind, model in models.items():
-        n_layers = model.config.num_hidden_layers
-        taps = sorted(opts.taps) if opts.taps else default_taps(n_layers)
-        bad = [t for t in taps if t > n_layers]
+    """Tapped hidden-state indices per encoder kind (text, vision): ``taps`` for all encoders when given;
+    else the paper's LayerDrop when the encoders have one depth and ``steps`` is auto; else grouped taps
+    (``grouped_taps``) with the same count for every encoder."""
+    depths = {kind: model.config.num_hidden_layers for kind, model in models.items()}
+    if opts.taps:
+        out = {kind: sorted(opts.taps) for kind in models}
+    elif len(set(depths.values())) == 1 and not opts.steps:
+        out = {kind: default_taps(n) for kind, n in depths.items()}
+    else:
+        shallow = min(depths.values())
+        steps = opts.steps or len(default_taps(shallow))
+        if steps > shallow + 1:
+            raise BenchError(f"'{options_key(opts)}.steps' = {steps}: the {min(depths, key=depths.get)} encoder has "
+                             f"{shallow} layers, so at most {shallow + 1} distinct hidden states to tap")
+        out = {kind: grouped_taps(n, steps) for kind, n in depths.items()}
+    for kind, taps in out.items():
+        bad = [t for t in taps if t > depths[kind]]
         if bad:
             raise BenchError(f"'{options_key(opts)}.taps': {bad} out of range for the {kind} encoder "
-                             f"(hidden states 0..{n_layers})")
-        out[kind] = taps
+                             f"(hidden states 0..{depths[kind]})")
     return out

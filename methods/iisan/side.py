@@ -85,14 +85,20 @@ class SideNetwork(nn.Module):
             branches["text"] = Branch(text_dim, text_taps, opts.bottleneck, opts.fusion, False, paper)
             if has_image:
                 branches["image"] = Branch(image_dim, image_taps, opts.bottleneck, opts.fusion, False, paper)
+        inter_dim = text_dim
+        self.align_kind: str | None = None  # the wider modality, projected to the other's width per step
         if has_image and opts.modality in ("intra_inter", "inter"):
-            if text_dim != image_dim or text_taps != image_taps:
-                raise BenchError(f"'methods.iisan': the inter branch needs text and image states of equal width "
-                                 f"and tap count (text {text_dim} x {text_taps} taps, image {image_dim} x "
-                                 f"{image_taps} taps); use modality = 'intra' or matching encoders/taps")
-            branches["inter"] = Branch(text_dim, text_taps, opts.bottleneck, opts.fusion, True, paper)
+            if text_taps != image_taps:
+                raise BenchError(f"'{options_key(opts)}': the inter branch needs the same number of taps from both "
+                                 f"encoders (text {text_taps}, image {image_taps}); leave taps = [] for grouped taps")
+            inter_dim = min(text_dim, image_dim)
+            if text_dim != image_dim:  # IISAN-Versa's dimension alignment: one Linear per step, wide -> narrow
+                self.align_kind = "text" if text_dim > image_dim else "image"
+                wide = max(text_dim, image_dim)
+                self.align = nn.ModuleList(nn.Linear(wide, inter_dim) for _ in range(text_taps))
+            branches["inter"] = Branch(inter_dim, text_taps, opts.bottleneck, opts.fusion, True, paper)
         self.branches = nn.ModuleDict(branches)
-        dims = {"text": text_dim, "image": image_dim, "inter": text_dim}
+        dims = {"text": text_dim, "image": image_dim, "inter": inter_dim}
         self.proj = nn.ModuleDict({k: nn.Linear(dims[k], item_dim) for k in branches})
         if paper and "image" in self.proj:
             xavier_projection(self.proj["image"])  # the paper reuses the ViT's classifier, xavier-initialised
@@ -102,9 +108,17 @@ class SideNetwork(nn.Module):
         """text [N, taps, Ht], image [N, taps, Hv] or None -> item embeddings [N, item_dim]."""
         outs = []
         for name, branch in self.branches.items():
-            h = branch(text) if name == "text" else branch(image) if name == "image" else branch(text, image)
+            h = branch(text) if name == "text" else branch(image) if name == "image" else branch(*self._aligned(text, image))
             outs.append(self.proj[name](h))
         return outs[0] if self.fuse is None else self.fuse(torch.cat(outs, dim=-1))
+
+    def _aligned(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text and image taps at the inter branch's width (the wider modality projected, step by step)."""
+        if self.align_kind is None:
+            return text, image
+        wide = text if self.align_kind == "text" else image
+        narrow = torch.stack([lin(wide[:, i]) for i, lin in enumerate(self.align)], dim=1)
+        return (narrow, image) if self.align_kind == "text" else (text, narrow)
 
     def param_groups(self, rule: str = "side") -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by learning-rate group (``ItemTower.param_groups``).
@@ -125,7 +139,7 @@ class SideNetwork(nn.Module):
 
 
 def side_group(name: str) -> str:
-    return "peft" if name.startswith("branches.") else "head"
+    return "peft" if name.startswith(("branches.", "align.")) else "head"
 
 
 PAPER_GROUPS = {("text", "out"): "backbone", ("image", "out"): "backbone_vision",
@@ -136,7 +150,7 @@ def paper_group(name: str) -> str:
     """The paper's group of a side-network parameter (``SideNetwork.param_groups``)."""
     parts = name.split(".")
     if parts[0] != "branches":
-        return "head"  # proj.* (title.fc, classifier, fc_mm_down) and fuse (com_dense)
+        return "head"  # proj.* (title.fc, classifier, fc_mm_down), fuse (com_dense), align (Versa's down_project_list)
     if parts[2] == "blocks":
         return "peft"  # *_adapter_list: adapter_bert_lr / adapter_cv_lr
     return PAPER_GROUPS.get((parts[1], parts[2]), "head")  # fc_bert, fc_cv, side_gate_params_cv; the rest lr

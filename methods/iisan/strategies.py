@@ -13,7 +13,7 @@ from methods._common import encoders, freeze, frozen_in_compute_dtype, is_meta
 from methods.base import BuildContext, ItemInputs, ItemTower, Method
 from methods.registry import register_method
 
-from .options import IISANCachedOptions, IISANOptions
+from .options import IISANCachedOptions, IISANOptions, resolve_taps
 from .side import SideNetwork, build_side
 from .taps import BackboneTaps, CachedTaps
 
@@ -50,6 +50,9 @@ class IISAN(Method):
     paper_options = PAPER_IISAN_OPTIONS
     Options = IISANOptions
 
+    def check_applies(self, encoders) -> None:
+        resolve_taps(self.opts, encoders)  # taps in range of both encoders, or grouped ones that exist
+
     def build(self, ctx: BuildContext) -> ItemTower:
         models = encoders(ctx.backbones, ctx.data)
         freeze(*models.values())
@@ -57,7 +60,8 @@ class IISAN(Method):
         frozen_in_compute_dtype(models, ctx.cfg.train.precision)
         # architecture = "paper": the encoders' dropout is active while training, as in the paper's code
         # (its cached variant, like ours, reads states computed without it: the two then differ)
-        live = BackboneTaps(models, ItemInputs(ctx.data), taps, dropout=ctx.cfg.train.architecture == "paper")
+        live = BackboneTaps(models, ItemInputs(ctx.data), taps, dropout=ctx.cfg.train.architecture == "paper",
+                            pooling=ctx.backbones.pooling)
         return IISANTower(live, side, self.opts.lr_groups)
 
 
@@ -66,6 +70,7 @@ class IISANCached(Method):
     description = "IISAN trained from a cache of the tapped CLS states (encoders run once, at cache build)."
     paper_train = PAPER_IISAN  # the same training, from cached states
     paper_options = PAPER_IISAN_OPTIONS
+    check_applies = IISAN.check_applies
     # a step is ~3 ms of GPU work behind ~1,000 kernel launches: CUDA graphs (torch.compile's
     # cudagraph trees, one graph per bucketed step shape, all captured before the clock)
     auto_compile = "reduce-overhead"
@@ -86,10 +91,13 @@ class IISANCached(Method):
         frozen_in_compute_dtype(models, ctx.cfg.train.precision)  # the cache holds what live iisan computes
         if is_meta(models["text"]):  # parameter counting on the meta device: no states to cache
             n = ctx.data.n_items + 1
-            caches = {k: (torch.empty(n, len(taps[k]), m.config.hidden_size, device="meta"),
+            from methods.iisan.cache import DTYPES
+
+            dtype = DTYPES[self.opts.cache_dtype]  # as stored: the counts' and estimates' cache size
+            caches = {k: (torch.empty(n, len(taps[k]), m.config.hidden_size, device="meta", dtype=dtype),
                           torch.empty(len(taps[k]), m.config.hidden_size, device="meta")) for k, m in models.items()}
         else:
-            source = BackboneTaps(models, ItemInputs(ctx.data), taps)
+            source = BackboneTaps(models, ItemInputs(ctx.data), taps, pooling=ctx.backbones.pooling)
             caches, self.cache_info = ensure_cache(ctx, source, taps, self.opts, rebuild=self.rebuild)
             del source
             release_backbones(ctx)
@@ -100,7 +108,8 @@ class IISANCached(Method):
         if i is None:
             return None
         cost = CacheCost(status="built" if i.built else "loaded", reason=i.reason, build_s=i.build_s,
-                         load_s=i.load_s, batch_size=i.batch_size if i.built else None, path=str(i.path))
+                         load_s=i.load_s, batch_size=i.batch_size if i.built else None, path=str(i.path),
+                         size_mb=i.size_mb)
         if i.earlier is not None:  # loaded: the build's own cost, from beside the cache
             e = i.earlier
             cost.built_s, cost.built_peak_mb, cost.built_memory_source = e.build_s, e.peak_mb, e.memory_source

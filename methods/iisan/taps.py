@@ -6,29 +6,46 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from methods._common import encoder_layers, freeze
+from benchmark.models.families import pool, tap_modules
+from methods._common import encoder_layers, freeze  # noqa: F401 - encoder_layers re-exported
 from methods.base import ItemInputs
 
 
 class TapCLS:
-    """Forward hooks that keep only the CLS vector of the tapped hidden states.
+    """Forward hooks that keep only the pooled vector (the CLS vector for BERT and ViT: ``pooling``) of
+    the tapped hidden states.
 
     Why hooks rather than ``output_hidden_states=True``: that keeps every layer's full hidden states
     ([N, tokens, H] x (L + 1)) alive until the forward ends, 13 x 197 x 768 floats an image for
-    ViT-base; the side network needs one vector of each tapped layer. Hidden state 0 is the
-    embeddings' output and state i the i-th block's output, exactly as in ``hidden_states``.
+    ViT-base; the side network needs one vector of each tapped layer. Hidden state 0 is the first
+    block's input (the embeddings' output; after CLIP's pre-LayerNorm and Gemma's embedding scale) and
+    state i the i-th block's output, except that the last state of the LLMs and ModernBERT is their final
+    norm's output: exactly transformers' ``hidden_states[i]`` for every family (``families.tap_modules``,
+    tests/test_families.py). For ``last`` and ``mean`` pooling the caller gives the batch's attention
+    mask first (``set_mask``).
     """
 
-    def __init__(self, model: nn.Module, taps: list[int]):
+    def __init__(self, model: nn.Module, taps: list[int], pooling: str = "cls"):
         self.taps = taps
+        self.pooling = pooling
+        self.mask: torch.Tensor | None = None
         self.out: dict[int, torch.Tensor] = {}
-        modules = [model.embeddings, *encoder_layers(model)]
-        self.handles = [modules[t].register_forward_hook(self._hook(t)) for t in taps]
+        where = tap_modules(model)
+        self.handles = [where[t][0].register_forward_pre_hook(self._first_input, with_kwargs=True) if where[t][1]
+                        else where[t][0].register_forward_hook(self._hook(t)) for t in taps]
+
+    def set_mask(self, mask: torch.Tensor | None) -> None:
+        self.mask = mask
+
+    def _keep(self, tap: int, h: torch.Tensor) -> None:
+        self.out[tap] = pool(h, self.mask, self.pooling)
+
+    def _first_input(self, module, args, kwargs):
+        self._keep(0, args[0] if args else kwargs["hidden_states"])
 
     def _hook(self, tap: int):
         def keep(module, args, output):
-            h = output[0] if isinstance(output, (tuple, list)) else output
-            self.out[tap] = h[:, 0]
+            self._keep(tap, output[0] if isinstance(output, (tuple, list)) else output)
         return keep
 
     def collect(self) -> torch.Tensor:
@@ -42,7 +59,7 @@ class BackboneTaps(nn.Module):
     """CLS vectors of the tapped hidden states, computed by the frozen backbones without gradients."""
 
     def __init__(self, models: dict[str, nn.Module], inputs: ItemInputs, taps: dict[str, list[int]],
-                 dropout: bool = False):
+                 dropout: bool = False, pooling: dict[str, str] | None = None):
         super().__init__()
         # False: the frozen encoders always run in eval mode (ours: the states the cache holds, so cached
         # == live); True: they follow the tower's mode, so their dropout is active while training, as in
@@ -57,9 +74,10 @@ class BackboneTaps(nn.Module):
         self.compute_dtype: torch.dtype | None = None
         self.all_hidden_states = False  # the earlier design's read (output_hidden_states), for estimates of it
         freeze(self.text, self.vision)
-        self._tap = {"text": TapCLS(self.text, taps["text"])}
+        pooling = pooling or {"text": "cls", "vision": "cls"}
+        self._tap = {"text": TapCLS(self.text, taps["text"], pooling["text"])}
         if self.vision is not None:
-            self._tap["vision"] = TapCLS(self.vision, taps["vision"])
+            self._tap["vision"] = TapCLS(self.vision, taps["vision"], pooling["vision"])
         self.train(False)
 
     def train(self, mode: bool = True) -> "BackboneTaps":
@@ -84,7 +102,9 @@ class BackboneTaps(nn.Module):
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         extra = {"output_hidden_states": True} if self.all_hidden_states else {}
         with self.numerics(ids.device):
-            self.text(**self.inputs.text(ids), **extra)
+            text_inputs = self.inputs.text(ids)
+            self._tap["text"].set_mask(text_inputs["attention_mask"])
+            self.text(**text_inputs, **extra)
             text = self._tap["text"].collect()
             image = None
             if self.vision is not None:

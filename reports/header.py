@@ -72,9 +72,18 @@ def _backbone(r: Run) -> str | None:
     b = r.record.backbone
     if b is None:
         return None
-    vision = f"vision `{b.vision}`" if b.vision else "no vision encoder (text only)"
-    return (f"preset `{b.preset or '?'}`, text `{b.text or '?'}`, {vision}, "
+    vision = f"vision `{b.vision}`{_encoder(b.vision_encoder)}" if b.vision else "no vision encoder (text only)"
+    return (f"preset `{b.preset or '?'}`, text `{b.text or '?'}`{_encoder(b.text_encoder)}, {vision}, "
             f"{'**random-init**' if b.init == 'random' else str(b.init or 'init unknown')}")
+
+
+def _encoder(e) -> str:
+    """' (Qwen2 96 wide, 6 layers, last-token pooling, 3.4M parameters)' of an encoder's record, or ''."""
+    if e is None or e.family is None:
+        return ""
+    pooling = {"cls": "CLS pooling", "last": "last-token pooling", "mean": "mean pooling"}.get(e.pooling, e.pooling)
+    size = f", {e.params / 1e6:,.1f}M parameters" if e.params else ""
+    return f" ({e.family} {e.hidden_size} wide, {e.layers} layers, {pooling}{size})"
 
 
 def _repeats(results: Results) -> str:

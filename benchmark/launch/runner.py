@@ -21,6 +21,7 @@ from benchmark.launch.recipe import method_config, new_record
 from benchmark.measure.results import env_info
 from core.errors import BenchError
 from core.names import safe_name
+from core.plain import from_plain
 from core.record import BackboneInfo, Distributed, Env, Params, RankFigures, RunRecord, Timing
 
 
@@ -90,7 +91,7 @@ def _train_and_evaluate(run: RunContext, cls, profiler, record: RunRecord) -> No
 
     t0 = time.perf_counter()
     built = _build_rank0_first(run, profiler)
-    record.backbone = BackboneInfo(**built.backbones.info)
+    record.backbone = from_plain(BackboneInfo, built.backbones.info)  # the encoders' descriptions as EncoderInfo
     setup_s = time.perf_counter() - t0
     record.params = Params(**count_params(built.model))
     record.resident = resident_mb(built.model)

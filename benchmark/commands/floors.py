@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from benchmark.config import BenchConfig
+from benchmark.models.families import family_of, pool
 from benchmark.training.batches import typical_items
 from benchmark.training.precision import autocast_for, compute_dtype
 from core.cuda import synchronize
@@ -67,7 +68,10 @@ def fft_step_floor(encs: dict[str, nn.Module], inputs: dict[str, dict], device, 
 
     def step():
         with autocast_for(device.type, precision):
-            loss = sum(e(**inputs[k]).last_hidden_state[:, 0].float().pow(2).mean() for k, e in encs.items())
+            # the family's pooled vector: under causal attention (the LLMs) position 0 alone would skip the
+            # backward through every later token
+            loss = sum(pool(e(**inputs[k]).last_hidden_state, inputs[k].get("attention_mask"),
+                            family_of(e.config).pooling).float().pow(2).mean() for k, e in encs.items())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -275,13 +275,14 @@ def test_configured_ia3_runs_through_the_trainer(tmp_path):
 # --------------------------------------------------------------------------- slow: the embedded default, once
 
 
-DEFAULT_RUN_EPOCHS = 2
+DEFAULT_RUN_EPOCHS = 1
 
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
-    """``iisan-bench run --methods all --epochs 2`` on the embedded default (about 50 s on 2 CPU cores;
-    two epochs keep the slow suite within its time: every method is past the floor by then)."""
+    """``iisan-bench run --methods all --epochs 1`` on the embedded default (about 35 s on 2 CPU cores;
+    one epoch keeps the slow suite within its time: in the committed sweep every method is 2.8x the
+    floor's validation HR@10 and NDCG@10 after its first epoch)."""
     from benchmark.launch.sweep import run_benchmark
 
     out = tmp_path_factory.mktemp("default-run")
@@ -298,38 +299,33 @@ def test_every_method_beats_popularity_on_the_default(default_run):
     for r in runs:
         assert r["status"] == "ok", (r["method"], r.get("error"))
         test, pop = r["metrics"]["test"], r["metrics"]["popularity"]["test"]
-        # well above the floor after 2 epochs (the committed 3-repeat sweep has every method past 3x there)
-        assert test["hr@10"] > 1.5 * pop["hr@10"] and test["ndcg@10"] > 1.5 * pop["ndcg@10"], (r["method"], test, pop)
+        # well above the floor after one epoch (the committed sweep: every method 2.8x or more there)
+        assert test["hr@10"] > 2 * pop["hr@10"] and test["ndcg@10"] > 2 * pop["ndcg@10"], (r["method"], test, pop)
     cached = runs[-1]
     assert cached["time"]["cache_build_s"] > 0 and cached["params"]["total"] == cached["params"]["trainable"]
 
 
-DDP_TOLERANCE = 0.02  # |HR@10|, |NDCG@10| between 1 and 2 processes on the default (1,000 test users)
+@pytest.mark.slow  # one 2-process sweep of the four end-to-end methods on the tiny data: 15 s
+def test_every_end_to_end_method_trains_under_two_ddp_processes(tmp_path):
+    """``--nproc 2`` for fft, lora, adapter and bitfit (iisan and iisan-cached: tests/test_distributed.py,
+    which also checks that two processes train exactly what one does with dropout off): every run ok
+    under gloo DDP with each rank's figures, and DDP all-reduces exactly the method's trainable
+    parameters each step (a peft-wrapped or partly frozen encoder synchronised in full, or not at all,
+    shows here)."""
+    from test_distributed import cfg_for, quiet, records
 
+    from benchmark.launch.sweep import run_benchmark
 
-@pytest.mark.slow
-def test_every_method_trains_under_two_ddp_processes_on_the_default(default_run):
-    """``iisan-bench run --methods all --nproc 2`` into the one-process sweep's folder: every method
-    ok under gloo DDP, per-rank figures in each record, metrics within DDP_TOLERANCE of one process
-    (dropout masks are drawn per rank, so with dropout on the two are different samples of the same
-    training; with it off they agree exactly: tests/test_distributed.py), and the scaling table."""
-    from benchmark.cli import main
-
-    out, one = default_run
-    main(["run", "--methods", "all", "--nproc", "2", "--epochs", str(DEFAULT_RUN_EPOCHS), "--out", str(out),
-          "--no-progress",  # exit 1/2: SystemExit
-          "--set", f"methods.iisan-cached.cache_dir={out / 'cache'}"])
-    runs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    two = {r["method"]: r for r in runs if (r.get("distributed") or {}).get("world_size") == 2}
-    assert list(two) == METHODS
-    for r in one:
-        d = two[r["method"]]
-        assert d["status"] == "ok" and [f["rank"] for f in d["distributed"]["ranks"]] == [0, 1]
-        assert all(f["peak_mb"] > 0 and f["epoch_s_median"] > 0 for f in d["distributed"]["ranks"])
-        for k in ("hr@10", "ndcg@10"):
-            assert abs(d["metrics"]["test"][k] - r["metrics"]["test"][k]) <= DDP_TOLERANCE, (r["method"], k)
-    scaling = (out / "report.md").read_text().split("## Scaling: 1 process → 2 processes (gloo, 1 node × 2 ranks")[1]
-    assert all(f"| `{m}` |" in scaling for m in METHODS)
+    names = ["fft", "lora", "adapter", "bitfit"]
+    run_benchmark(cfg_for(tmp_path / "o", names, 2), progress=False, echo=quiet)
+    runs = {r["method"]: r for r in records(tmp_path / "o")}
+    assert list(runs) == names
+    for name, r in runs.items():
+        d = r["distributed"]
+        assert r["status"] == "ok" and d["world_size"] == 2 and [f["rank"] for f in d["ranks"]] == [0, 1], name
+        assert all(f["peak_mb"] > 0 and f["epoch_s_median"] > 0 for f in d["ranks"]), name
+        assert d["allreduce_mb_per_step"] == pytest.approx(r["params"]["trainable"] * 4 / 2**20, rel=0.01), name
+        assert [h["loss"] for h in r["metrics"]["history"]][-1] < r["metrics"]["history"][0]["loss"], name
 
 
 @pytest.mark.parametrize("name", ["fft", "lora"])

@@ -129,11 +129,14 @@ def phase_of(trace: Trace) -> PhaseEstimate:
 
 
 def trace_region(model: nn.Module, run: Callable[[Tracer], None], resident_images: bool, *,
-                 grads: Callable[[], list] = list, state: Callable[[], list] = list) -> Trace:
-    """``run(tracer)`` traced with ``model``'s weights and buffers (and, resident, its images) held."""
+                 grads: Callable[[], list] = list, state: Callable[[], list] = list,
+                 held_state: list | None = None) -> Trace:
+    """``run(tracer)`` traced with ``model``'s weights and buffers (and, resident, its images) held,
+    and ``held_state``: optimizer state that exists before the region (a steady step's)."""
     tracer = Tracer()
     tracer.hold(model.parameters(), "weights")
     tracer.hold(model.buffers(), "buffers")
+    tracer.hold(held_state or [], "optimizer")
     if resident_images:
         tracer.hold([m.images for m in model.modules() if getattr(m, "has_images", False)], "buffers")
     with tracer:

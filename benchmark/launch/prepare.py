@@ -43,13 +43,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def popularity_metrics(split: Split, ks: list[int], masking: str) -> dict[str, dict[str, float]]:
+def popularity_metrics(split: Split, ks: list[int], masking: str,
+                       splits: tuple[str, ...] = ("valid", "test")) -> dict[str, dict[str, float]]:
     """The floor every trained model must beat: rank items by training popularity, under the same
-    masking rule as the models."""
+    masking rule as the models (on ``splits``)."""
     out = {}
     chunk = 256  # users at a time: all at once needs several [users, items] temporaries (GBs on Scientific)
     for name, target, history in (("valid", split.valid_target, split.valid_history),
                                   ("test", split.test_target, split.test_history)):
+        if name not in splits:
+            continue
         ranks = [target_ranks(split.log_pop.unsqueeze(0).expand(min(chunk, target.size(0) - i), -1),
                               target[i:i + chunk], history[i:i + chunk], masking)
                  for i in range(0, target.size(0), chunk)]

@@ -197,7 +197,7 @@ def params(config_path: str | None, methods: str, image_size: int | None, **flag
 @config_flags("dataset", "backbone", "init", "device", "seed", "images", "trust_pickle")
 @click.option("--rebuild", is_flag=True, help="Rebuild even if a valid cache exists.")
 def cache(config_path: str | None, rebuild: bool, **flags: Any) -> None:
-    """Build the iisan-cached cache of tapped CLS states (run builds it when missing)."""
+    """Build the iisan-cached cache of tapped pooled states (run builds it when missing)."""
     from benchmark.commands.cache import cache_command
 
     cfg = _config(config_path, (), **flags)

@@ -29,7 +29,7 @@ live in different bases (a fixed cut or average would mix them), and it is the a
 counts and costs compare with theirs. The cache holds the raw tapped states either way.
 
 ``SideNetwork`` is the one implementation both strategies train. ``iisan`` feeds it from the live
-backbones (``BackboneTaps``); ``iisan-cached`` from a cache of the same tapped CLS states
+backbones (``BackboneTaps``); ``iisan-cached`` from a cache of the same tapped pooled states
 (``CachedTaps``, built by ``methods.iisan.cache`` with ``BackboneTaps`` itself). The side network
 is built before the cache, from the same random state, so the two start from identical weights.
 The frozen backbones always run in eval mode (no dropout), so the live and cached states agree.

@@ -1,4 +1,4 @@
-"""The cache behind ``iisan-cached``: tapped CLS states of every item, computed once.
+"""The cache behind ``iisan-cached``: tapped pooled states (CLS for BERT and ViT) of every item, computed once.
 
 One tensor per modality, ``[n_items + 1, n_taps, H]`` (row 0 = padding item), fp16 by default,
 stored as the deviation from a per-(tap, dimension) fp32 offset (the mean over items) that is

@@ -45,7 +45,7 @@ PAPER_IISAN_OPTIONS = {"lr_groups": "paper"}
 
 @register_method("iisan")
 class IISAN(Method):
-    description = "IISAN: side network over frozen encoders' tapped CLS states (encoders run every step)."
+    description = "IISAN: side network over frozen encoders' tapped pooled states (encoders run every step)."
     paper_train = PAPER_IISAN
     paper_options = PAPER_IISAN_OPTIONS
     Options = IISANOptions
@@ -67,7 +67,7 @@ class IISAN(Method):
 
 @register_method("iisan-cached")
 class IISANCached(Method):
-    description = "IISAN trained from a cache of the tapped CLS states (encoders run once, at cache build)."
+    description = "IISAN trained from a cache of the tapped pooled states (encoders run once, at cache build)."
     paper_train = PAPER_IISAN  # the same training, from cached states
     paper_options = PAPER_IISAN_OPTIONS
     check_applies = IISAN.check_applies

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from benchmark.config import BenchConfig
-from benchmark.models.families import family_of, pool
+from benchmark.models.families import pool
 from benchmark.training.batches import typical_items
 from benchmark.training.precision import autocast_for, compute_dtype
 from core.cuda import synchronize
@@ -58,7 +58,8 @@ def _encoder_inputs(kind: str, data, n: int, device) -> dict[str, torch.Tensor]:
     return {"pixel_values": pixel_values(data.images[ids].to(device))}
 
 
-def fft_step_floor(encs: dict[str, nn.Module], inputs: dict[str, dict], device, precision: str, steps: int) -> float:
+def fft_step_floor(encs: dict[str, nn.Module], inputs: dict[str, dict], pooling: dict[str, str], device,
+                   precision: str, steps: int) -> float:
     params = [p for e in encs.values() for p in e.parameters()]
     for p in params:
         p.requires_grad_(True)
@@ -68,10 +69,10 @@ def fft_step_floor(encs: dict[str, nn.Module], inputs: dict[str, dict], device, 
 
     def step():
         with autocast_for(device.type, precision):
-            # the family's pooled vector: under causal attention (the LLMs) position 0 alone would skip the
-            # backward through every later token
+            # the run's pooled vector (``Backbones.pooling``): under causal attention (the LLMs) position 0
+            # alone would skip the backward through every later token
             loss = sum(pool(e(**inputs[k]).last_hidden_state, inputs[k].get("attention_mask"),
-                            family_of(e.config).pooling).float().pow(2).mean() for k, e in encs.items())
+                            pooling[k]).float().pow(2).mean() for k, e in encs.items())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -174,7 +175,8 @@ def measure_floors(cfg: BenchConfig, device: torch.device, steps: int = 10, echo
                            "precision": t.precision, "backbone": b.info, "env": env_info(device),
                            "data_sha256": prep.data.content_sha256, "floors": {}}
     floors = out["floors"]
-    floors["fft_step"] = _attempt("fft_step", lambda: epoch(fft_step_floor(encs, inputs, device, t.precision, steps)), echo)
+    floors["fft_step"] = _attempt(
+        "fft_step", lambda: epoch(fft_step_floor(encs, inputs, b.pooling, device, t.precision, steps)), echo)
     side, taps = build_side(options_for("iisan", cfg), encs, t)
     floors["frozen_forward"] = _attempt(
         "frozen_forward", lambda: epoch(frozen_forward_floor(encs, inputs, device, t.precision, steps)), echo)

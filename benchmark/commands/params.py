@@ -85,7 +85,7 @@ def params_config(cfg, image_size: int | None = None):
 
     if image_size is not None and image_size <= 0:
         raise BenchError(f"--image-size must be > 0, got {image_size}")
-    pretrained_vision = "vision" in PRESETS[cfg.backbone.preset]["weights"] and cfg.backbone.preset != "minilm"
+    pretrained_vision = "vision" in PRESETS[cfg.backbone.preset]["weights"]
     size = image_size or (PAPER_IMAGE_SIZE if pretrained_vision else cfg.data.image_size)
     return dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, init="random"),
                                data=dataclasses.replace(cfg.data, image_size=size))

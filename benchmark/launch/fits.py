@@ -10,7 +10,8 @@ the parent and each run hold for the whole run; they are a floor (activations co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+
+from core.host import available_mb
 
 MB = 2**20
 SHARE = 0.8  # of the memory available now: the rest is the OS's, torch's, the models'
@@ -21,17 +22,6 @@ class Need:
     what: str
     keys: tuple[str, ...]
     mb: float
-
-
-def available_mb(meminfo: Path = Path("/proc/meminfo")) -> float | None:
-    """MemAvailable (Linux); None where the OS does not say."""
-    try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def needs(cfg, n_items: int, n_users: int) -> list[Need]:

@@ -46,7 +46,6 @@ FAMILIES: dict[str, Family] = {
     "vit": Family("ViT", "vision"), "clip_vision_model": Family("CLIP", "vision"),
     "siglip_vision_model": Family("SigLIP", "vision", pooling="mean"), "dinov2": Family("DINOv2", "vision"),
 }
-POOLINGS = ("cls", "last", "mean")
 
 
 def family_of(config: Any) -> Family:

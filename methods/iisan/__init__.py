@@ -35,10 +35,12 @@ is built before the cache, from the same random state, so the two start from ide
 The frozen backbones always run in eval mode (no dropout), so the live and cached states agree.
 """
 
+from methods._common import encoder_layers
+
 from .options import IISANCachedOptions, IISANOptions, default_taps, grouped_taps, options_key, resolve_taps
 from .side import GATE_TEMPERATURE, SAN, Branch, SideNetwork, build_side
 from .strategies import IISAN, IISANCached, IISANTower, release_backbones
-from .taps import BackboneTaps, CachedTaps, TapCLS, encoder_layers
+from .taps import BackboneTaps, CachedTaps, TapCLS
 
 __all__ = ["GATE_TEMPERATURE", "SAN", "BackboneTaps", "Branch", "CachedTaps", "IISAN", "IISANCached",
            "IISANCachedOptions", "IISANOptions", "IISANTower", "SideNetwork", "TapCLS", "build_side",

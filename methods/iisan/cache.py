@@ -49,6 +49,7 @@ from torch import nn
 from core.atomic import atomic_write, atomic_write_text
 from core.cuda import synchronize
 from core.errors import BenchError
+from core.host import available_mb
 
 from .options import options_key
 
@@ -283,14 +284,7 @@ def _free_mb(device: torch.device) -> tuple[float | None, str]:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return free / 2**20, f"free on {torch.cuda.get_device_name(device)}"
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024, "available RAM"
-    except OSError:
-        pass
-    return None, "available RAM"
+    return available_mb(), "available RAM"
 
 
 def check_fits(size_mb: float, path: Path | None, device: torch.device, opts) -> None:
@@ -331,8 +325,7 @@ def ensure_cache(ctx, source: nn.Module, taps: dict[str, list[int]], opts, rebui
     t0 = time.perf_counter()
     models = {"text": source.text, **({"vision": source.vision} if source.vision is not None else {})}
     dtype = DTYPES[opts.cache_dtype]
-    pooling = {k: tap.pooling for k, tap in source._tap.items()}
-    parts = components(ctx.data, models, taps, opts.cache_dtype, pooling)
+    parts = components(ctx.data, models, taps, opts.cache_dtype, source.pooling)
     path = cache_path(cache_root(opts), ctx.data, ctx.backbones.info or {}, parts)
     n = ctx.data.n_items + 1
     expect = {k: (n, len(taps[k]), m.config.hidden_size) for k, m in models.items()}

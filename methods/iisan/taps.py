@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from benchmark.models.families import pool, tap_modules
-from methods._common import encoder_layers, freeze  # noqa: F401 - encoder_layers re-exported
+from methods._common import freeze
 from methods.base import ItemInputs
 
 
@@ -74,10 +74,9 @@ class BackboneTaps(nn.Module):
         self.compute_dtype: torch.dtype | None = None
         self.all_hidden_states = False  # the earlier design's read (output_hidden_states), for estimates of it
         freeze(self.text, self.vision)
-        pooling = pooling or {"text": "cls", "vision": "cls"}
-        self._tap = {"text": TapCLS(self.text, taps["text"], pooling["text"])}
-        if self.vision is not None:
-            self._tap["vision"] = TapCLS(self.vision, taps["vision"], pooling["vision"])
+        kinds = ["text"] + (["vision"] if self.vision is not None else [])
+        self.pooling = {k: (pooling or {}).get(k, "cls") for k in kinds}  # kind -> cls | last | mean
+        self._tap = {k: TapCLS(getattr(self, k), taps[k], how) for k, how in self.pooling.items()}
         self.train(False)
 
     def train(self, mode: bool = True) -> "BackboneTaps":
